@@ -1,0 +1,132 @@
+//! Finds the llama.cpp source tree to build.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The crates.io package whose `llama.cpp/` directory is our pinned source.
+const PIN_PACKAGE: &str = "llama-cpp-sys-2";
+
+pub struct Source {
+    pub dir: PathBuf,
+    /// Where the tree came from, for LLAMA_CPP_VERSION and the build log.
+    pub origin: String,
+}
+
+fn looks_like_llama_cpp(dir: &Path) -> bool {
+    dir.join("include/llama.h").is_file()
+        && dir.join("ggml/include/ggml.h").is_file()
+        && dir.join("CMakeLists.txt").is_file()
+}
+
+/// Resolution order: LLAMA_CPP_SRC, then `llama.cpp/` inside this package (what a
+/// published crate ships), then the pin in `vendor/llama-cpp-pin` (cargo downloads it).
+pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
+    let mut tried = Vec::new();
+
+    println!("cargo:rerun-if-env-changed=LLAMA_CPP_SRC");
+    match env::var_os("LLAMA_CPP_SRC") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if looks_like_llama_cpp(&dir) {
+                println!(
+                    "cargo:warning=llama-cpp-moe-sys: building llama.cpp from LLAMA_CPP_SRC={}",
+                    dir.display()
+                );
+                return Ok(Source { origin: format!("LLAMA_CPP_SRC {}", dir.display()), dir });
+            }
+            tried.push(format!(
+                "(a) LLAMA_CPP_SRC={}: no include/llama.h, ggml/include/ggml.h and CMakeLists.txt \
+                 there; point it at the root of a llama.cpp checkout",
+                dir.display()
+            ));
+        }
+        None => tried.push(
+            "(a) LLAMA_CPP_SRC is not set; set it to a llama.cpp checkout to build that one".into(),
+        ),
+    }
+
+    let bundled = manifest_dir.join("llama.cpp");
+    if looks_like_llama_cpp(&bundled) {
+        // The bundled tree is the pin, shipped inside the published crate: no warning.
+        println!("llama-cpp-moe-sys: building the llama.cpp bundled at {}", bundled.display());
+        return Ok(Source { origin: "bundled".into(), dir: bundled });
+    }
+    tried.push(format!(
+        "(b) {} does not exist; a published crate ships the sources there",
+        bundled.display()
+    ));
+
+    let pin = manifest_dir.join("../vendor/llama-cpp-pin/Cargo.toml");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../vendor/llama-cpp-pin/Cargo.lock").display()
+    );
+    match pinned_source(&pin) {
+        Ok((dir, version)) => {
+            println!(
+                "cargo:rustc-env=LLAMA_CPP_MOE_PIN={PIN_PACKAGE} {version}"
+            );
+            Ok(Source { origin: format!("pin {PIN_PACKAGE} {version}"), dir })
+        }
+        Err(why) => {
+            tried.push(format!("(c) the pin {}: {why}", pin.display()));
+            Err(format!(
+                "no llama.cpp source found. Tried, in order:\n  {}",
+                tried.join("\n  ")
+            ))
+        }
+    }
+}
+
+/// Asks cargo where the pinned package lives; cargo downloads and checksums it on first use.
+fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
+    if !pin_manifest.is_file() {
+        return Err("the pin manifest is missing (it exists only in the git repository)".into());
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--locked", "--format-version", "1", "--manifest-path"])
+        .arg(pin_manifest)
+        .output()
+        .map_err(|e| format!("could not run cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed (offline without a cached download? run it once online, \
+             or set LLAMA_CPP_SRC): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("cargo metadata printed invalid JSON: {e}"))?;
+    let package = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == PIN_PACKAGE))
+        .ok_or_else(|| format!("cargo metadata lists no package {PIN_PACKAGE}"))?;
+    let manifest = package["manifest_path"]
+        .as_str()
+        .ok_or("cargo metadata gave no manifest_path")?;
+    let version = package["version"].as_str().unwrap_or("?").to_owned();
+    let dir = Path::new(manifest)
+        .parent()
+        .ok_or("manifest_path has no parent")?
+        .join("llama.cpp");
+    if !looks_like_llama_cpp(&dir) {
+        return Err(format!("{} is not a complete llama.cpp tree", dir.display()));
+    }
+    Ok((dir, version))
+}
+
+/// Reads `set(LLAMA_VERSION_MAJOR 0)` etc. from a CMakeLists.txt.
+pub fn cmake_version(cmakelists: &str, prefix: &str) -> String {
+    let part = |name: &str| {
+        let key = format!("set({prefix}_VERSION_{name} ");
+        cmakelists
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&key)?.strip_suffix(')').map(str::trim))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    format!("{}.{}.{}", part("MAJOR"), part("MINOR"), part("PATCH"))
+}

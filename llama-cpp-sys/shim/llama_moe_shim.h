@@ -1,0 +1,54 @@
+// C entry points for what llama.cpp declares only in C++ (src/llama-ext.h and the
+// std::regex engine its loader uses). No exception ever leaves these functions.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Compiles `pattern` with std::regex exactly as the model loader does for
+// tensor_buft_overrides. Returns 1 when valid; 0 when invalid, with the reason
+// written to `err` (NUL-terminated, truncated to err_len).
+int llama_moe_regex_is_valid(const char * pattern, char * err, size_t err_len);
+
+// std::regex_search(name, pattern), the loader's match rule. -1 on an invalid pattern.
+int llama_moe_regex_search(const char * pattern, const char * name);
+
+// Number of experts per MoE layer (0 for a dense model).
+int32_t llama_moe_model_n_expert(const struct llama_model * model);
+
+// One model tensor and where it lives.
+struct llama_moe_tensor_info {
+    const char * name;      // owned by the model; valid while it lives
+    const char * buft_name; // buffer type name, "" when the tensor has no buffer
+    size_t       nbytes;
+    int32_t      ggml_type;
+};
+
+// Number of tensors the model holds.
+size_t llama_moe_model_n_tensors(const struct llama_model * model);
+
+// Fills `out` for tensor `i` (< llama_moe_model_n_tensors). Returns 0 on success.
+int llama_moe_model_tensor_info(const struct llama_model * model, size_t i, struct llama_moe_tensor_info * out);
+
+// One row of llama_get_memory_breakdown.
+struct llama_moe_memory_row {
+    const char * buft_name; // static for the life of the backend
+    int32_t      is_host;
+    size_t       model;
+    size_t       context;
+    size_t       compute;
+};
+
+// Writes up to `cap` rows of the context's per-buffer-type memory breakdown and
+// returns how many rows exist (call with cap 0 to size the array). -1 on error.
+int64_t llama_moe_memory_breakdown(const struct llama_context * ctx, struct llama_moe_memory_row * out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
