@@ -80,10 +80,16 @@ fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
 
     let src = source::resolve(&manifest_dir).unwrap_or_else(|msg| fail(&msg));
-    println!("cargo:rerun-if-changed={}", src.dir.join("include").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.dir.join("include").display()
+    );
     println!("cargo:rerun-if-changed={}", src.dir.join("src").display());
     println!("cargo:rerun-if-changed={}", src.dir.join("ggml").display());
-    println!("cargo:rerun-if-changed={}", src.dir.join("CMakeLists.txt").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.dir.join("CMakeLists.txt").display()
+    );
 
     check_backend_prerequisites(&features, &target);
 
@@ -275,7 +281,10 @@ fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
             for sub in ["lib64", "lib64/stubs", "lib", "lib/x64"] {
-                println!("cargo:rustc-link-search=native={}", root.join(sub).display());
+                println!(
+                    "cargo:rustc-link-search=native={}",
+                    root.join(sub).display()
+                );
             }
             for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
                 println!("cargo:rustc-link-lib=dylib={lib}");

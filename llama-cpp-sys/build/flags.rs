@@ -11,7 +11,11 @@ use std::process::Command;
 /// `-march` default whatever the order on the command line, so these can sit in
 /// CMAKE_C_FLAGS while ggml appends `-march=native` later; every other native
 /// extension stays on.
-pub fn amx_workaround_flags(gcc_major: Option<u32>, native: bool, target_arch: &str) -> &'static [&'static str] {
+pub fn amx_workaround_flags(
+    gcc_major: Option<u32>,
+    native: bool,
+    target_arch: &str,
+) -> &'static [&'static str] {
     match gcc_major {
         Some(major) if native && major < 13 && target_arch == "x86_64" => {
             &["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"]

@@ -33,7 +33,10 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
                     "cargo:warning=llama-cpp-moe-sys: building llama.cpp from LLAMA_CPP_SRC={}",
                     dir.display()
                 );
-                return Ok(Source { origin: format!("LLAMA_CPP_SRC {}", dir.display()), dir });
+                return Ok(Source {
+                    origin: format!("LLAMA_CPP_SRC {}", dir.display()),
+                    dir,
+                });
             }
             tried.push(format!(
                 "(a) LLAMA_CPP_SRC={}: no include/llama.h, ggml/include/ggml.h and CMakeLists.txt \
@@ -49,8 +52,14 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
     let bundled = manifest_dir.join("llama.cpp");
     if looks_like_llama_cpp(&bundled) {
         // The bundled tree is the pin, shipped inside the published crate: no warning.
-        println!("llama-cpp-moe-sys: building the llama.cpp bundled at {}", bundled.display());
-        return Ok(Source { origin: "bundled".into(), dir: bundled });
+        println!(
+            "llama-cpp-moe-sys: building the llama.cpp bundled at {}",
+            bundled.display()
+        );
+        return Ok(Source {
+            origin: "bundled".into(),
+            dir: bundled,
+        });
     }
     tried.push(format!(
         "(b) {} does not exist; a published crate ships the sources there",
@@ -61,14 +70,17 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
     println!("cargo:rerun-if-changed={}", pin.display());
     println!(
         "cargo:rerun-if-changed={}",
-        manifest_dir.join("../vendor/llama-cpp-pin/Cargo.lock").display()
+        manifest_dir
+            .join("../vendor/llama-cpp-pin/Cargo.lock")
+            .display()
     );
     match pinned_source(&pin) {
         Ok((dir, version)) => {
-            println!(
-                "cargo:rustc-env=LLAMA_CPP_MOE_PIN={PIN_PACKAGE} {version}"
-            );
-            Ok(Source { origin: format!("pin {PIN_PACKAGE} {version}"), dir })
+            println!("cargo:rustc-env=LLAMA_CPP_MOE_PIN={PIN_PACKAGE} {version}");
+            Ok(Source {
+                origin: format!("pin {PIN_PACKAGE} {version}"),
+                dir,
+            })
         }
         Err(why) => {
             tried.push(format!("(c) the pin {}: {why}", pin.display()));
@@ -87,7 +99,13 @@ fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
     }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--locked", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--locked",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(pin_manifest)
         .output()
         .map_err(|e| format!("could not run cargo metadata: {e}"))?;
@@ -113,7 +131,10 @@ fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
         .ok_or("manifest_path has no parent")?
         .join("llama.cpp");
     if !looks_like_llama_cpp(&dir) {
-        return Err(format!("{} is not a complete llama.cpp tree", dir.display()));
+        return Err(format!(
+            "{} is not a complete llama.cpp tree",
+            dir.display()
+        ));
     }
     Ok((dir, version))
 }
@@ -124,7 +145,12 @@ pub fn cmake_version(cmakelists: &str, prefix: &str) -> String {
         let key = format!("set({prefix}_VERSION_{name} ");
         cmakelists
             .lines()
-            .find_map(|l| l.trim().strip_prefix(&key)?.strip_suffix(')').map(str::trim))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&key)?
+                    .strip_suffix(')')
+                    .map(str::trim)
+            })
             .unwrap_or("?")
             .to_owned()
     };

@@ -4,7 +4,12 @@
 //! `ggml-cpu.h`, `gguf.h` (plus `ggml-rpc.h` with the `rpc` feature), and from the small
 //! C++ shim in `shim/` that exposes what llama.cpp only declares in C++. Use the safe
 //! crate `llama-cpp-moe` unless you need the raw API.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, missing_docs)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    missing_docs
+)]
 #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
 // bindgen's layout tests dereference null pointers in const context on some versions.
 #![allow(unsafe_op_in_unsafe_fn)]

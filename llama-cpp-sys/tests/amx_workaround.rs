@@ -48,7 +48,10 @@ fn native_gcc12_builds_disable_amx() {
     if let Some(major) = flags::gcc_major_version(std::path::Path::new(compiler)) {
         if major < 13 {
             for flag in ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"] {
-                assert!(cpu_cmd.contains(flag), "GCC {major} native build lacks {flag}: {cpu_cmd}");
+                assert!(
+                    cpu_cmd.contains(flag),
+                    "GCC {major} native build lacks {flag}: {cpu_cmd}"
+                );
             }
         }
     }

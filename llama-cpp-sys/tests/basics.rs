@@ -58,19 +58,26 @@ fn default_model_params_are_sane() {
     assert!(!p.vocab_only);
     assert!(!p.no_alloc);
     assert_eq!(p.split_mode, sys::LLAMA_SPLIT_MODE_LAYER);
-    assert!(p.n_gpu_layers != 0, "default offloads nothing: {}", p.n_gpu_layers);
+    assert!(
+        p.n_gpu_layers != 0,
+        "default offloads nothing: {}",
+        p.n_gpu_layers
+    );
 }
 
 fn regex_check(pattern: &str) -> Result<(), String> {
     let pattern = CString::new(pattern).unwrap();
     let mut err = [0 as std::ffi::c_char; 256];
     // SAFETY: pattern is NUL-terminated; err is writable for its full length.
-    let ok = unsafe { sys::llama_moe_regex_is_valid(pattern.as_ptr(), err.as_mut_ptr(), err.len()) };
+    let ok =
+        unsafe { sys::llama_moe_regex_is_valid(pattern.as_ptr(), err.as_mut_ptr(), err.len()) };
     if ok == 1 {
         Ok(())
     } else {
         // SAFETY: the shim always NUL-terminates err within its length.
-        Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+        Err(unsafe { CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
     }
 }
 

@@ -11,7 +11,11 @@ use llama_cpp_moe_sys as sys;
 fn loopback_rpc_server_adds_a_gpu_device() {
     // SAFETY: no preconditions.
     unsafe { sys::llama_backend_init() };
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let endpoint = format!("127.0.0.1:{port}");
 
     // SAFETY: plain queries after backend init.
@@ -37,14 +41,20 @@ fn loopback_rpc_server_adds_a_gpu_device() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(&endpoint).is_err() {
-        assert!(Instant::now() < deadline, "RPC server did not listen on {endpoint}");
+        assert!(
+            Instant::now() < deadline,
+            "RPC server did not listen on {endpoint}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     let c_endpoint = CString::new(endpoint.clone()).unwrap();
     // SAFETY: the endpoint is NUL-terminated; the server is listening.
     let reg = unsafe { sys::ggml_backend_rpc_add_server(c_endpoint.as_ptr()) };
-    assert!(!reg.is_null(), "ggml_backend_rpc_add_server({endpoint}) failed");
+    assert!(
+        !reg.is_null(),
+        "ggml_backend_rpc_add_server({endpoint}) failed"
+    );
     // add_server only describes the remote devices; registering makes them visible.
     // SAFETY: reg is a valid registry that was not registered before.
     unsafe { sys::ggml_backend_register(reg) };
@@ -54,7 +64,8 @@ fn loopback_rpc_server_adds_a_gpu_device() {
     // SAFETY: index < count.
     let dev = unsafe { sys::ggml_backend_dev_get(after - 1) };
     // SAFETY: dev is a registered device.
-    assert_eq!(unsafe { sys::ggml_backend_dev_type(dev) }, sys::GGML_BACKEND_DEVICE_TYPE_GPU);
+    let dev_type = unsafe { sys::ggml_backend_dev_type(dev) };
+    assert_eq!(dev_type, sys::GGML_BACKEND_DEVICE_TYPE_GPU);
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: out-pointers are valid.
     unsafe { sys::ggml_backend_dev_memory(dev, &mut free, &mut total) };
