@@ -7,6 +7,8 @@ mod backend;
 pub mod context;
 pub mod log;
 pub mod model;
+#[cfg(feature = "rpc")]
+pub mod rpc;
 
 pub use backend::Backend;
 pub use context::{Context, ContextParams};
