@@ -115,6 +115,11 @@ fn main() {
 
     let lib_dir = install_dir.join("lib");
     link_libraries(&lib_dir, &features, &target);
+    // For dependents' build scripts (DEP_LLAMA_*): e.g. the native C benchmark links
+    // the very same libraries.
+    println!("cargo:include={}", src.dir.join("include").display());
+    println!("cargo:ggml_include={}", src.dir.join("ggml/include").display());
+    println!("cargo:lib_dir={}", lib_dir.display());
     compile_shim(&src.dir, &features);
     generate_bindings(&src.dir, &manifest_dir, &out_dir, &features);
     write_version(&src, &out_dir, &install_dir);
@@ -267,9 +272,10 @@ fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
         }
     }
     libs.push("ggml-base");
-    for lib in libs {
+    for lib in &libs {
         println!("cargo:rustc-link-lib={kind}={lib}");
     }
+    println!("cargo:libs={}", libs.join(","));
     if features.dynamic_link {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     }
@@ -307,6 +313,7 @@ fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
         }
         if features.openmp && target.os == "linux" && target.env == "gnu" {
             println!("cargo:rustc-link-lib=dylib=gomp");
+            println!("cargo:openmp=gomp");
         }
     }
     match target.os.as_str() {
