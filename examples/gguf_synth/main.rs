@@ -11,12 +11,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use llama_cpp_moe::gguf::synth::{Arch, Preset, Progress, SynthSpec};
-use llama_cpp_moe::gguf::GgmlType;
+use llama_cpp_moe::gguf::{GgmlType, GgufFile, TensorKind};
 
 const USAGE: &str = "\
 usage: gguf_synth --arch ARCH [--preset tiny|small|full] [--type TYPE] [--expert-type TYPE]
                   [--seed N] [--quantize] -o OUT.gguf
        gguf_synth --list
+       gguf_synth --inspect FILE.gguf
 
   --arch         qwen3moe | gpt-oss | phimoe | deepseek | mixtral | llama
   --preset       tiny (default), small or full (the public model's real shape)
@@ -25,7 +26,9 @@ usage: gguf_synth --arch ARCH [--preset tiny|small|full] [--type TYPE] [--expert
   --expert-type  type of the routed expert tensors only
   --seed         weight seed (default 0); same seed, same bytes
   --quantize     quantise normal noise with ggml even for full presets (slow)
-  --list         print every arch and preset with parameter count and file size";
+  --list         print every arch and preset with parameter count and file size
+                 (with --type: sizes for that weight type)
+  --inspect      read any GGUF file and print its MoE layout and bytes per layer";
 
 struct Args {
     arch: Option<Arch>,
@@ -36,6 +39,7 @@ struct Args {
     quantize: bool,
     out: Option<PathBuf>,
     list: bool,
+    inspect: Option<PathBuf>,
 }
 
 fn parse_type(s: &str) -> Result<GgmlType, String> {
@@ -52,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         quantize: false,
         out: None,
         list: false,
+        inspect: None,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +74,9 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--quantize" => a.quantize = true,
             "--list" => a.list = true,
+            "--inspect" => {
+                a.inspect = Some(PathBuf::from(it.next().ok_or("--inspect needs a path")?))
+            }
             "-o" | "--out" => a.out = Some(PathBuf::from(it.next().ok_or("-o needs a path")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -88,24 +96,27 @@ fn human(bytes: u64) -> String {
     format!("{v:.2} {}", UNITS[u])
 }
 
-fn list() -> Result<(), Box<dyn std::error::Error>> {
+fn list(ty: Option<GgmlType>) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{:<9} {:<6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>12} {:>13}  reference",
         "arch", "preset", "layers", "embd", "experts", "vocab", "type", "params", "file size"
     );
     for arch in Arch::ALL {
         for preset in Preset::ALL {
-            let spec = SynthSpec::new(arch, preset);
+            let mut spec = SynthSpec::new(arch, preset);
+            if let Some(t) = ty {
+                spec = spec.weight_type(t);
+            }
             let h = spec.hparams_ref();
             let experts = if h.n_expert > 0 {
                 format!("{}/{}", h.n_expert_used, h.n_expert)
             } else {
                 "-".into()
             };
-            let ty = if arch == Arch::GptOss {
-                "mxfp4"
-            } else {
-                "q8_0"
+            let ty = match ty {
+                Some(t) => t.name(),
+                None if arch == Arch::GptOss => "mxfp4",
+                None => "q8_0",
             };
             let params = spec.n_params()? as f64;
             let params = if params >= 1e9 {
@@ -131,9 +142,51 @@ fn list() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn inspect(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let f = GgufFile::open(path)?;
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    println!(
+        "{}: GGUF v{}, arch {}, {} layers, experts {} (used {}, shared {}), {} tensors, {}",
+        path.display(),
+        f.version(),
+        f.architecture().unwrap_or("?"),
+        opt(f.block_count()),
+        opt(f.expert_count()),
+        opt(f.expert_used_count()),
+        opt(f.expert_shared_count()),
+        f.tensors().len(),
+        human(f.file_size())
+    );
+    print!("{:>6}", "layer");
+    for k in TensorKind::ALL {
+        print!(" {:>14}", k.name());
+    }
+    println!(" {:>12}", "total");
+    for l in f.bytes_by_layer() {
+        print!(
+            "{:>6}",
+            l.layer.map_or("global".to_owned(), |l| l.to_string())
+        );
+        for k in TensorKind::ALL {
+            print!(" {:>14}", human(l.bytes(k)));
+        }
+        println!(" {:>12}", human(l.total()));
+    }
+    let experts: u64 = f.expert_tensors().map(|t| t.n_bytes).sum();
+    println!(
+        "routed experts: {} of {}",
+        human(experts),
+        human(f.file_size())
+    );
+    Ok(())
+}
+
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.list {
-        return list();
+        return list(a.ty);
+    }
+    if let Some(path) = &a.inspect {
+        return inspect(path);
     }
     let arch = a.arch.ok_or("--arch is required (or --list)")?;
     let out = a.out.ok_or("-o OUT.gguf is required")?;
