@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod context;
+pub mod gguf;
 pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]
@@ -19,5 +20,3 @@ pub use llama_cpp_moe_sys as sys;
 
 /// The llama.cpp this crate was built from (llama and ggml versions, source origin).
 pub const LLAMA_CPP_VERSION: &str = llama_cpp_moe_sys::LLAMA_CPP_VERSION;
-
-pub mod gguf;
