@@ -5,3 +5,5 @@
 
 /// The llama.cpp this crate was built from (llama and ggml versions, source origin).
 pub const LLAMA_CPP_VERSION: &str = llama_cpp_moe_sys::LLAMA_CPP_VERSION;
+
+pub mod gguf;
