@@ -17,3 +17,5 @@ pub use llama_cpp_moe_sys as sys;
 
 /// The llama.cpp this crate was built from (llama and ggml versions, source origin).
 pub const LLAMA_CPP_VERSION: &str = llama_cpp_moe_sys::LLAMA_CPP_VERSION;
+
+pub mod gguf;
