@@ -3,12 +3,12 @@
 //! Start with [`Backend::init`], load a [`Model`] with [`ModelParams`], then create a
 //! [`Context`] that borrows it.
 
-mod backend;
+pub mod backend;
 pub mod context;
 pub mod log;
 pub mod model;
 
-pub use backend::Backend;
+pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use context::{Context, ContextParams};
 pub use model::{Model, ModelParams};
 
