@@ -292,7 +292,15 @@ impl BufferType {
         c_str_lossy(unsafe { sys::ggml_backend_buft_name(self.as_ptr()) })
     }
 
-    /// Whether its memory is ordinary host memory the CPU can read.
+    /// The device that owns this buffer type, if ggml knows it.
+    pub fn device(&self) -> Option<Device> {
+        // SAFETY: a live buffer type.
+        let dev = unsafe { sys::ggml_backend_buft_get_device(self.as_ptr()) };
+        NonNull::new(dev).map(|ptr| Device { ptr })
+    }
+
+    /// Whether its memory is ordinary host memory the CPU can read in ggml's layout
+    /// (`false` for repacked CPU types such as `CPU_REPACK`).
     pub fn is_host(&self) -> bool {
         // SAFETY: a live buffer type.
         unsafe { sys::ggml_backend_buft_is_host(self.as_ptr()) }

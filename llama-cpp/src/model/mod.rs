@@ -404,8 +404,13 @@ fn read_c_string(mut get: impl FnMut(*mut c_char, usize) -> i32) -> Option<Strin
 fn host_buffer_type_names() -> HashMap<String, bool> {
     let backend = Backend::init();
     let mut out = HashMap::new();
+    // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their layout is
+    // private) but they are in host RAM, which is what the report is about.
     let mut add = |b: BufferType| {
-        out.insert(b.name(), b.is_host());
+        let cpu_device = b
+            .device()
+            .is_some_and(|d| d.device_type() == crate::DeviceType::Cpu);
+        out.insert(b.name(), b.is_host() || cpu_device);
     };
     for dev in backend.devices() {
         dev.buffer_type().into_iter().for_each(&mut add);
@@ -435,8 +440,12 @@ fn host_buffer_type_names() -> HashMap<String, bool> {
             p = unsafe { p.add(1) };
         }
     }
-    let mut probe = [0u8; 64];
-    // SAFETY: wraps (does not copy or free) our stack buffer; freed again right below.
+    // ggml asserts that host pointers are aligned to its tensor alignment (32).
+    #[repr(align(64))]
+    struct Aligned([u8; 64]);
+    let mut probe = Aligned([0; 64]);
+    let probe = &mut probe.0;
+    // SAFETY: wraps (does not copy or free) our aligned stack buffer; freed right below.
     let buf = unsafe {
         sys::ggml_backend_dev_buffer_from_host_ptr(
             cpu.as_ptr(),

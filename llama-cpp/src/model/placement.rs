@@ -160,7 +160,8 @@ pub struct TensorPlacement {
     /// `"RPC0[127.0.0.1:50052]"`, ...); empty for tensors without a buffer
     /// (e.g. `vocab_only` or `no_alloc` loads).
     pub buffer_type: String,
-    /// Whether that buffer type is host memory.
+    /// Whether that buffer type is in host RAM: a host buffer type (`CPU`,
+    /// `CPU_Mapped`, `CUDA_Host`) or one of the CPU device's own (`CPU_REPACK`).
     pub on_host: bool,
     /// Whether the name is a routed expert tensor ([`is_routed_expert`]).
     pub routed_expert: bool,
