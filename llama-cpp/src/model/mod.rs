@@ -151,10 +151,10 @@ impl Model {
         params: &ModelParams,
     ) -> Result<Model, LoadError> {
         let path = path.as_ref();
+        let c_path = path_to_cstring(path).ok_or_else(|| LoadError::NulInPath(path.to_owned()))?;
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_owned()));
         }
-        let c_path = path_to_cstring(path).ok_or_else(|| LoadError::NulInPath(path.to_owned()))?;
         let mut raw = params.to_raw(backend)?;
         let state = params.progress_callback().map(|cb| ProgressState {
             callback: cb,
