@@ -38,9 +38,11 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
                     dir,
                 });
             }
-            tried.push(format!(
-                "(a) LLAMA_CPP_SRC={}: no include/llama.h, ggml/include/ggml.h and CMakeLists.txt \
-                 there; point it at the root of a llama.cpp checkout",
+            // An explicit choice that does not work is an error, never a silent fallback.
+            return Err(format!(
+                "LLAMA_CPP_SRC={} is not a llama.cpp checkout (no include/llama.h, \
+                 ggml/include/ggml.h and CMakeLists.txt there); point it at the root of one, \
+                 or unset it to build the pinned source",
                 dir.display()
             ));
         }

@@ -8,8 +8,16 @@ use llama_cpp_moe_sys as sys;
 
 fn init() {
     static INIT: Once = Once::new();
-    // SAFETY: llama_backend_init has no preconditions and Once runs it a single time.
-    INIT.call_once(|| unsafe { sys::llama_backend_init() });
+    INIT.call_once(|| {
+        // SAFETY: llama_backend_init has no preconditions and Once runs it a single time.
+        unsafe { sys::llama_backend_init() };
+        // With runtime-loaded backends even the CPU backend is a module to load first.
+        #[cfg(feature = "dynamic-backends")]
+        // SAFETY: no preconditions; searches GGML_BACKEND_DIR baked in by the build.
+        unsafe {
+            sys::ggml_backend_load_all()
+        };
+    });
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! A real second device: ggml's RPC server on loopback, registered as a remote device.
-#![cfg(feature = "rpc")]
+// With dynamic backends RPC is a runtime module, reached through the registry instead.
+#![cfg(all(feature = "rpc", not(feature = "dynamic-backends")))]
 
 use std::ffi::CString;
 use std::net::{TcpListener, TcpStream};

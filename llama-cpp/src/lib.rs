@@ -7,6 +7,8 @@ pub mod backend;
 pub mod context;
 pub mod log;
 pub mod model;
+#[cfg(feature = "rpc")]
+pub mod rpc;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use context::{Context, ContextParams};

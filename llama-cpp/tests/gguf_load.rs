@@ -68,3 +68,18 @@ fn mixtral_tiny_decodes() {
     check(Arch::Mixtral, None);
     check(Arch::Mixtral, Some(GgmlType::Q4_0));
 }
+
+/// A multi-GB `full` file also loads and decodes (mmap keeps memory low). Too big for CI:
+/// generate one with `gguf_synth --preset full`, then run
+/// `GGUF_FULL_MODEL=path cargo test --release --test gguf_load -- --ignored`.
+#[test]
+#[ignore = "needs a full-size synthetic model at $GGUF_FULL_MODEL"]
+fn full_size_model_from_env_decodes() {
+    let path =
+        std::env::var_os("GGUF_FULL_MODEL").expect("set GGUF_FULL_MODEL to a full-preset file");
+    let out = load_and_decode(std::path::Path::new(&path), "Hello, mixture of experts!");
+    assert!(
+        out.logits.iter().all(|l| l.is_finite()),
+        "non-finite logits"
+    );
+}

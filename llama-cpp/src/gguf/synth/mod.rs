@@ -321,3 +321,122 @@ impl SynthSpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plan::Init;
+    use super::rng::{fnv1a, Rng};
+    use super::*;
+
+    /// The values Mode::Quantize draws for a tensor, before quantisation.
+    fn values(spec: &SynthSpec, name: &str) -> (Vec<u64>, Vec<f32>) {
+        let (_, tensors) = spec.plan().unwrap();
+        let p = tensors.iter().find(|p| p.desc.name == name).unwrap();
+        let Init::Normal(std) = p.init else {
+            panic!("{name} is not random")
+        };
+        let mut rng = Rng::new(spec.seed, fnv1a(name.as_bytes()));
+        (
+            p.desc.shape.clone(),
+            (0..p.desc.n_elements())
+                .map(|_| rng.normal() * std)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn routers_spread_tokens_over_experts() {
+        for arch in Arch::ALL.into_iter().filter(|a| a.is_moe()) {
+            let spec = SynthSpec::new(arch, Preset::Tiny).seed(5);
+            let h = spec.hparams_ref().clone();
+            let (_, emb) = values(&spec, "token_embd.weight");
+            let layer = h.n_layer_dense_lead;
+            let (shape, router) = values(&spec, &format!("blk.{layer}.ffn_gate_inp.weight"));
+            let (e, x) = (shape[0] as usize, shape[1] as usize);
+            let mut hits = vec![0usize; x];
+            for tok in emb.chunks_exact(e) {
+                // RMS-normalise like the ffn norm, then route: top-k of the logits.
+                let rms = (tok.iter().map(|v| v * v).sum::<f32>() / e as f32).sqrt();
+                let mut logits: Vec<(f32, usize)> = (0..x)
+                    .map(|j| {
+                        (
+                            router[j * e..(j + 1) * e]
+                                .iter()
+                                .zip(tok)
+                                .map(|(w, t)| w * t / rms)
+                                .sum(),
+                            j,
+                        )
+                    })
+                    .collect();
+                logits.sort_by(|a, b| b.0.total_cmp(&a.0));
+                for &(_, j) in logits.iter().take(h.n_expert_used as usize) {
+                    hits[j] += 1;
+                }
+            }
+            let total: usize = hits.iter().sum();
+            let fair = total as f64 / x as f64;
+            assert!(
+                hits.iter().all(|&n| n > 0),
+                "{arch}: an expert is never used: {hits:?}"
+            );
+            assert!(
+                hits.iter().all(|&n| (n as f64) < 2.5 * fair),
+                "{arch}: routing collapses: {hits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_seed_same_bytes_other_seed_other_weights() {
+        let bytes = |seed| {
+            let mut v = Vec::new();
+            SynthSpec::new(Arch::DeepSeek, Preset::Tiny)
+                .seed(seed)
+                .write_to(&mut v, |_| {})
+                .unwrap();
+            v
+        };
+        let (a, b, c) = (bytes(11), bytes(11), bytes(12));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), c.len());
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn presets_have_their_promised_sizes() {
+        const MIB: u64 = 1 << 20;
+        for arch in Arch::ALL {
+            let tiny = SynthSpec::new(arch, Preset::Tiny).file_size().unwrap();
+            assert!(tiny <= 8 * MIB, "{arch} tiny: {tiny}");
+            let small = SynthSpec::new(arch, Preset::Small).file_size().unwrap();
+            assert!(
+                (50 * MIB..=300 * MIB).contains(&small),
+                "{arch} small: {} MiB",
+                small / MIB
+            );
+            let full = SynthSpec::new(arch, Preset::Full);
+            let h = full.hparams_ref();
+            assert_eq!(
+                h.n_layer,
+                Hparams::preset(arch, Preset::Small).n_layer,
+                "{arch}: small keeps the layer count"
+            );
+            assert!(full.file_size().unwrap() > 4 * 1024 * MIB, "{arch} full");
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_rejected() {
+        let e = SynthSpec::new(Arch::Qwen3Moe, Preset::Tiny)
+            .weight_type(GgmlType::from_name("q4_k").unwrap())
+            .file_size();
+        assert!(matches!(e, Err(SynthError::UnsupportedType(_))));
+        let mut h = Hparams::preset(Arch::Mixtral, Preset::Tiny);
+        h.n_expert_used = h.n_expert + 1;
+        let e = SynthSpec::new(Arch::Mixtral, Preset::Tiny)
+            .hparams(h)
+            .file_size();
+        assert!(matches!(e, Err(SynthError::InvalidHparams(_))));
+    }
+}
