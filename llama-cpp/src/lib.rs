@@ -3,7 +3,7 @@
 //! Start with [`Backend::init`], load a [`Model`] with [`ModelParams`], then create a
 //! [`Context`] that borrows it.
 
-mod backend;
+pub mod backend;
 pub mod context;
 pub mod gguf;
 pub mod log;
@@ -11,7 +11,7 @@ pub mod model;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 
-pub use backend::Backend;
+pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use context::{Context, ContextParams};
 pub use model::{Model, ModelParams};
 

@@ -1,15 +1,28 @@
-//! Loaded models.
+//! Loaded models, their load parameters and MoE tensor placement.
 
 mod params;
+mod placement;
 
-use std::ffi::CString;
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use llama_cpp_moe_sys as sys;
 
-pub use params::ModelParams;
+pub use params::{
+    max_devices, max_tensor_overrides, KvValue, LoadMode, ModelParams, ParamsError, SplitMode,
+};
+pub use placement::{
+    dense_ffn_layer_pattern, expert_layer_pattern, is_routed_expert, OverrideKind, OverrideTarget,
+    Placement, TensorOverride, TensorPlacement, TensorTotals, DENSE_FFN_REGEX, EXPERTS_REGEX,
+};
 
+use crate::backend::BufferType;
 use crate::Backend;
 
 /// Why a model could not be loaded.
@@ -22,6 +35,12 @@ pub enum LoadError {
     /// The path contains a NUL byte, which C cannot represent.
     #[error("model path contains a NUL byte: {0:?}")]
     NulInPath(PathBuf),
+    /// The params were rejected before llama.cpp saw them.
+    #[error("invalid model params: {0}")]
+    InvalidParams(#[from] ParamsError),
+    /// The progress callback returned `false`.
+    #[error("loading {0} was aborted by the progress callback")]
+    Aborted(PathBuf),
     /// llama.cpp refused the file; `reason` is its own error line when it logged one.
     #[error("llama.cpp failed to load {path}: {reason}")]
     Failed {
@@ -64,31 +83,140 @@ pub(crate) fn path_to_cstring(path: &Path) -> Option<CString> {
     }
 }
 
+/// Per-load state the progress trampoline reaches through `user_data`.
+struct ProgressState<'a> {
+    callback: &'a Mutex<Box<dyn FnMut(f32) -> bool + Send>>,
+    aborted: AtomicBool,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+unsafe extern "C" fn progress_trampoline(progress: f32, user_data: *mut c_void) -> bool {
+    // SAFETY: user_data is the &ProgressState that Model::load keeps alive across the
+    // llama_model_load_from_file call; only shared references are formed.
+    let state = unsafe { &*(user_data as *const ProgressState<'_>) };
+    let mut panic = state.panic.lock().unwrap_or_else(|e| e.into_inner());
+    if panic.is_some() {
+        return false;
+    }
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut cb = state.callback.lock().unwrap_or_else(|e| e.into_inner());
+        cb(progress)
+    }));
+    match result {
+        Ok(true) => true,
+        Ok(false) => {
+            state.aborted.store(true, Ordering::Relaxed);
+            false
+        }
+        Err(payload) => {
+            // Unwinding into C++ is undefined; stop the load and rethrow afterwards.
+            *panic = Some(payload);
+            false
+        }
+    }
+}
+
 impl Model {
     /// Loads a GGUF model.
     ///
+    /// The params are validated first ([`ModelParams::validate`]); llama.cpp never sees
+    /// an invalid pattern, an unknown buffer type or an over-long array. After a
+    /// successful load, `log::warn!` (target `llama_cpp_moe`) reports MoE options that
+    /// moved nothing: expert overrides on a model without experts, and layer indices
+    /// beyond the model's layer count.
+    ///
     /// C equivalent: `llama_model_load_from_file(path, params)`.
+    ///
+    /// ```no_run
+    /// use llama_cpp_moe::{Backend, Model, ModelParams};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let backend = Backend::init();
+    /// let params = ModelParams::default().with_n_gpu_layers(99).with_cpu_moe(10);
+    /// let model = Model::load(&backend, "qwen3-30b-a3b-q4_k_m.gguf", &params)?;
+    /// let on_host = model.placement().experts_on_host();
+    /// println!("{} expert tensors ({} MiB) stay in RAM", on_host.count, on_host.bytes >> 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError`]: the file is missing, the params are invalid, the progress callback
+    /// aborted, or llama.cpp failed (with its own error line).
+    ///
+    /// # Panics
+    /// Resumes a panic raised inside the progress callback, after llama.cpp returned.
     pub fn load(
-        _backend: &Backend,
+        backend: &Backend,
         path: impl AsRef<Path>,
         params: &ModelParams,
     ) -> Result<Model, LoadError> {
         let path = path.as_ref();
+        let c_path = path_to_cstring(path).ok_or_else(|| LoadError::NulInPath(path.to_owned()))?;
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_owned()));
         }
-        let c_path = path_to_cstring(path).ok_or_else(|| LoadError::NulInPath(path.to_owned()))?;
-        let raw = params.to_raw();
+        let mut raw = params.to_raw(backend)?;
+        let state = params.progress_callback().map(|cb| ProgressState {
+            callback: cb,
+            aborted: AtomicBool::new(false),
+            panic: Mutex::new(None),
+        });
+        if let Some(state) = &state {
+            raw.set_progress(
+                Some(progress_trampoline),
+                state as *const ProgressState<'_> as *mut c_void,
+            );
+        }
         crate::log::clear_last_error();
-        // SAFETY: c_path is NUL-terminated; raw.raw's pointers borrow from `params`, which
-        // outlives this call; llama.cpp copies what it keeps.
+        // SAFETY: c_path is NUL-terminated; raw.raw's pointers borrow from `params` and
+        // `raw`, and the progress user_data from `state`, all of which outlive this call;
+        // llama.cpp copies what it keeps.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), raw.raw) };
         let reason = crate::log::take_last_error();
-        let ptr = NonNull::new(ptr).ok_or_else(|| LoadError::Failed {
+        let ptr = NonNull::new(ptr);
+        if let Some(state) = state {
+            if let Some(payload) = state.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                if let Some(p) = ptr {
+                    // SAFETY: a model we own and never hand out.
+                    unsafe { sys::llama_model_free(p.as_ptr()) };
+                }
+                resume_unwind(payload);
+            }
+            if ptr.is_none() && state.aborted.load(Ordering::Relaxed) {
+                return Err(LoadError::Aborted(path.to_owned()));
+            }
+        }
+        let ptr = ptr.ok_or_else(|| LoadError::Failed {
             path: path.to_owned(),
             reason: reason.unwrap_or_else(|| "llama_model_load_from_file returned NULL".into()),
         })?;
-        Ok(Model { ptr })
+        let model = Model { ptr };
+        model.warn_about_unused_moe_options(params);
+        Ok(model)
+    }
+
+    fn warn_about_unused_moe_options(&self, params: &ModelParams) {
+        if params.vocab_only() {
+            return;
+        }
+        if params.has_expert_overrides() && self.n_expert() == 0 {
+            log::warn!(
+                target: "llama_cpp_moe",
+                "MoE offload options have no effect: this {} model has no experts \
+                 (0 expert tensors moved)",
+                self.arch().unwrap_or_default()
+            );
+        }
+        if let Some(max) = params.max_override_layer() {
+            let n_layer = self.n_layer();
+            if max >= n_layer {
+                log::warn!(
+                    target: "llama_cpp_moe",
+                    "MoE/FFN offload names layers up to {max}, but the model has {n_layer} \
+                     layers; layers {n_layer}..={max} do not exist and were ignored"
+                );
+            }
+        }
     }
 
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.
@@ -102,9 +230,239 @@ impl Model {
         unsafe { sys::llama_model_n_layer(self.ptr.as_ptr()) }.max(0) as u32
     }
 
+    /// Width of the residual stream (embedding length).
+    pub fn n_embd(&self) -> u32 {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_embd(self.ptr.as_ptr()) }.max(0) as u32
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> u32 {
+        // SAFETY: valid model pointer; the vocab lives as long as the model.
+        let n = unsafe { sys::llama_vocab_n_tokens(sys::llama_model_get_vocab(self.as_ptr())) };
+        n.max(0) as u32
+    }
+
+    /// Training context length.
+    pub fn n_ctx_train(&self) -> u32 {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()) }.max(0) as u32
+    }
+
+    /// Total number of parameters.
+    pub fn n_params(&self) -> u64 {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_n_params(self.ptr.as_ptr()) }
+    }
+
+    /// Total size of all tensors in bytes.
+    pub fn size(&self) -> u64 {
+        // SAFETY: valid model pointer.
+        unsafe { sys::llama_model_size(self.ptr.as_ptr()) }
+    }
+
     /// Experts per MoE layer (0 for a dense model).
     pub fn n_expert(&self) -> u32 {
         // SAFETY: valid model pointer; the shim catches C++ exceptions.
         unsafe { sys::llama_moe_model_n_expert(self.ptr.as_ptr()) }.max(0) as u32
     }
+
+    /// Experts each token is routed to (`{arch}.expert_used_count`; 0 for dense).
+    pub fn n_expert_used(&self) -> u32 {
+        let Some(arch) = self.arch() else { return 0 };
+        self.meta_val(&format!("{arch}.expert_used_count"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The architecture name (`general.architecture`, e.g. `"qwen3moe"`).
+    pub fn arch(&self) -> Option<String> {
+        self.meta_val("general.architecture")
+    }
+
+    /// A metadata value rendered as a string by llama.cpp (arrays are not supported).
+    pub fn meta_val(&self, key: &str) -> Option<String> {
+        let key = CString::new(key).ok()?;
+        read_c_string(|buf, len| {
+            // SAFETY: valid model; key is NUL-terminated; buf is writable for len bytes.
+            unsafe { sys::llama_model_meta_val_str(self.as_ptr(), key.as_ptr(), buf, len) }
+        })
+    }
+
+    /// Every scalar metadata entry as `(key, value)` strings, in file order.
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        // SAFETY: valid model pointer.
+        let n = unsafe { sys::llama_model_meta_count(self.as_ptr()) };
+        (0..n)
+            .filter_map(|i| {
+                let key = read_c_string(|buf, len| {
+                    // SAFETY: i < count; buf is writable for len bytes.
+                    unsafe { sys::llama_model_meta_key_by_index(self.as_ptr(), i, buf, len) }
+                })?;
+                let val = read_c_string(|buf, len| {
+                    // SAFETY: as above.
+                    unsafe { sys::llama_model_meta_val_str_by_index(self.as_ptr(), i, buf, len) }
+                })
+                .unwrap_or_default();
+                Some((key, val))
+            })
+            .collect()
+    }
+
+    /// The chat template stored in the file: the default one for `None`, or a named
+    /// one (`tokenizer.chat_template.NAME`).
+    pub fn chat_template(&self, name: Option<&str>) -> Option<String> {
+        let name = match name {
+            Some(n) => Some(CString::new(n).ok()?),
+            None => None,
+        };
+        let name_ptr = name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr());
+        // SAFETY: valid model; name is NULL or NUL-terminated; the returned string is
+        // owned by the model.
+        let p = unsafe { sys::llama_model_chat_template(self.as_ptr(), name_ptr) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-null NUL-terminated string owned by the model.
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// llama.cpp's one-line description (`"qwen3moe A3B Q8_0"` style).
+    pub fn description(&self) -> String {
+        read_c_string(|buf, len| {
+            // SAFETY: valid model; buf is writable for len bytes.
+            unsafe { sys::llama_model_desc(self.as_ptr(), buf, len) }
+        })
+        .unwrap_or_default()
+    }
+
+    /// Where each tensor was allocated: name, bytes, buffer type, and whether it is a
+    /// routed expert (classified with llama.cpp's own expert regex), with totals per
+    /// buffer type and [`Placement::experts_on_host`].
+    ///
+    /// ```no_run
+    /// # use llama_cpp_moe::{Backend, Model, ModelParams};
+    /// # let backend = Backend::init();
+    /// # let model = Model::load(&backend, "m.gguf", &ModelParams::default().with_cpu_moe_all()).unwrap();
+    /// for (buft, totals) in model.placement().totals() {
+    ///     println!("{buft}: {} tensors, {} bytes", totals.count, totals.bytes);
+    /// }
+    /// ```
+    pub fn placement(&self) -> Placement {
+        let host = host_buffer_type_names();
+        // SAFETY: valid model; the shim catches C++ exceptions.
+        let n = unsafe { sys::llama_moe_model_n_tensors(self.as_ptr()) };
+        let mut tensors = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: plain C struct; all-zero is a valid (empty) value.
+            let mut info: sys::llama_moe_tensor_info = unsafe { std::mem::zeroed() };
+            // SAFETY: i < n; info is a valid out-pointer.
+            if unsafe { sys::llama_moe_model_tensor_info(self.as_ptr(), i, &mut info) } != 0 {
+                continue;
+            }
+            let name = lossy(info.name);
+            let buffer_type = lossy(info.buft_name);
+            tensors.push(TensorPlacement {
+                routed_expert: is_routed_expert(&name),
+                on_host: host.get(&buffer_type).copied().unwrap_or(false),
+                name,
+                bytes: info.nbytes,
+                buffer_type,
+                ggml_type: info.ggml_type,
+            });
+        }
+        Placement { tensors }
+    }
+}
+
+fn lossy(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the shim returns NUL-terminated strings owned by the model or by ggml.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Calls a snprintf-style llama.cpp getter, growing the buffer until the value fits.
+fn read_c_string(mut get: impl FnMut(*mut c_char, usize) -> i32) -> Option<String> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = get(buf.as_mut_ptr().cast(), buf.len());
+        let n = usize::try_from(n).ok()?;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        buf.resize(n + 1, 0);
+    }
+}
+
+/// Buffer-type name → is-host, for every buffer type weights can land in: each device's
+/// default and pinned-host types, the CPU's extra (repacking) types, and the CPU's
+/// mmap-backed type (`CPU_Mapped`), which only exists behind buffers made from host
+/// pointers and is discovered by making one.
+fn host_buffer_type_names() -> HashMap<String, bool> {
+    let backend = Backend::init();
+    let mut out = HashMap::new();
+    // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their layout is
+    // private) but they are in host RAM, which is what the report is about.
+    let mut add = |b: BufferType| {
+        let cpu_device = b
+            .device()
+            .is_some_and(|d| d.device_type() == crate::DeviceType::Cpu);
+        out.insert(b.name(), b.is_host() || cpu_device);
+    };
+    for dev in backend.devices() {
+        dev.buffer_type().into_iter().for_each(&mut add);
+        dev.host_buffer_type().into_iter().for_each(&mut add);
+    }
+    let cpu = backend.cpu_device();
+    // SAFETY: the CPU device is registered; a proc address is a plain lookup.
+    let reg = unsafe { sys::ggml_backend_dev_backend_reg(cpu.as_ptr()) };
+    // SAFETY: reg is the CPU registry; the name is NUL-terminated.
+    let f = unsafe {
+        sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_dev_get_extra_bufts".as_ptr())
+    };
+    if !f.is_null() {
+        // SAFETY: ggml documents this proc as ggml_backend_dev_get_extra_bufts_t.
+        let get: unsafe extern "C" fn(
+            sys::ggml_backend_dev_t,
+        ) -> *mut sys::ggml_backend_buffer_type_t = unsafe { std::mem::transmute(f) };
+        // SAFETY: returns a NULL-terminated static array.
+        let mut p = unsafe { get(cpu.as_ptr()) };
+        while !p.is_null() {
+            // SAFETY: p points into that array, before or at its terminator.
+            let b = unsafe { *p };
+            let Some(b) = NonNull::new(b) else { break };
+            // SAFETY: extra buffer types are static objects of the CPU backend.
+            add(unsafe { BufferType::from_raw(b) });
+            // SAFETY: not past the terminator yet.
+            p = unsafe { p.add(1) };
+        }
+    }
+    // ggml asserts that host pointers are aligned to its tensor alignment (32).
+    #[repr(align(64))]
+    struct Aligned([u8; 64]);
+    let mut probe = Aligned([0; 64]);
+    let probe = &mut probe.0;
+    // SAFETY: wraps (does not copy or free) our aligned stack buffer; freed right below.
+    let buf = unsafe {
+        sys::ggml_backend_dev_buffer_from_host_ptr(
+            cpu.as_ptr(),
+            probe.as_mut_ptr().cast(),
+            probe.len(),
+            probe.len(),
+        )
+    };
+    if !buf.is_null() {
+        // SAFETY: a live buffer; its type is a static object.
+        let buft = unsafe { sys::ggml_backend_buffer_get_type(buf) };
+        if let Some(b) = NonNull::new(buft) {
+            // SAFETY: static buffer type.
+            add(unsafe { BufferType::from_raw(b) });
+        }
+        // SAFETY: frees the wrapper only; the memory is our stack array.
+        unsafe { sys::ggml_backend_buffer_free(buf) };
+    }
+    out
 }

@@ -1,0 +1,290 @@
+//! MoE placement: the tensor-override patterns llama.cpp's `--cpu-moe`, `--n-cpu-moe`,
+//! `--n-cpu-ffn` and `-ot` produce, and the report of where a loaded model's tensors
+//! actually went.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+
+use llama_cpp_moe_sys as sys;
+
+use crate::backend::{BufferType, Device};
+
+/// Routed expert tensors: llama.cpp's `LLM_FFN_EXPS_REGEX`. Matches the fused
+/// `gate_up` experts and the `chexps` variants; shared experts (`_shexp`) never match.
+pub const EXPERTS_REGEX: &str = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps";
+
+/// Dense FFN tensors: llama.cpp's `LLM_FFN_DENSE_REGEX`.
+pub const DENSE_FFN_REGEX: &str = r"\.ffn_(up|down|gate)\.";
+
+/// The pattern `--n-cpu-moe` adds for layer `layer`: `blk\.{layer}` + [`EXPERTS_REGEX`].
+pub fn expert_layer_pattern(layer: u32) -> String {
+    format!(r"blk\.{layer}{EXPERTS_REGEX}")
+}
+
+/// The pattern `--n-cpu-ffn` adds for layer `layer`: `blk\.{layer}` + [`DENSE_FFN_REGEX`].
+pub fn dense_ffn_layer_pattern(layer: u32) -> String {
+    format!(r"blk\.{layer}{DENSE_FFN_REGEX}")
+}
+
+/// Whether a tensor name is a routed expert tensor, decided by the same `std::regex`
+/// search llama.cpp's loader runs ([`EXPERTS_REGEX`]).
+pub fn is_routed_expert(name: &str) -> bool {
+    regex_search(EXPERTS_REGEX, name) == Some(true)
+}
+
+/// `std::regex_search(name, pattern)` through the shim; `None` for an invalid pattern
+/// or a string with a NUL byte.
+pub(crate) fn regex_search(pattern: &str, name: &str) -> Option<bool> {
+    let pattern = CString::new(pattern).ok()?;
+    let name = CString::new(name).ok()?;
+    // SAFETY: both strings are NUL-terminated; the shim catches every C++ exception.
+    match unsafe { sys::llama_moe_regex_search(pattern.as_ptr(), name.as_ptr()) } {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+/// Compiles `pattern` with the loader's `std::regex`; `Err(reason)` if it would throw.
+pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
+    let mut err = [0 as std::ffi::c_char; 256];
+    // SAFETY: NUL-terminated pattern; err is writable for err.len() bytes and the shim
+    // NUL-terminates what it writes; exceptions never leave the shim.
+    let ok =
+        unsafe { sys::llama_moe_regex_is_valid(pattern.as_ptr(), err.as_mut_ptr(), err.len()) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        // SAFETY: the shim wrote a NUL-terminated message into err.
+        let reason = unsafe { CStr::from_ptr(err.as_ptr()) };
+        Err(reason.to_string_lossy().into_owned())
+    }
+}
+
+/// Where tensors matching an override go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverrideTarget {
+    /// Host memory: the CPU buffer type (llama.cpp then also considers the CPU's extra,
+    /// repacking buffer types, exactly like `--cpu-moe`).
+    Cpu,
+    /// The default buffer type of a device (`CUDA0`, `Vulkan0`, `RPC0`, ...).
+    Device(Device),
+    /// A specific buffer type.
+    BufferType(BufferType),
+    /// A buffer-type name, resolved at load time against the devices registered then,
+    /// like `-ot PATTERN=NAME`; an unknown name is a `ParamsError::UnknownBufferType`
+    /// listing the available ones.
+    Named(String),
+}
+
+impl From<Device> for OverrideTarget {
+    fn from(d: Device) -> Self {
+        OverrideTarget::Device(d)
+    }
+}
+
+impl From<BufferType> for OverrideTarget {
+    fn from(b: BufferType) -> Self {
+        OverrideTarget::BufferType(b)
+    }
+}
+
+impl From<&str> for OverrideTarget {
+    fn from(name: &str) -> Self {
+        OverrideTarget::Named(name.to_owned())
+    }
+}
+
+impl From<String> for OverrideTarget {
+    fn from(name: String) -> Self {
+        OverrideTarget::Named(name)
+    }
+}
+
+/// Which builder produced an override; explicit ones come first in the C array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OverrideKind {
+    /// [`crate::ModelParams::with_tensor_override`] (`-ot`).
+    Explicit,
+    /// The routed experts of one layer (`--n-cpu-moe`), or of every layer (`--cpu-moe`,
+    /// `layer` is `None`).
+    Experts {
+        /// The layer, or `None` for all layers.
+        layer: Option<u32>,
+    },
+    /// The dense FFN of one layer (`--n-cpu-ffn`).
+    DenseFfn {
+        /// The layer.
+        layer: u32,
+    },
+}
+
+/// One `{pattern, buffer type}` entry of `llama_model_params.tensor_buft_overrides`.
+///
+/// The pattern is stored as an owned C string, which is what the raw array points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorOverride {
+    pub(crate) pattern: CString,
+    pub(crate) target: OverrideTarget,
+    pub(crate) kind: OverrideKind,
+}
+
+impl TensorOverride {
+    /// The `std::regex` searched in each tensor name.
+    pub fn pattern(&self) -> &str {
+        // Built from &str in every constructor, so this cannot fail.
+        self.pattern.to_str().unwrap_or_default()
+    }
+
+    /// Where matching tensors go.
+    pub fn target(&self) -> &OverrideTarget {
+        &self.target
+    }
+
+    /// Which builder added it.
+    pub fn kind(&self) -> OverrideKind {
+        self.kind
+    }
+}
+
+/// One model tensor and the buffer type it was allocated in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorPlacement {
+    /// The GGUF tensor name, e.g. `blk.0.ffn_up_exps.weight`.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// The name of its buffer type (`"CPU"`, `"CPU_Mapped"`, `"CUDA0"`,
+    /// `"RPC0[127.0.0.1:50052]"`, ...); empty for tensors without a buffer
+    /// (e.g. `vocab_only` or `no_alloc` loads).
+    pub buffer_type: String,
+    /// Whether that buffer type is in host RAM: a host buffer type (`CPU`,
+    /// `CPU_Mapped`, `CUDA_Host`) or one of the CPU device's own (`CPU_REPACK`).
+    pub on_host: bool,
+    /// Whether the name is a routed expert tensor ([`is_routed_expert`]).
+    pub routed_expert: bool,
+    /// The ggml storage type (`ggml_type`).
+    pub ggml_type: i32,
+}
+
+/// Count and bytes of a group of tensors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TensorTotals {
+    /// Number of tensors.
+    pub count: usize,
+    /// Their total size in bytes.
+    pub bytes: usize,
+}
+
+impl TensorTotals {
+    fn add(&mut self, bytes: usize) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// Where every tensor of a loaded model lives, from [`crate::Model::placement`].
+///
+/// This is how to check that an offload really happened: with
+/// `ModelParams::with_cpu_moe_all` every routed expert tensor is on a host buffer type
+/// and [`Placement::experts_on_host`] counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub(crate) tensors: Vec<TensorPlacement>,
+}
+
+impl Placement {
+    /// Every tensor, in the model's order.
+    pub fn tensors(&self) -> &[TensorPlacement] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorPlacement> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Count and bytes per buffer-type name.
+    pub fn totals(&self) -> BTreeMap<String, TensorTotals> {
+        let mut out: BTreeMap<String, TensorTotals> = BTreeMap::new();
+        for t in &self.tensors {
+            out.entry(t.buffer_type.clone()).or_default().add(t.bytes);
+        }
+        out
+    }
+
+    /// All routed expert tensors.
+    pub fn routed_experts(&self) -> impl Iterator<Item = &TensorPlacement> {
+        self.tensors.iter().filter(|t| t.routed_expert)
+    }
+
+    /// Routed expert tensors in host memory: what `--cpu-moe` / `--n-cpu-moe` moved
+    /// (on a CPU-only build, every expert).
+    pub fn experts_on_host(&self) -> TensorTotals {
+        let mut out = TensorTotals::default();
+        for t in self.routed_experts().filter(|t| t.on_host) {
+            out.add(t.bytes);
+        }
+        out
+    }
+
+    /// Tensors whose buffer type is `buffer_type`.
+    pub fn on_buffer_type<'a>(
+        &'a self,
+        buffer_type: &'a str,
+    ) -> impl Iterator<Item = &'a TensorPlacement> + 'a {
+        self.tensors
+            .iter()
+            .filter(move |t| t.buffer_type == buffer_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expert_regex_matches_routed_experts_only() {
+        for name in [
+            "blk.0.ffn_up_exps.weight",
+            "blk.0.ffn_down_exps.weight",
+            "blk.0.ffn_gate_exps.weight",
+            "blk.0.ffn_gate_up_exps.weight",
+            "blk.3.ffn_up_chexps.weight",
+            "blk.1.ffn_gate_exps.bias",
+        ] {
+            assert!(is_routed_expert(name), "{name}");
+        }
+        for name in [
+            "blk.0.ffn_up_shexp.weight",
+            "blk.0.ffn_gate_inp.weight",
+            "blk.0.ffn_up.weight",
+            "blk.0.attn_q.weight",
+            "token_embd.weight",
+        ] {
+            assert!(!is_routed_expert(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn layer_patterns_do_not_match_longer_layer_numbers() {
+        let p1 = expert_layer_pattern(1);
+        assert_eq!(p1, r"blk\.1\.ffn_(up|down|gate|gate_up)_(ch|)exps");
+        assert_eq!(regex_search(&p1, "blk.1.ffn_up_exps.weight"), Some(true));
+        assert_eq!(regex_search(&p1, "blk.10.ffn_up_exps.weight"), Some(false));
+        let d = dense_ffn_layer_pattern(0);
+        assert_eq!(regex_search(&d, "blk.0.ffn_up.weight"), Some(true));
+        assert_eq!(regex_search(&d, "blk.0.ffn_up_exps.weight"), Some(false));
+        assert_eq!(regex_search(&d, "blk.0.ffn_up_shexp.weight"), Some(false));
+    }
+
+    #[test]
+    fn invalid_regex_is_reported_not_thrown() {
+        let err = check_regex(c"((").unwrap_err();
+        assert!(!err.is_empty());
+        assert!(check_regex(c"blk\\.0\\.").is_ok());
+        assert_eq!(regex_search("((", "x"), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! Shared by the `model_*` and `moe_*` tests: synthetic models generated once per test
+//! process into a temp dir, and a loopback RPC server that acts as a real second device.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe::{sys, Backend};
+
+/// The per-process temp dir, removed by nobody: tests of one run share it and the
+/// files are a few MiB; the name carries the pid so runs never collide.
+pub fn temp_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("llama-cpp-moe-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    })
+    .clone()
+}
+
+/// Backend with llama.cpp's chatter kept out of the test output (errors are still
+/// captured for typed errors). Set `MODEL_TEST_LOG=1` to see it through a logger.
+pub fn backend() -> Backend {
+    if std::env::var_os("MODEL_TEST_LOG").is_none() {
+        llama_cpp_moe::log::set_silent(true);
+    }
+    Backend::init()
+}
+
+/// The tiny synthetic model of `arch`, written once per process.
+pub fn model(arch: Arch) -> PathBuf {
+    static PATHS: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
+    let mut paths = PATHS.get_or_init(Default::default).lock().unwrap();
+    paths
+        .entry(arch)
+        .or_insert_with(|| {
+            let path = temp_dir().join(format!("{}-tiny.gguf", arch.cli_name()));
+            SynthSpec::new(arch, Preset::Tiny)
+                .seed(7)
+                .write(&path)
+                .expect("synthetic model");
+            path
+        })
+        .clone()
+}
+
+/// The hyper-parameters the factory used for `arch`'s tiny model.
+pub fn spec(arch: Arch) -> SynthSpec {
+    SynthSpec::new(arch, Preset::Tiny).seed(7)
+}
+
+/// Starts ggml's RPC server on a free loopback port (backed by the CPU device) in a
+/// background thread, once per process, and registers it with
+/// [`Backend::add_rpc_server`]. Returns the endpoint.
+pub fn rpc_endpoint(backend: &Backend) -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let endpoint = format!("127.0.0.1:{port}");
+            let cpu = backend.cpu_device().as_ptr() as usize;
+            let c_endpoint = CString::new(endpoint.clone()).unwrap();
+            // The server loops forever; it ends with the test process.
+            std::thread::spawn(move || {
+                let mut devices = [cpu as sys::ggml_backend_dev_t];
+                // SAFETY: endpoint and device array are owned by this thread for the
+                // whole (endless) call; the CPU device is registered.
+                unsafe {
+                    sys::ggml_backend_rpc_start_server(
+                        c_endpoint.as_ptr(),
+                        std::ptr::null(),
+                        1,
+                        1,
+                        devices.as_mut_ptr(),
+                    )
+                };
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while TcpStream::connect(&endpoint).is_err() {
+                assert!(Instant::now() < deadline, "RPC server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let devices = backend.add_rpc_server(&endpoint).expect("add RPC server");
+            assert_eq!(devices.len(), 1);
+            endpoint
+        })
+        .clone()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
