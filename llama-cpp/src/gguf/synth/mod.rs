@@ -190,7 +190,7 @@ impl SynthSpec {
         if h.n_layer == 0 || h.n_embd == 0 || h.n_head == 0 || h.n_head_kv == 0 || h.head_dim == 0 {
             return bad("layers, width, heads and head size must be non-zero");
         }
-        if h.n_head % h.n_head_kv != 0 {
+        if !h.n_head.is_multiple_of(h.n_head_kv) {
             return bad("n_head must be a multiple of n_head_kv");
         }
         if h.n_vocab < tokenizer::MIN_VOCAB {
