@@ -17,7 +17,6 @@ pub(crate) mod code {
     pub const F64: u32 = 12;
 
     /// Size in bytes of one scalar of this type; `None` for strings, arrays, unknown codes.
-    #[allow(dead_code)] // used by the reader's pre-validation, which lands next
     pub fn fixed_size(code: u32) -> Option<u64> {
         match code {
             U8 | I8 | BOOL => Some(1),
