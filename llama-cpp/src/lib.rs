@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod context;
+pub mod gguf;
 pub mod log;
 pub mod model;
 

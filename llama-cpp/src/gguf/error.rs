@@ -1,0 +1,89 @@
+//! Errors of the GGUF reader.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a GGUF file could not be opened. Every malformed input ends here, never in a
+/// ggml abort: the file is checked in Rust before ggml's parser sees it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GgufError {
+    /// The file does not exist.
+    #[error("{}: no such file", path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Reading the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The path contains a NUL byte, which C cannot represent.
+    #[error("{}: path contains a NUL byte", path.display())]
+    NulInPath {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file does not start with the GGUF magic.
+    #[error("{}: not a GGUF file (starts with {magic:02x?})", path.display())]
+    NotGguf {
+        /// The path given.
+        path: PathBuf,
+        /// The first bytes found (up to 4).
+        magic: Vec<u8>,
+    },
+    /// The file ends inside the header, the metadata or the tensor table.
+    #[error("{}: truncated: file ends at byte {file_size} while reading {what} at byte {offset}", path.display())]
+    Truncated {
+        /// The path given.
+        path: PathBuf,
+        /// Where the read started.
+        offset: u64,
+        /// What was being read.
+        what: &'static str,
+        /// The file's size.
+        file_size: u64,
+    },
+    /// A GGUF version ggml cannot read (it reads 2 and 3).
+    #[error("{}: GGUF version {version} is not supported (2 and 3 are)", path.display())]
+    UnsupportedVersion {
+        /// The path given.
+        path: PathBuf,
+        /// The version in the header.
+        version: u32,
+    },
+    /// A structural error in the header, metadata or tensor table.
+    #[error("{}: malformed GGUF at byte {offset}: {what}", path.display())]
+    Malformed {
+        /// The path given.
+        path: PathBuf,
+        /// Where the bad field starts.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor's data extends past the end of the file.
+    #[error("{}: tensor {name:?} data [{start}, {end}) lies outside the file ({file_size} bytes)", path.display())]
+    TensorDataOutOfBounds {
+        /// The path given.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// First byte of its data.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// The file's size.
+        file_size: u64,
+    },
+    /// ggml's `gguf_init_from_file` returned NULL for a file that passed our checks.
+    #[error("{}: ggml's GGUF parser rejected the file", path.display())]
+    Rejected {
+        /// The path given.
+        path: PathBuf,
+    },
+}

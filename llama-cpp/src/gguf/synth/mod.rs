@@ -1,0 +1,323 @@
+//! The synthetic model factory: GGUF files with the exact tensor names, shapes, types
+//! and metadata of real MoE architectures, deterministic well-scaled random weights and
+//! a real byte-level BPE tokenizer.
+//!
+//! ```no_run
+//! use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
+//! use llama_cpp_moe::gguf::GgmlType;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let report = SynthSpec::new(Arch::Qwen3Moe, Preset::Tiny)
+//!     .weight_type(GgmlType::Q8_0)
+//!     .seed(1)
+//!     .write("qwen3moe-tiny.gguf")?;
+//! println!("{} bytes, {} parameters", report.bytes, report.n_params);
+//! # Ok(())
+//! # }
+//! ```
+
+mod arch;
+mod fill;
+mod plan;
+mod rng;
+mod tokenizer;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+pub use arch::{Arch, Hparams, ParseNameError, Preset};
+
+use super::types::GgmlType;
+use super::value::MetaValue;
+use super::writer::{GgufWriter, TensorDesc, WriteError};
+use fill::{Mode, Scratch};
+use plan::{Planned, Types};
+
+/// Why a synthetic model could not be generated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SynthError {
+    /// Creating or writing the output failed.
+    #[error("writing the synthetic model failed: {0}")]
+    Io(#[from] io::Error),
+    /// The GGUF writer rejected the table (a bug in a hand-edited [`Hparams`], usually).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The requested storage type cannot be generated.
+    #[error("type {0} is not supported by the factory (use f32, f16, bf16, q4_0, q8_0 or mxfp4)")]
+    UnsupportedType(GgmlType),
+    /// The hyper-parameters are inconsistent.
+    #[error("invalid hyper-parameters: {0}")]
+    InvalidHparams(String),
+}
+
+/// Progress of a write, reported after each tensor.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Bytes written so far.
+    pub written: u64,
+    /// Total bytes the file will have.
+    pub total: u64,
+    /// Tensors completed.
+    pub tensors_done: usize,
+    /// Tensors in the file.
+    pub tensors_total: usize,
+}
+
+/// What a finished write produced.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SynthReport {
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Number of tensors.
+    pub n_tensors: usize,
+    /// Number of parameters (tensor elements).
+    pub n_params: u64,
+    /// Wall-clock seconds spent writing.
+    pub seconds: f64,
+}
+
+/// Everything that determines a synthetic model file; same spec, same bytes.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct SynthSpec {
+    arch: Arch,
+    preset: Preset,
+    hparams: Hparams,
+    weight_type: GgmlType,
+    expert_type: Option<GgmlType>,
+    seed: u64,
+    random_blocks: bool,
+}
+
+impl SynthSpec {
+    /// The preset's model for `arch`: Q8_0 weights (MXFP4 experts for gpt-oss, like the
+    /// public file), seed 0. `full` presets produce random quantised blocks directly.
+    pub fn new(arch: Arch, preset: Preset) -> Self {
+        Self {
+            arch,
+            preset,
+            hparams: Hparams::preset(arch, preset),
+            weight_type: if arch == Arch::GptOss {
+                GgmlType::MXFP4
+            } else {
+                GgmlType::Q8_0
+            },
+            expert_type: None,
+            seed: 0,
+            random_blocks: preset == Preset::Full,
+        }
+    }
+
+    /// Storage type of the weight matrices (embeddings, attention, FFN, experts). Norms,
+    /// biases, sinks and routers stay F32. `MXFP4` means llama.cpp's `MXFP4_MOE`: MXFP4
+    /// routed experts, Q8_0 for the other matrices.
+    pub fn weight_type(mut self, ty: GgmlType) -> Self {
+        self.weight_type = ty;
+        self
+    }
+
+    /// Storage type of the routed expert tensors only, overriding [`SynthSpec::weight_type`].
+    pub fn expert_type(mut self, ty: GgmlType) -> Self {
+        self.expert_type = Some(ty);
+        self
+    }
+
+    /// Seed of the weights: the same seed gives a byte-identical file.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Replaces the hyper-parameters (e.g. fewer layers of a `full` shape).
+    pub fn hparams(mut self, hparams: Hparams) -> Self {
+        self.hparams = hparams;
+        self
+    }
+
+    /// Whether to write random quantised blocks directly (fast, the default for `full`)
+    /// instead of quantising normal f32 noise with `ggml_quantize_chunk`.
+    pub fn random_blocks(mut self, yes: bool) -> Self {
+        self.random_blocks = yes;
+        self
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The preset the spec started from.
+    pub fn preset(&self) -> Preset {
+        self.preset
+    }
+
+    /// The hyper-parameters.
+    pub fn hparams_ref(&self) -> &Hparams {
+        &self.hparams
+    }
+
+    /// The seed.
+    pub fn seed_value(&self) -> u64 {
+        self.seed
+    }
+
+    fn types(&self) -> Types {
+        let (weight, expert) = if self.weight_type == GgmlType::MXFP4 {
+            (GgmlType::Q8_0, GgmlType::MXFP4)
+        } else {
+            (self.weight_type, self.weight_type)
+        };
+        Types {
+            weight,
+            expert: self.expert_type.unwrap_or(expert),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SynthError> {
+        let t = self.types();
+        for ty in [t.weight, t.expert] {
+            if !fill::SUPPORTED.contains(&ty) {
+                return Err(SynthError::UnsupportedType(ty));
+            }
+        }
+        let h = &self.hparams;
+        let bad = |m: &str| Err(SynthError::InvalidHparams(m.to_owned()));
+        if h.n_layer == 0 || h.n_embd == 0 || h.n_head == 0 || h.n_head_kv == 0 || h.head_dim == 0 {
+            return bad("layers, width, heads and head size must be non-zero");
+        }
+        if h.n_head % h.n_head_kv != 0 {
+            return bad("n_head must be a multiple of n_head_kv");
+        }
+        if h.n_vocab < tokenizer::MIN_VOCAB {
+            return Err(SynthError::InvalidHparams(format!(
+                "n_vocab must be at least {}",
+                tokenizer::MIN_VOCAB
+            )));
+        }
+        let writes_head_dim = matches!(self.arch, Arch::Qwen3Moe | Arch::GptOss);
+        if !writes_head_dim && h.head_dim * h.n_head != h.n_embd {
+            return bad("this architecture needs head_dim * n_head == n_embd");
+        }
+        if self.arch.is_moe() {
+            if h.n_expert == 0 || h.n_expert_used == 0 || h.n_expert_used > h.n_expert {
+                return bad("MoE architectures need 0 < n_expert_used <= n_expert");
+            }
+            if h.n_layer_dense_lead >= h.n_layer {
+                return bad("at least one layer must be a MoE layer");
+            }
+        } else if h.n_expert != 0 {
+            return bad("the dense llama preset has no experts (use Arch::Mixtral)");
+        }
+        if self.arch == Arch::DeepSeek && h.n_expert_shared == 0 {
+            return bad("deepseek needs n_expert_shared > 0");
+        }
+        Ok(())
+    }
+
+    fn plan(&self) -> Result<(GgufWriter, Vec<Planned>), SynthError> {
+        self.validate()?;
+        let types = self.types();
+        let vocab = tokenizer::Vocab::build(self.hparams.n_vocab);
+        let tensors = plan::tensors(self.arch, &self.hparams, &types);
+        // The reference model stays out of general.name: llama.cpp changes token attributes
+        // by model name (a name containing "phi-3" requires `</s>`, `<s>` and `<unk>`).
+        let name = format!("synthetic {} {}", self.arch.cli_name(), self.preset);
+        let description = format!(
+            "random weights shaped like {} ({} preset), made by llama-cpp-moe; not a trained model",
+            self.arch.reference_model(),
+            self.preset
+        );
+        let mut w = GgufWriter::new();
+        for (k, v) in plan::metadata(
+            self.arch,
+            &self.hparams,
+            &types,
+            &vocab,
+            &name,
+            &description,
+        ) {
+            w.add_kv(k, v)?;
+        }
+        for p in &tensors {
+            w.add_tensor(p.desc.clone())?;
+        }
+        Ok((w, tensors))
+    }
+
+    /// The metadata entries the file will carry, in order.
+    pub fn metadata(&self) -> Result<Vec<(String, MetaValue)>, SynthError> {
+        Ok(self.plan()?.0.metadata().to_vec())
+    }
+
+    /// The tensor table the file will carry, in order.
+    pub fn tensors(&self) -> Result<Vec<TensorDesc>, SynthError> {
+        Ok(self.plan()?.1.into_iter().map(|p| p.desc).collect())
+    }
+
+    /// The exact size of the file, computed without writing it.
+    pub fn file_size(&self) -> Result<u64, SynthError> {
+        Ok(self.plan()?.0.file_size())
+    }
+
+    /// Number of parameters (elements of all tensors).
+    pub fn n_params(&self) -> Result<u64, SynthError> {
+        Ok(self.plan()?.1.iter().map(|p| p.desc.n_elements()).sum())
+    }
+
+    /// Writes the model to `path`.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<SynthReport, SynthError> {
+        self.write_with_progress(path, |_| {})
+    }
+
+    /// Writes the model to `path`, calling `progress` after every tensor.
+    pub fn write_with_progress(
+        &self,
+        path: impl AsRef<Path>,
+        progress: impl FnMut(Progress),
+    ) -> Result<SynthReport, SynthError> {
+        let file = File::create(path.as_ref())?;
+        let report = self.write_to(BufWriter::with_capacity(8 << 20, &file), progress)?;
+        file.sync_all()?;
+        Ok(report)
+    }
+
+    /// Writes the model to any sink (a `Vec<u8>` for in-memory tests).
+    pub fn write_to<W: Write>(
+        &self,
+        out: W,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<SynthReport, SynthError> {
+        let start = Instant::now();
+        let (w, tensors) = self.plan()?;
+        let total = w.file_size();
+        let mode = if self.random_blocks {
+            Mode::RandomBlocks
+        } else {
+            Mode::Quantize
+        };
+        let mut scratch = Scratch::default();
+        let mut written = total - tensors.iter().map(|p| p.desc.nbytes()).sum::<u64>();
+        let bytes = w.write(out, |i, desc, sink| {
+            fill::fill(&tensors[i], self.seed, mode, sink, &mut scratch)?;
+            written += desc.nbytes();
+            progress(Progress {
+                written,
+                total,
+                tensors_done: i + 1,
+                tensors_total: tensors.len(),
+            });
+            Ok(())
+        })?;
+        Ok(SynthReport {
+            bytes,
+            n_tensors: tensors.len(),
+            n_params: tensors.iter().map(|p| p.desc.n_elements()).sum(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}

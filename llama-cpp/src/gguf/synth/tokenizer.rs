@@ -1,0 +1,250 @@
+//! A real byte-level BPE tokenizer for synthetic models.
+//!
+//! 256 byte tokens (GPT-2's byte-to-unicode alphabet, so any UTF-8 text round-trips),
+//! merges learnt deterministically from a small built-in corpus, then systematic merges
+//! (every byte pair, then pair + byte) to pad up to the requested vocabulary size, and
+//! the special tokens at the end. llama.cpp loads it as `tokenizer.ggml.model = "gpt2"`
+//! with the `qwen2` pre-tokenizer, which keeps spaces exactly as written.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::gguf::value::{MetaArray, MetaValue};
+
+/// Special token texts, in the order they are appended after the normal tokens.
+pub(crate) const SPECIALS: [&str; 4] = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|im_start|>",
+    "<|im_end|>",
+];
+/// Number of merges learnt from the corpus before systematic padding.
+const LEARNT_MERGES: usize = 240;
+/// Smallest vocabulary this tokenizer can build.
+pub(crate) const MIN_VOCAB: u32 = 256 + SPECIALS.len() as u32 + 16;
+
+/// A ChatML template (the same family Qwen and many MoE models use).
+pub(crate) const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}\
+{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+const CORPUS: &str = "The quick brown fox jumps over the lazy dog. \
+A mixture of experts routes every token to a few expert networks and adds their outputs. \
+The router picks the top experts for each token; the other experts stay idle, so the \
+model reads only a fraction of its weights per token. Offloading the expert tensors to \
+host memory keeps the attention weights on the GPU while the experts run on the CPU. \
+fn main() { let x = vec![1, 2, 3]; for i in x.iter() { println!(\"{}\", i); } } \
+Il était une fois un modèle qui parlait plusieurs langues. Der schnelle Fuchs. \
+the of and to in is that for it with as was on be at by this from have or an are \
+there their these those which when where while what who how then than them they";
+
+/// GPT-2's reversible byte -> printable char mapping.
+pub(crate) fn byte_to_char() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable =
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        map[usize::from(b)] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(256 + n).unwrap_or('?');
+            n += 1;
+            c
+        };
+    }
+    map
+}
+
+/// The tokenizer's content, ready to be written as GGUF metadata.
+#[derive(Clone, Debug)]
+pub(crate) struct Vocab {
+    pub tokens: Vec<String>,
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub bos: u32,
+    pub eos: u32,
+    pub eot: u32,
+}
+
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_CONTROL: i32 = 3;
+
+impl Vocab {
+    /// Builds a vocabulary of exactly `n_vocab` tokens (at least [`MIN_VOCAB`]).
+    pub(crate) fn build(n_vocab: u32) -> Self {
+        let n_vocab = n_vocab.max(MIN_VOCAB) as usize;
+        let n_normal = n_vocab - SPECIALS.len();
+        let b2c = byte_to_char();
+        let mut tokens: Vec<String> = b2c.iter().map(|c| c.to_string()).collect();
+        let mut seen: HashSet<String> = tokens.iter().cloned().collect();
+        let mut merges = Vec::new();
+
+        let mut push =
+            |a: &str, b: &str, tokens: &mut Vec<String>, merges: &mut Vec<String>| -> bool {
+                let joined = format!("{a}{b}");
+                if seen.contains(&joined) {
+                    return false;
+                }
+                seen.insert(joined.clone());
+                merges.push(format!("{a} {b}"));
+                tokens.push(joined);
+                true
+            };
+
+        for (a, b) in learn_merges(&b2c, LEARNT_MERGES.min(n_normal - 256)) {
+            push(&a, &b, &mut tokens, &mut merges);
+        }
+        // Pad with every byte pair, then pair + byte: each merge's parts already exist.
+        'pairs: for a in 0..256 {
+            for b in 0..256 {
+                if tokens.len() >= n_normal {
+                    break 'pairs;
+                }
+                push(
+                    &b2c[a].to_string(),
+                    &b2c[b].to_string(),
+                    &mut tokens,
+                    &mut merges,
+                );
+            }
+        }
+        'triples: for a in 0..256 {
+            for b in 0..256 {
+                for c in 0..256 {
+                    if tokens.len() >= n_normal {
+                        break 'triples;
+                    }
+                    let ab = format!("{}{}", b2c[a], b2c[b]);
+                    push(&ab, &b2c[c].to_string(), &mut tokens, &mut merges);
+                }
+            }
+        }
+        let mut types = vec![TOKEN_NORMAL; tokens.len()];
+        let first_special = tokens.len() as u32;
+        for s in SPECIALS {
+            tokens.push(s.to_owned());
+            types.push(TOKEN_CONTROL);
+        }
+        Self {
+            tokens,
+            types,
+            merges,
+            bos: first_special,
+            eos: first_special + 1,
+            eot: first_special + 3,
+        }
+    }
+
+    /// The `tokenizer.*` metadata entries.
+    pub(crate) fn metadata(&self) -> Vec<(String, MetaValue)> {
+        vec![
+            ("tokenizer.ggml.model".into(), "gpt2".into()),
+            ("tokenizer.ggml.pre".into(), "qwen2".into()),
+            (
+                "tokenizer.ggml.tokens".into(),
+                MetaArray::String(self.tokens.clone()).into(),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                MetaArray::I32(self.types.clone()).into(),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                MetaArray::String(self.merges.clone()).into(),
+            ),
+            ("tokenizer.ggml.bos_token_id".into(), self.bos.into()),
+            ("tokenizer.ggml.eos_token_id".into(), self.eos.into()),
+            ("tokenizer.ggml.eot_token_id".into(), self.eot.into()),
+            ("tokenizer.ggml.padding_token_id".into(), self.eos.into()),
+            ("tokenizer.ggml.add_bos_token".into(), true.into()),
+            ("tokenizer.ggml.add_eos_token".into(), false.into()),
+            ("tokenizer.chat_template".into(), CHAT_TEMPLATE.into()),
+        ]
+    }
+}
+
+/// Classic BPE training on the built-in corpus: repeatedly merge the most frequent
+/// adjacent pair (ties broken by the pair's text, so the result is deterministic).
+fn learn_merges(b2c: &[char; 256], n: usize) -> Vec<(String, String)> {
+    // GPT-2 style words: a leading space belongs to the following word.
+    let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    let mut cur = String::new();
+    for ch in CORPUS.chars() {
+        if ch == ' ' && !cur.is_empty() {
+            *words.entry(encode(&cur, b2c)).or_default() += 1;
+            cur.clear();
+        }
+        cur.push(ch);
+    }
+    if !cur.is_empty() {
+        *words.entry(encode(&cur, b2c)).or_default() += 1;
+    }
+    let mut words: Vec<(Vec<String>, usize)> = words.into_iter().collect();
+    let mut merges = Vec::with_capacity(n);
+    while merges.len() < n {
+        let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for (w, c) in &words {
+            for p in w.windows(2) {
+                *counts.entry((&p[0], &p[1])).or_default() += c;
+            }
+        }
+        let Some(((a, b), _)) = counts
+            .into_iter()
+            .max_by(|x, y| x.1.cmp(&y.1).then_with(|| y.0.cmp(&x.0)))
+        else {
+            break;
+        };
+        let (a, b) = (a.to_owned(), b.to_owned());
+        for (w, _) in &mut words {
+            let mut i = 0;
+            while i + 1 < w.len() {
+                if w[i] == a && w[i + 1] == b {
+                    w[i] = format!("{a}{b}");
+                    w.remove(i + 1);
+                }
+                i += 1;
+            }
+        }
+        merges.push((a, b));
+    }
+    merges
+}
+
+fn encode(word: &str, b2c: &[char; 256]) -> Vec<String> {
+    word.bytes()
+        .map(|b| b2c[usize::from(b)].to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocab_has_exact_size_unique_tokens_and_valid_merges() {
+        for n in [MIN_VOCAB, 512, 70_000] {
+            let v = Vocab::build(n);
+            assert_eq!(v.tokens.len(), n as usize);
+            let set: HashSet<&String> = v.tokens.iter().collect();
+            assert_eq!(set.len(), v.tokens.len(), "tokens must be unique");
+            for m in &v.merges {
+                let (a, b) = m.split_once(' ').unwrap();
+                assert!(
+                    set.contains(&a.to_string()) && set.contains(&b.to_string()),
+                    "{m}"
+                );
+                assert!(set.contains(&format!("{a}{b}")), "{m}");
+            }
+            assert_eq!(v.tokens[v.eot as usize], "<|im_end|>");
+        }
+    }
+
+    #[test]
+    fn byte_alphabet_is_a_bijection() {
+        let m = byte_to_char();
+        let set: HashSet<char> = m.iter().copied().collect();
+        assert_eq!(set.len(), 256);
+        assert_eq!(m[usize::from(b' ')], '\u{120}');
+        assert_eq!(m[usize::from(b'A')], 'A');
+    }
+}

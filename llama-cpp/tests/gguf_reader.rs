@@ -1,0 +1,218 @@
+//! The reader against files the factory wrote: metadata and tensors round-trip, and the
+//! expert grouping is exactly what llama.cpp's offload regex selects.
+
+mod gguf_support;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+
+use gguf_support::TempPath;
+use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe::gguf::{GgmlType, GgufError, GgufFile, TensorKind};
+use llama_cpp_moe_sys as sys;
+
+fn write(arch: Arch, name: &str) -> (SynthSpec, TempPath) {
+    let spec = SynthSpec::new(arch, Preset::Tiny).seed(3);
+    let path = TempPath::new(name);
+    spec.write(&path.0).expect("write");
+    (spec, path)
+}
+
+/// llama.cpp's own regex engine (std::regex through the shim) on the offload pattern.
+fn llama_cpp_regex_matches(name: &str) -> bool {
+    let p = CString::new(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps").unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let r = unsafe { sys::llama_moe_regex_search(p.as_ptr(), n.as_ptr()) };
+    assert!(r >= 0, "regex error");
+    r == 1
+}
+
+#[test]
+fn metadata_and_tensor_table_round_trip_for_every_arch() {
+    for arch in Arch::ALL {
+        let (spec, path) = write(arch, &format!("reader-{}.gguf", arch.cli_name()));
+        let f = GgufFile::open(&path.0).expect("open");
+        assert_eq!(f.metadata(), spec.metadata().unwrap().as_slice(), "{arch}");
+        assert_eq!(f.version(), 3);
+        assert_eq!(f.alignment(), 32);
+        assert_eq!(f.file_size(), spec.file_size().unwrap());
+        let want = spec.tensors().unwrap();
+        assert_eq!(f.tensors().len(), want.len(), "{arch}");
+        let mut end = f.data_offset();
+        for (got, want) in f.tensors().iter().zip(&want) {
+            assert_eq!(got.name, want.name);
+            assert_eq!(got.ty, want.ty);
+            assert_eq!(got.shape, want.shape);
+            assert_eq!(got.n_bytes, want.nbytes());
+            assert_eq!(
+                got.offset,
+                end.div_ceil(32) * 32,
+                "{} is packed in order",
+                got.name
+            );
+            end = got.offset + got.n_bytes;
+        }
+        assert!(end <= f.file_size());
+
+        let h = spec.hparams_ref();
+        assert_eq!(f.architecture(), Some(arch.gguf_name()));
+        assert_eq!(f.block_count(), Some(h.n_layer.into()));
+        assert_eq!(f.embedding_length(), Some(h.n_embd.into()));
+        assert_eq!(f.context_length(), Some(h.n_ctx_train.into()));
+        assert_eq!(f.head_count_kv(), Some(h.n_head_kv.into()));
+        assert_eq!(f.vocab_size(), Some(h.n_vocab as usize));
+        if arch.is_moe() {
+            assert_eq!(f.expert_count(), Some(h.n_expert.into()));
+            assert_eq!(f.expert_used_count(), Some(h.n_expert_used.into()));
+        } else {
+            assert_eq!(f.expert_count(), None);
+        }
+    }
+}
+
+#[test]
+fn expert_tensors_are_exactly_the_archs_routed_experts() {
+    for arch in Arch::ALL {
+        let (spec, path) = write(arch, &format!("experts-{}.gguf", arch.cli_name()));
+        let f = GgufFile::open(&path.0).expect("open");
+        let h = spec.hparams_ref();
+
+        // What the architecture defines (src/models/*.cpp): gate/down/up experts in every
+        // MoE layer, plus per-expert biases for gpt-oss.
+        let mut want = BTreeSet::new();
+        for il in (0..h.n_layer).filter(|&il| h.is_moe_layer(il)) {
+            for t in ["gate", "down", "up"] {
+                want.insert(format!("blk.{il}.ffn_{t}_exps.weight"));
+                if arch == Arch::GptOss {
+                    want.insert(format!("blk.{il}.ffn_{t}_exps.bias"));
+                }
+            }
+        }
+        let got: BTreeSet<String> = f.expert_tensors().map(|t| t.name.clone()).collect();
+        assert_eq!(got, want, "{arch}");
+        // And llama.cpp's std::regex agrees on every tensor of the file.
+        for t in f.tensors() {
+            assert_eq!(
+                llama_cpp_regex_matches(&t.name),
+                t.kind() == TensorKind::RoutedExpert,
+                "{}",
+                t.name
+            );
+        }
+        for t in f.expert_tensors() {
+            assert_eq!(
+                t.shape.last().copied(),
+                Some(u64::from(h.n_expert)),
+                "{}: experts are the last dim",
+                t.name
+            );
+        }
+
+        let shared: BTreeSet<String> = f.shared_expert_tensors().map(|t| t.name.clone()).collect();
+        if arch == Arch::DeepSeek {
+            assert_eq!(
+                shared.len() as u32,
+                3 * (h.n_layer - h.n_layer_dense_lead),
+                "{shared:?}"
+            );
+            assert!(shared.iter().all(|n| n.contains("_shexp")));
+            // The leading dense layer has a dense FFN and no experts at all.
+            let l0: Vec<TensorKind> = f.layer_tensors(0).map(|t| t.kind()).collect();
+            assert!(l0.contains(&TensorKind::DenseFfn) && !l0.contains(&TensorKind::RoutedExpert));
+        } else {
+            assert!(shared.is_empty(), "{arch}: {shared:?}");
+        }
+        if arch == Arch::Llama {
+            assert_eq!(f.expert_tensors().count(), 0);
+        }
+    }
+}
+
+#[test]
+fn bytes_by_layer_adds_up() {
+    let (spec, path) = write(Arch::DeepSeek, "bytes.gguf");
+    let f = GgufFile::open(&path.0).unwrap();
+    let layers = f.bytes_by_layer();
+    assert_eq!(layers.len() as u32, spec.hparams_ref().n_layer + 1);
+    assert_eq!(layers.last().unwrap().layer, None);
+    let total: u64 = layers.iter().map(|l| l.total()).sum();
+    assert_eq!(total, f.tensors().iter().map(|t| t.n_bytes).sum::<u64>());
+    assert_eq!(
+        layers[0].bytes(TensorKind::RoutedExpert),
+        0,
+        "leading dense layer"
+    );
+    assert!(layers[1].bytes(TensorKind::RoutedExpert) > layers[1].bytes(TensorKind::SharedExpert));
+    assert!(layers[1].bytes(TensorKind::SharedExpert) > 0);
+    assert!(layers.last().unwrap().bytes(TensorKind::Embedding) > 0);
+}
+
+#[test]
+fn quantised_types_are_what_was_asked() {
+    let spec = SynthSpec::new(Arch::GptOss, Preset::Tiny);
+    let path = TempPath::new("types.gguf");
+    spec.write(&path.0).unwrap();
+    let f = GgufFile::open(&path.0).unwrap();
+    for t in f.tensors() {
+        let want = match t.kind() {
+            TensorKind::RoutedExpert if t.name.ends_with(".weight") => GgmlType::MXFP4,
+            _ if t.shape.len() == 1
+                || t.name.ends_with(".bias")
+                || t.kind() == TensorKind::Router =>
+            {
+                GgmlType::F32
+            }
+            TensorKind::Attention if t.name.contains("sinks") => GgmlType::F32,
+            _ => GgmlType::Q8_0,
+        };
+        assert_eq!(t.ty, want, "{}", t.name);
+    }
+    assert_eq!(
+        f.get("general.file_type").and_then(|v| v.as_u64()),
+        Some(38)
+    );
+}
+
+#[test]
+fn missing_and_foreign_files_give_typed_errors() {
+    let missing = TempPath::new("does-not-exist.gguf");
+    assert!(matches!(
+        GgufFile::open(&missing.0),
+        Err(GgufError::NotFound { .. })
+    ));
+
+    let text = TempPath::new("not-gguf.txt");
+    std::fs::write(&text.0, b"hello world, definitely not a model").unwrap();
+    assert!(matches!(
+        GgufFile::open(&text.0),
+        Err(GgufError::NotGguf { .. })
+    ));
+
+    let empty = TempPath::new("empty.gguf");
+    std::fs::write(&empty.0, b"").unwrap();
+    assert!(matches!(
+        GgufFile::open(&empty.0),
+        Err(GgufError::Truncated { .. })
+    ));
+
+    let v1 = TempPath::new("v1.gguf");
+    std::fs::write(&v1.0, b"GGUF\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
+    assert!(matches!(
+        GgufFile::open(&v1.0),
+        Err(GgufError::UnsupportedVersion { version: 1, .. })
+    ));
+}
+
+#[test]
+fn non_utf8_paths_work() {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(b"non-utf8-\xff\xfe.gguf");
+    let dir = TempPath::new("unused").0.parent().unwrap().to_owned();
+    let path = TempPath(dir.join(name));
+    SynthSpec::new(Arch::Llama, Preset::Tiny)
+        .write(&path.0)
+        .unwrap();
+    let f = GgufFile::open(&path.0).expect("non-UTF-8 path opens");
+    assert_eq!(f.architecture(), Some("llama"));
+}
