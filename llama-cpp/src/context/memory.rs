@@ -136,7 +136,8 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Removes every token that does not belong to `seq`.
+    /// Removes every token that does not belong to `seq`. With one cache per sequence
+    /// (`with_kv_unified(false)`, the default) only the cache holding `seq` is touched.
     ///
     /// C equivalent: `llama_memory_seq_keep(mem, seq)`.
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<(), MemoryError> {
@@ -148,6 +149,8 @@ impl Context<'_> {
     }
 
     /// Adds `delta` to the positions of `seq`'s tokens in `p0..p1` (context shifting).
+    /// Cells shared with another sequence (after [`Context::seq_cp`] in a unified cache)
+    /// move for both.
     ///
     /// C equivalent: `llama_memory_seq_add(mem, seq, p0, p1, delta)`.
     pub fn seq_add(
