@@ -351,6 +351,19 @@ impl Drop for Owned {
 
 /// A sampler chain (see [`SamplerBuilder`]) tied to the vocabulary it was built for.
 ///
+/// The grammar stage points into the model's vocabulary, so a sampler cannot outlive
+/// its model:
+///
+/// ```compile_fail,E0597
+/// use llama_cpp_moe::{Backend, Model, ModelParams, Sampler, SamplerBuilder};
+/// let sampler: Sampler<'_>;
+/// {
+///     let model = Model::load(&Backend::init(), "m.gguf", &ModelParams::default()).unwrap();
+///     sampler = SamplerBuilder::new().greedy(&model.vocab()).unwrap();
+/// } // error[E0597]: `model` does not live long enough
+/// drop(sampler);
+/// ```
+///
 /// ```no_run
 /// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, SamplerBuilder};
 ///

@@ -186,6 +186,19 @@ impl Context<'_> {
 
     /// The logits (one per vocabulary token) of batch index `index` of the last decode.
     ///
+    /// The slice borrows the context, so the next decode cannot overwrite it while it is
+    /// in use:
+    ///
+    /// ```compile_fail,E0502
+    /// # use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Token};
+    /// # let model = Model::load(&Backend::init(), "m.gguf", &ModelParams::default()).unwrap();
+    /// # let mut ctx = Context::new(&model, &ContextParams::default()).unwrap();
+    /// # let batch = Batch::from_tokens(&[Token(1)], 0, 0).unwrap();
+    /// let logits = ctx.logits(0).unwrap();
+    /// ctx.decode(&batch).unwrap(); // error[E0502]: `ctx` is also borrowed as immutable
+    /// println!("{}", logits[0]);
+    /// ```
+    ///
     /// C equivalent: `llama_get_logits_ith(ctx, index)`.
     pub fn logits(&self, index: usize) -> Result<&[f32], OutputError> {
         let row = self.output_row(index)?;

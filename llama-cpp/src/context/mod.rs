@@ -81,12 +81,19 @@ pub(crate) unsafe extern "C" fn abort_trampoline(data: *mut c_void) -> bool {
 /// ```no_run
 /// use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
 /// let backend = Backend::init();
-/// let ctx: Context<'_>;
 /// let model = Model::load(&backend, "m.gguf", &ModelParams::default()).unwrap();
+/// let ctx: Context<'_>;
 /// {
 ///     ctx = Context::new(&model, &ContextParams::default()).unwrap();
 /// }
 /// drop(ctx);
+/// ```
+///
+/// A context is `Send` but not `Sync`: decoding mutates it without locking.
+///
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<llama_cpp_moe::Context<'static>>();
 /// ```
 ///
 /// Decoding a prompt and reading its logits:
