@@ -118,7 +118,10 @@ fn main() {
     // For dependents' build scripts (DEP_LLAMA_*): e.g. the native C benchmark links
     // the very same libraries.
     println!("cargo:include={}", src.dir.join("include").display());
-    println!("cargo:ggml_include={}", src.dir.join("ggml/include").display());
+    println!(
+        "cargo:ggml_include={}",
+        src.dir.join("ggml/include").display()
+    );
     println!("cargo:lib_dir={}", lib_dir.display());
     compile_shim(&src.dir, &features);
     generate_bindings(&src.dir, &manifest_dir, &out_dir, &features);

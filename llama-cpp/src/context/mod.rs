@@ -1,20 +1,36 @@
 //! Inference contexts: KV cache, compute buffers, decoding.
 
+mod decode;
+mod memory;
 mod params;
+mod perf;
 
+use std::any::Any;
+use std::ffi::c_void;
 use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use llama_cpp_moe_sys as sys;
 
-pub use params::ContextParams;
+pub use decode::{DecodeError, OutputError};
+pub use memory::{MemoryBreakdownRow, MemoryError};
+pub use params::{ContextParams, FlashAttention, KvCacheType, PoolingType};
+pub use perf::PerfCounters;
 
+use crate::vocab::Vocab;
 use crate::Model;
+use params::AbortFn;
 
 /// Why a context could not be created.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContextError {
+    /// The parameters are invalid (llama.cpp would assert or fail on them).
+    #[error("invalid context parameters: {0}")]
+    InvalidParams(String),
     /// llama.cpp returned NULL; `reason` is its last error line when it logged one.
     #[error("llama.cpp could not create a context: {reason}")]
     Failed {
@@ -23,32 +39,110 @@ pub enum ContextError {
     },
 }
 
+/// The abort callback and a panic it raised, kept at a stable address for C.
+struct AbortState {
+    f: AbortFn,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// Called by ggml's CPU backend (possibly from its worker threads) during a decode.
+pub(crate) unsafe extern "C" fn abort_trampoline(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the Box<AbortState> the context owns; it outlives the C
+    // context, and AbortState is Sync (Fn + Sync, Mutex).
+    let state = unsafe { &*data.cast::<AbortState>() };
+    match catch_unwind(AssertUnwindSafe(|| (state.f.0)())) {
+        Ok(stop) => stop,
+        Err(payload) => {
+            let mut slot = state.panic.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(payload);
+            true
+        }
+    }
+}
+
 /// An inference context over a borrowed [`Model`].
 ///
-/// ```compile_fail
+/// The context cannot outlive its model:
+///
+/// ```compile_fail,E0597
 /// use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
 /// let backend = Backend::init();
 /// let ctx: Context<'_>;
 /// {
 ///     let model = Model::load(&backend, "m.gguf", &ModelParams::default()).unwrap();
 ///     ctx = Context::new(&model, &ContextParams::default()).unwrap();
-/// } // error: `model` does not live long enough
+/// } // error[E0597]: `model` does not live long enough
 /// drop(ctx);
 /// ```
-#[derive(Debug)]
+///
+/// The same code with the model in the outer scope compiles, so the error above is the
+/// lifetime and nothing else:
+///
+/// ```no_run
+/// use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
+/// let backend = Backend::init();
+/// let model = Model::load(&backend, "m.gguf", &ModelParams::default()).unwrap();
+/// let ctx: Context<'_>;
+/// {
+///     ctx = Context::new(&model, &ContextParams::default()).unwrap();
+/// }
+/// drop(ctx);
+/// ```
+///
+/// A context is `Send` but not `Sync`: decoding mutates it without locking.
+///
+/// ```compile_fail,E0277
+/// fn sync<T: Sync>() {}
+/// sync::<llama_cpp_moe::Context<'static>>();
+/// ```
+///
+/// Decoding a prompt and reading its logits:
+///
+/// ```no_run
+/// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
+/// let mut ctx = Context::new(&model, &ContextParams::default().with_n_ctx(2048))?;
+/// let tokens = model.vocab().tokenize("Hello", true, false)?;
+/// let batch = Batch::from_tokens(&tokens, 0, 0)?;
+/// ctx.decode(&batch)?;
+/// let logits = ctx.logits(tokens.len() - 1)?;
+/// assert_eq!(logits.len(), model.vocab().n_tokens());
+/// # Ok(())
+/// # }
+/// ```
 pub struct Context<'model> {
     ptr: NonNull<sys::llama_context>,
     model: &'model Model,
+    /// Output flags of the last successful decode, by batch index.
+    outputs: Vec<bool>,
+    /// Whether decodes extract embeddings (stale buffers must not be handed out).
+    embeddings: bool,
+    abort: Option<Box<AbortState>>,
+    model_load_time: Option<Duration>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("ptr", &self.ptr)
+            .field("n_ctx", &self.n_ctx())
+            .field("abort_callback", &self.abort.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: a llama_context may move between threads (llama-server hands contexts to
-// worker threads); it is not Sync because decode mutates it without locking.
+// worker threads); it is not Sync because decode mutates it without locking. The abort
+// state it owns is Send (its callback is Send + Sync).
 unsafe impl Send for Context<'_> {}
 
 impl Drop for Context<'_> {
     fn drop(&mut self) {
-        // SAFETY: the pointer came from llama_init_from_model and is freed once.
+        // SAFETY: the pointer came from llama_init_from_model and is freed once, before
+        // the abort state it points to is dropped (fields drop after this body).
         unsafe { sys::llama_free(self.ptr.as_ptr()) };
     }
 }
@@ -56,16 +150,39 @@ impl Drop for Context<'_> {
 impl<'model> Context<'model> {
     /// Creates a context. C equivalent: `llama_init_from_model(model, params)`.
     pub fn new(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
+        params.validate().map_err(ContextError::InvalidParams)?;
+        let abort = params.abort.clone().map(|f| {
+            Box::new(AbortState {
+                f,
+                panic: Mutex::new(None),
+            })
+        });
+        let abort_data = abort.as_ref().map(|b| {
+            std::ptr::from_ref::<AbortState>(b)
+                .cast_mut()
+                .cast::<c_void>()
+        });
         crate::log::clear_last_error();
-        // SAFETY: the model pointer is valid for 'model; params is a plain struct.
-        let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), params.to_raw()) };
+        // SAFETY: the model pointer is valid for 'model; the raw params point only to
+        // `abort`, which the context keeps (boxed, at a stable address) until after
+        // llama_free.
+        let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), params.to_raw(abort_data)) };
         let reason = crate::log::take_last_error();
         let ptr = NonNull::new(ptr).ok_or_else(|| ContextError::Failed {
             reason: reason.unwrap_or_else(|| "llama_init_from_model returned NULL".into()),
         })?;
+        // The context copies the model's load time before its first decode.
+        // SAFETY: valid context pointer.
+        let perf = unsafe { sys::llama_perf_context(ptr.as_ptr()) };
+        let model_load_time = (perf.t_load_ms > 0.0 && perf.t_load_ms.is_finite())
+            .then(|| Duration::from_secs_f64(perf.t_load_ms / 1e3));
         Ok(Context {
             ptr,
             model,
+            outputs: Vec::new(),
+            embeddings: params.embeddings,
+            abort,
+            model_load_time,
             _not_sync: PhantomData,
         })
     }
@@ -75,14 +192,100 @@ impl<'model> Context<'model> {
         self.model
     }
 
+    /// The model's vocabulary.
+    pub fn vocab(&self) -> Vocab<'model> {
+        self.model.vocab()
+    }
+
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.
     pub fn as_ptr(&self) -> *mut sys::llama_context {
         self.ptr.as_ptr()
     }
 
-    /// Context length in tokens.
+    /// Context length in tokens (the actual value, which may differ from the request).
     pub fn n_ctx(&self) -> u32 {
         // SAFETY: valid context pointer.
         unsafe { sys::llama_n_ctx(self.ptr.as_ptr()) }
+    }
+
+    /// Context length available to each sequence.
+    pub fn n_ctx_seq(&self) -> u32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_ctx_seq(self.ptr.as_ptr()) }
+    }
+
+    /// Largest number of tokens one [`Context::decode`] accepts.
+    pub fn n_batch(&self) -> u32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_batch(self.ptr.as_ptr()) }
+    }
+
+    /// Physical batch size.
+    pub fn n_ubatch(&self) -> u32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_ubatch(self.ptr.as_ptr()) }
+    }
+
+    /// Number of sequences the context holds; sequence ids are `0..n_seq_max`.
+    pub fn n_seq_max(&self) -> u32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_seq_max(self.ptr.as_ptr()) }
+    }
+
+    /// Threads used to generate single tokens.
+    pub fn n_threads(&self) -> i32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_threads(self.ptr.as_ptr()) }
+    }
+
+    /// Threads used for batches (prompt processing).
+    pub fn n_threads_batch(&self) -> i32 {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_n_threads_batch(self.ptr.as_ptr()) }
+    }
+
+    /// Changes both thread counts; each must be at least 1.
+    pub fn set_n_threads(
+        &mut self,
+        n_threads: i32,
+        n_threads_batch: i32,
+    ) -> Result<(), ContextError> {
+        if n_threads < 1 || n_threads_batch < 1 {
+            return Err(ContextError::InvalidParams(format!(
+                "thread counts must be >= 1 (n_threads {n_threads}, n_threads_batch {n_threads_batch})"
+            )));
+        }
+        // SAFETY: valid context pointer; counts are positive.
+        unsafe { sys::llama_set_n_threads(self.ptr.as_ptr(), n_threads, n_threads_batch) };
+        Ok(())
+    }
+
+    /// Turns embedding extraction on or off for the next decodes.
+    pub fn set_embeddings(&mut self, embeddings: bool) {
+        // SAFETY: valid context pointer.
+        unsafe { sys::llama_set_embeddings(self.ptr.as_ptr(), embeddings) };
+        self.embeddings = embeddings;
+        self.outputs.clear();
+    }
+
+    /// How the context pools embeddings.
+    pub fn pooling_type(&self) -> PoolingType {
+        // SAFETY: valid context pointer.
+        PoolingType::from_raw(unsafe { sys::llama_pooling_type(self.ptr.as_ptr()) })
+    }
+
+    /// How long llama.cpp took to load the model, when it measured it.
+    pub fn model_load_time(&self) -> Option<Duration> {
+        self.model_load_time
+    }
+
+    /// Resumes a panic raised by the abort callback during the last C call.
+    fn resume_abort_panic(&self) {
+        if let Some(state) = &self.abort {
+            let payload = state.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(payload) = payload {
+                std::panic::resume_unwind(payload);
+            }
+        }
     }
 }

@@ -1,0 +1,281 @@
+//! Sequence/memory (KV cache) operations and the per-buffer-type memory breakdown.
+
+use std::ffi::CStr;
+
+use llama_cpp_moe_sys as sys;
+
+use super::Context;
+use crate::batch::{Pos, SeqId};
+
+/// Why a memory operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// The context has no memory (KV cache) at all.
+    #[error("the context has no memory")]
+    NoMemory,
+    /// A sequence id is negative or not below the context's `n_seq_max`.
+    #[error("sequence id {seq} out of range (context holds {n_seq_max} sequences)")]
+    InvalidSeqId {
+        /// The offending id.
+        seq: SeqId,
+        /// The context's sequence count.
+        n_seq_max: u32,
+    },
+    /// The memory cannot remove part of a sequence (recurrent models); whole
+    /// sequences can always be removed.
+    #[error("the memory cannot remove part of a sequence")]
+    PartialRemove,
+    /// The memory does not support shifting positions.
+    #[error("the memory does not support position shifts")]
+    ShiftUnsupported,
+    /// The divisor of [`Context::seq_div`] must be greater than 1.
+    #[error("position divisor must be > 1, got {0}")]
+    InvalidDivisor(i32),
+    /// llama.cpp could not report the memory breakdown.
+    #[error("llama.cpp could not report the memory breakdown")]
+    Breakdown,
+}
+
+/// Memory one buffer type holds for a context: weights, KV cache, compute buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryBreakdownRow {
+    /// The ggml buffer type, e.g. `CPU`, `CUDA0`, `CUDA_Host`.
+    pub buffer_type: String,
+    /// Whether the buffer type lives in host memory.
+    pub is_host: bool,
+    /// Bytes of model weights.
+    pub model_bytes: usize,
+    /// Bytes of context state (KV cache, recurrent state).
+    pub context_bytes: usize,
+    /// Bytes of compute buffers.
+    pub compute_bytes: usize,
+}
+
+impl MemoryBreakdownRow {
+    /// Everything this buffer type holds.
+    pub fn total_bytes(&self) -> usize {
+        self.model_bytes + self.context_bytes + self.compute_bytes
+    }
+}
+
+/// Converts the `Option` position bounds of the public API to llama.cpp's `-1`.
+fn bound(p: Option<Pos>) -> Pos {
+    p.filter(|&p| p >= 0).unwrap_or(-1)
+}
+
+impl Context<'_> {
+    fn memory(&self) -> Result<sys::llama_memory_t, MemoryError> {
+        // SAFETY: valid context pointer.
+        let mem = unsafe { sys::llama_get_memory(self.ptr.as_ptr()) };
+        if mem.is_null() {
+            Err(MemoryError::NoMemory)
+        } else {
+            Ok(mem)
+        }
+    }
+
+    fn check_seq(&self, seq: SeqId) -> Result<(), MemoryError> {
+        let n_seq_max = self.n_seq_max();
+        if seq < 0 || seq as u32 >= n_seq_max {
+            return Err(MemoryError::InvalidSeqId { seq, n_seq_max });
+        }
+        Ok(())
+    }
+
+    /// Empties the memory; `data` also zeroes the buffers.
+    ///
+    /// C equivalent: `llama_memory_clear(mem, data)`.
+    pub fn clear_memory(&mut self, data: bool) -> Result<(), MemoryError> {
+        let mem = self.memory()?;
+        self.outputs.clear();
+        // SAFETY: valid memory handle owned by the context.
+        unsafe { sys::llama_memory_clear(mem, data) };
+        Ok(())
+    }
+
+    /// Removes the tokens of `seq` (every sequence when `None`) at positions
+    /// `p0..p1` (`None`: from the start / to the end).
+    ///
+    /// C equivalent: `llama_memory_seq_rm(mem, seq, p0, p1)`.
+    pub fn seq_rm(
+        &mut self,
+        seq: Option<SeqId>,
+        p0: Option<Pos>,
+        p1: Option<Pos>,
+    ) -> Result<(), MemoryError> {
+        let mem = self.memory()?;
+        if let Some(s) = seq {
+            self.check_seq(s)?;
+        }
+        // SAFETY: valid memory handle; the sequence id is -1 or in range.
+        let ok = unsafe { sys::llama_memory_seq_rm(mem, seq.unwrap_or(-1), bound(p0), bound(p1)) };
+        if ok {
+            Ok(())
+        } else {
+            Err(MemoryError::PartialRemove)
+        }
+    }
+
+    /// Makes the tokens of `src` at positions `p0..p1` also belong to `dst`.
+    ///
+    /// C equivalent: `llama_memory_seq_cp(mem, src, dst, p0, p1)`.
+    pub fn seq_cp(
+        &mut self,
+        src: SeqId,
+        dst: SeqId,
+        p0: Option<Pos>,
+        p1: Option<Pos>,
+    ) -> Result<(), MemoryError> {
+        let mem = self.memory()?;
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        // SAFETY: valid memory handle; both ids are in range (llama.cpp asserts that).
+        unsafe { sys::llama_memory_seq_cp(mem, src, dst, bound(p0), bound(p1)) };
+        Ok(())
+    }
+
+    /// Removes every token that does not belong to `seq`. With one cache per sequence
+    /// (`with_kv_unified(false)`, the default) only the cache holding `seq` is touched.
+    ///
+    /// C equivalent: `llama_memory_seq_keep(mem, seq)`.
+    pub fn seq_keep(&mut self, seq: SeqId) -> Result<(), MemoryError> {
+        let mem = self.memory()?;
+        self.check_seq(seq)?;
+        // SAFETY: valid memory handle; the id is in range.
+        unsafe { sys::llama_memory_seq_keep(mem, seq) };
+        Ok(())
+    }
+
+    /// Adds `delta` to the positions of `seq`'s tokens in `p0..p1` (context shifting).
+    /// Cells shared with another sequence (after [`Context::seq_cp`] in a unified cache)
+    /// move for both.
+    ///
+    /// C equivalent: `llama_memory_seq_add(mem, seq, p0, p1, delta)`.
+    pub fn seq_add(
+        &mut self,
+        seq: SeqId,
+        p0: Option<Pos>,
+        p1: Option<Pos>,
+        delta: Pos,
+    ) -> Result<(), MemoryError> {
+        let mem = self.shiftable_memory()?;
+        self.check_seq(seq)?;
+        // SAFETY: valid memory handle that supports shifts; the id is in range.
+        unsafe { sys::llama_memory_seq_add(mem, seq, bound(p0), bound(p1), delta) };
+        Ok(())
+    }
+
+    /// Divides the positions of `seq`'s tokens in `p0..p1` by `d` (> 1).
+    ///
+    /// C equivalent: `llama_memory_seq_div(mem, seq, p0, p1, d)`.
+    pub fn seq_div(
+        &mut self,
+        seq: SeqId,
+        p0: Option<Pos>,
+        p1: Option<Pos>,
+        d: i32,
+    ) -> Result<(), MemoryError> {
+        if d <= 1 {
+            return Err(MemoryError::InvalidDivisor(d));
+        }
+        let mem = self.shiftable_memory()?;
+        self.check_seq(seq)?;
+        // SAFETY: valid memory handle that supports shifts; the id is in range; d > 1.
+        unsafe { sys::llama_memory_seq_div(mem, seq, bound(p0), bound(p1), d) };
+        Ok(())
+    }
+
+    fn shiftable_memory(&self) -> Result<sys::llama_memory_t, MemoryError> {
+        let mem = self.memory()?;
+        // SAFETY: valid memory handle.
+        if unsafe { sys::llama_memory_can_shift(mem) } {
+            Ok(mem)
+        } else {
+            Err(MemoryError::ShiftUnsupported)
+        }
+    }
+
+    /// Smallest position of `seq` in memory; `None` when the sequence is empty.
+    ///
+    /// C equivalent: `llama_memory_seq_pos_min(mem, seq)`.
+    pub fn seq_pos_min(&self, seq: SeqId) -> Result<Option<Pos>, MemoryError> {
+        let mem = self.memory()?;
+        self.check_seq(seq)?;
+        // SAFETY: valid memory handle; the id is in range.
+        let p = unsafe { sys::llama_memory_seq_pos_min(mem, seq) };
+        Ok((p >= 0).then_some(p))
+    }
+
+    /// Largest position of `seq` in memory; `None` when the sequence is empty.
+    ///
+    /// C equivalent: `llama_memory_seq_pos_max(mem, seq)`.
+    pub fn seq_pos_max(&self, seq: SeqId) -> Result<Option<Pos>, MemoryError> {
+        let mem = self.memory()?;
+        self.check_seq(seq)?;
+        // SAFETY: valid memory handle; the id is in range.
+        let p = unsafe { sys::llama_memory_seq_pos_max(mem, seq) };
+        Ok((p >= 0).then_some(p))
+    }
+
+    /// Memory per buffer type: model weights, context (KV cache) and compute buffers.
+    /// With MoE offload this shows the experts' bytes in a host buffer type and the rest
+    /// on the accelerator.
+    ///
+    /// C equivalent: `llama_memory_breakdown_print(ctx)` (as data, via the shim).
+    ///
+    /// ```no_run
+    /// # use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
+    /// let ctx = Context::new(&model, &ContextParams::default())?;
+    /// for row in ctx.memory_breakdown()? {
+    ///     println!("{:>12} model {} KV {} compute {}", row.buffer_type,
+    ///              row.model_bytes, row.context_bytes, row.compute_bytes);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn memory_breakdown(&self) -> Result<Vec<MemoryBreakdownRow>, MemoryError> {
+        // SAFETY: valid context; a NULL output with capacity 0 only counts the rows.
+        let n =
+            unsafe { sys::llama_moe_memory_breakdown(self.ptr.as_ptr(), std::ptr::null_mut(), 0) };
+        if n < 0 {
+            return Err(MemoryError::Breakdown);
+        }
+        let empty = sys::llama_moe_memory_row {
+            buft_name: std::ptr::null(),
+            is_host: 0,
+            model: 0,
+            context: 0,
+            compute: 0,
+        };
+        let mut rows = vec![empty; n as usize];
+        // SAFETY: `rows` has room for `rows.len()` entries.
+        let m = unsafe {
+            sys::llama_moe_memory_breakdown(self.ptr.as_ptr(), rows.as_mut_ptr(), rows.len())
+        };
+        if m < 0 {
+            return Err(MemoryError::Breakdown);
+        }
+        rows.truncate(m as usize);
+        Ok(rows
+            .iter()
+            .map(|r| MemoryBreakdownRow {
+                buffer_type: if r.buft_name.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: buffer type names are static NUL-terminated strings.
+                    unsafe { CStr::from_ptr(r.buft_name) }
+                        .to_string_lossy()
+                        .into_owned()
+                },
+                is_host: r.is_host != 0,
+                model_bytes: r.model,
+                context_bytes: r.context,
+                compute_bytes: r.compute,
+            })
+            .collect())
+    }
+}

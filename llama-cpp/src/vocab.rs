@@ -1,0 +1,344 @@
+//! The model's vocabulary: tokenization, token pieces, special tokens.
+
+mod chat;
+mod utf8;
+
+use std::ffi::c_char;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use llama_cpp_moe_sys as sys;
+
+pub use chat::{apply_chat_template, ChatMessage, ChatTemplateError};
+pub use utf8::Utf8Decoder;
+
+use crate::Model;
+
+/// A token id of a model's vocabulary.
+///
+/// Any `i32` can be wrapped; every call that hands a token to llama.cpp checks it
+/// against the vocabulary first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct Token(pub i32);
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a vocabulary operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VocabError {
+    /// The token id is not in the vocabulary.
+    #[error("token {token} is out of range (vocabulary has {n_vocab} tokens)")]
+    TokenOutOfRange {
+        /// The offending token.
+        token: Token,
+        /// Size of the vocabulary.
+        n_vocab: usize,
+    },
+    /// The input is longer than llama.cpp can count (`i32::MAX` bytes or tokens).
+    #[error("input too long for llama.cpp ({0} elements)")]
+    TooLong(usize),
+    /// llama.cpp reported a failure; the C return code is kept.
+    #[error("llama.cpp {call} failed (returned {code})")]
+    Failed {
+        /// The C function.
+        call: &'static str,
+        /// Its return code.
+        code: i32,
+    },
+}
+
+/// The vocabulary of a [`Model`], borrowed from it.
+///
+/// ```no_run
+/// use llama_cpp_moe::{Backend, Model, ModelParams};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
+/// let vocab = model.vocab();
+/// let tokens = vocab.tokenize("Hello 🦀", true, false)?;
+/// assert_eq!(vocab.detokenize(&tokens, true, false)?, "Hello 🦀");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Vocab<'model> {
+    ptr: NonNull<sys::llama_vocab>,
+    n_tokens: usize,
+    _model: PhantomData<&'model Model>,
+}
+
+// SAFETY: the vocabulary is immutable after loading, and llama.h documents the
+// tokenization API as thread-safe; the pointer is valid for 'model, and Model is Sync.
+unsafe impl Send for Vocab<'_> {}
+// SAFETY: as above: every method only reads the vocabulary through llama.cpp's
+// thread-safe, const tokenization calls.
+unsafe impl Sync for Vocab<'_> {}
+
+impl Model {
+    /// The model's vocabulary. C equivalent: `llama_model_get_vocab(model)`.
+    pub fn vocab(&self) -> Vocab<'_> {
+        // SAFETY: valid model pointer; the vocab lives inside the model.
+        let ptr = unsafe { sys::llama_model_get_vocab(self.as_ptr()) };
+        let ptr = NonNull::new(ptr.cast_mut()).expect("llama_model_get_vocab never returns NULL");
+        // SAFETY: valid vocab pointer.
+        let n = unsafe { sys::llama_vocab_n_tokens(ptr.as_ptr()) };
+        Vocab {
+            ptr,
+            n_tokens: n.max(0) as usize,
+            _model: PhantomData,
+        }
+    }
+}
+
+fn opt_token(t: sys::llama_token) -> Option<Token> {
+    (t != sys::LLAMA_TOKEN_NULL).then_some(Token(t))
+}
+
+impl<'model> Vocab<'model> {
+    /// The raw pointer, valid while the model lives.
+    pub fn as_ptr(&self) -> *const sys::llama_vocab {
+        self.ptr.as_ptr()
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Whether `token` is a valid id of this vocabulary.
+    pub fn contains(&self, token: Token) -> bool {
+        token.0 >= 0 && (token.0 as usize) < self.n_tokens
+    }
+
+    /// `Ok(())` when `token` is in range, the typed error otherwise.
+    pub fn check(&self, token: Token) -> Result<(), VocabError> {
+        if self.contains(token) {
+            Ok(())
+        } else {
+            Err(VocabError::TokenOutOfRange {
+                token,
+                n_vocab: self.n_tokens,
+            })
+        }
+    }
+
+    /// Beginning-of-sequence token, if the model has one.
+    pub fn bos(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_bos(self.as_ptr()) })
+    }
+
+    /// End-of-sequence token, if the model has one.
+    pub fn eos(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_eos(self.as_ptr()) })
+    }
+
+    /// End-of-turn token, if the model has one.
+    pub fn eot(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_eot(self.as_ptr()) })
+    }
+
+    /// Sentence separator token, if the model has one.
+    pub fn sep(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_sep(self.as_ptr()) })
+    }
+
+    /// Newline token, if the model has one.
+    pub fn nl(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_nl(self.as_ptr()) })
+    }
+
+    /// Padding token, if the model has one.
+    pub fn pad(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        opt_token(unsafe { sys::llama_vocab_pad(self.as_ptr()) })
+    }
+
+    /// Whether tokenizing with `add_special` prepends BOS.
+    pub fn adds_bos(&self) -> bool {
+        // SAFETY: valid vocab pointer.
+        unsafe { sys::llama_vocab_get_add_bos(self.as_ptr()) }
+    }
+
+    /// Whether tokenizing with `add_special` appends EOS.
+    pub fn adds_eos(&self) -> bool {
+        // SAFETY: valid vocab pointer.
+        unsafe { sys::llama_vocab_get_add_eos(self.as_ptr()) }
+    }
+
+    /// Whether `token` ends generation (EOS, EOT, ...). False for ids out of range.
+    pub fn is_eog(&self, token: Token) -> bool {
+        // SAFETY: valid vocab pointer; the id is in range.
+        self.contains(token) && unsafe { sys::llama_vocab_is_eog(self.as_ptr(), token.0) }
+    }
+
+    /// Whether `token` is a control token (not rendered as text). False for ids out of range.
+    pub fn is_control(&self, token: Token) -> bool {
+        // SAFETY: valid vocab pointer; the id is in range (llama.cpp indexes with .at()).
+        self.contains(token) && unsafe { sys::llama_vocab_is_control(self.as_ptr(), token.0) }
+    }
+
+    /// Converts text to tokens.
+    ///
+    /// `add_special` adds BOS/EOS as the model asks ([`Vocab::adds_bos`]);
+    /// `parse_special` turns the texts of special tokens (e.g. `<|im_start|>`) into those
+    /// tokens instead of tokenizing them as plain text.
+    ///
+    /// C equivalent: `llama_tokenize(vocab, text, len, tokens, max, add_special, parse_special)`.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<Token>, VocabError> {
+        let len = i32::try_from(text.len()).map_err(|_| VocabError::TooLong(text.len()))?;
+        // A first guess that fits almost always: at most one token per byte, plus specials.
+        let mut out: Vec<Token> = vec![Token(0); text.len() + 2];
+        for _ in 0..2 {
+            let cap = i32::try_from(out.len()).map_err(|_| VocabError::TooLong(out.len()))?;
+            // SAFETY: text is valid for `len` bytes (C copies it into a std::string, so no
+            // NUL terminator is needed); `out` has room for `cap` tokens, and Token is
+            // repr(transparent) over llama_token.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.as_ptr(),
+                    text.as_ptr().cast::<c_char>(),
+                    len,
+                    out.as_mut_ptr().cast::<sys::llama_token>(),
+                    cap,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n == i32::MIN {
+                return Err(VocabError::TooLong(text.len()));
+            }
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            out.resize(n.unsigned_abs() as usize, Token(0));
+        }
+        Err(VocabError::Failed {
+            call: "llama_tokenize",
+            code: -1,
+        })
+    }
+
+    /// The bytes of `token`'s text. Byte-level vocabularies split characters across
+    /// tokens, so a piece may be partial UTF-8: feed pieces to a [`Utf8Decoder`].
+    ///
+    /// `special` renders control tokens (otherwise they give no bytes).
+    ///
+    /// C equivalent: `llama_token_to_piece(vocab, token, buf, len, 0, special)`.
+    pub fn token_to_bytes(&self, token: Token, special: bool) -> Result<Vec<u8>, VocabError> {
+        self.check(token)?;
+        let mut buf = vec![0u8; 32];
+        for _ in 0..2 {
+            let cap = i32::try_from(buf.len()).map_err(|_| VocabError::TooLong(buf.len()))?;
+            // SAFETY: valid vocab, in-range token, `buf` has `cap` writable bytes.
+            let n = unsafe {
+                sys::llama_token_to_piece(
+                    self.as_ptr(),
+                    token.0,
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    cap,
+                    0,
+                    special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            buf.resize(n.unsigned_abs() as usize, 0);
+        }
+        Err(VocabError::Failed {
+            call: "llama_token_to_piece",
+            code: -1,
+        })
+    }
+
+    /// `token`'s text; a partial UTF-8 piece is shown with U+FFFD. See
+    /// [`Vocab::token_to_bytes`] for streaming.
+    pub fn token_to_piece(&self, token: Token, special: bool) -> Result<String, VocabError> {
+        let bytes = self.token_to_bytes(token, special)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Converts tokens back to text (invalid UTF-8, if any, becomes U+FFFD).
+    ///
+    /// `remove_special` drops the BOS/EOS the model adds; `unparse_special` renders
+    /// special tokens as their text.
+    ///
+    /// C equivalent: `llama_detokenize(vocab, tokens, n, buf, len, remove_special, unparse_special)`.
+    pub fn detokenize(
+        &self,
+        tokens: &[Token],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Result<String, VocabError> {
+        for &t in tokens {
+            self.check(t)?;
+        }
+        let n_tokens =
+            i32::try_from(tokens.len()).map_err(|_| VocabError::TooLong(tokens.len()))?;
+        let mut buf = vec![0u8; tokens.len() * 4 + 16];
+        for _ in 0..2 {
+            let cap = i32::try_from(buf.len()).map_err(|_| VocabError::TooLong(buf.len()))?;
+            // SAFETY: valid vocab; every token was checked to be in range; `buf` has `cap`
+            // writable bytes; Token is repr(transparent) over llama_token.
+            let n = unsafe {
+                sys::llama_detokenize(
+                    self.as_ptr(),
+                    tokens.as_ptr().cast::<sys::llama_token>(),
+                    n_tokens,
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    cap,
+                    remove_special,
+                    unparse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+            if n == i32::MIN {
+                return Err(VocabError::TooLong(tokens.len()));
+            }
+            buf.resize(n.unsigned_abs() as usize, 0);
+        }
+        Err(VocabError::Failed {
+            call: "llama_detokenize",
+            code: -1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_transparent_over_llama_token() {
+        assert_eq!(
+            std::mem::size_of::<Token>(),
+            std::mem::size_of::<sys::llama_token>()
+        );
+        assert_eq!(
+            std::mem::align_of::<Token>(),
+            std::mem::align_of::<sys::llama_token>()
+        );
+        assert_eq!(Token(7).to_string(), "7");
+    }
+}

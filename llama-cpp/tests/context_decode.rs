@@ -1,0 +1,376 @@
+//! Context: decoding, typed decode errors, outputs, memory ops, breakdown, perf.
+
+mod ctx_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ctx_support::{moe, small_ctx, small_params};
+use llama_cpp_moe::context::{
+    ContextError, DecodeError, FlashAttention, KvCacheType, MemoryError, OutputError, PoolingType,
+};
+use llama_cpp_moe::{Batch, Context, Sampler, Token, Vocab};
+
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
+
+fn prompt_tokens() -> Vec<Token> {
+    moe().vocab().tokenize(PROMPT, true, false).unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn thread_safety_markers() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Context<'static>>();
+    send::<Sampler<'static>>();
+    send::<Vocab<'static>>();
+    sync::<Vocab<'static>>();
+}
+
+#[test]
+fn decode_prompt_gives_finite_logits_for_the_outputs_only() {
+    let model = moe();
+    let mut ctx = small_ctx(model);
+    let tokens = prompt_tokens();
+    assert!(tokens.len() > 5);
+    let mut batch = Batch::from_tokens(&tokens, 0, 0).unwrap();
+    batch.set_output(0, true);
+    ctx.decode(&batch).unwrap();
+
+    let last = tokens.len() - 1;
+    assert_eq!(ctx.output_indices().collect::<Vec<_>>(), vec![0, last]);
+    let n_vocab = model.vocab().n_tokens();
+    for i in [0, last] {
+        let logits = ctx.logits(i).unwrap();
+        assert_eq!(logits.len(), n_vocab);
+        assert!(logits.iter().all(|x| x.is_finite()), "row {i}");
+    }
+    // Rows are distinct: the first and last positions see different contexts.
+    assert_ne!(ctx.logits(0).unwrap(), ctx.logits(last).unwrap());
+    assert_eq!(
+        ctx.logits(1).unwrap_err(),
+        OutputError::NotAnOutput { index: 1 }
+    );
+    assert_eq!(
+        ctx.logits(last + 1).unwrap_err(),
+        OutputError::NotAnOutput { index: last + 1 }
+    );
+    // Embeddings were not requested.
+    assert!(matches!(
+        ctx.embeddings(last),
+        Err(OutputError::Unavailable(_))
+    ));
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(last as i32));
+    assert_eq!(ctx.seq_pos_min(0).unwrap(), Some(0));
+}
+
+#[test]
+fn bad_batches_are_typed_errors_not_aborts() {
+    let model = moe();
+    let mut ctx = small_ctx(model);
+    let n_vocab = model.vocab().n_tokens();
+
+    assert_eq!(ctx.decode(&Batch::new()), Err(DecodeError::EmptyBatch));
+
+    for bad in [Token(n_vocab as i32), Token(-1), Token(i32::MAX)] {
+        let batch = Batch::from_tokens(&[Token(1), bad], 0, 0).unwrap();
+        assert_eq!(
+            ctx.decode(&batch),
+            Err(DecodeError::TokenOutOfRange {
+                index: 1,
+                token: bad,
+                n_vocab
+            })
+        );
+    }
+
+    let n_batch = ctx.n_batch() as usize;
+    let too_many = vec![Token(1); n_batch + 1];
+    assert_eq!(
+        ctx.decode(&Batch::from_tokens(&too_many, 0, 0).unwrap()),
+        Err(DecodeError::TooManyTokens {
+            n_tokens: n_batch + 1,
+            limit: n_batch
+        })
+    );
+
+    let mut other_seq = Batch::new();
+    other_seq.add(Token(1), 0, &[5], true).unwrap();
+    assert_eq!(
+        ctx.decode(&other_seq),
+        Err(DecodeError::InvalidSeqId {
+            seq: 5,
+            n_seq_max: 1
+        })
+    );
+
+    // Nothing above reached llama.cpp's memory.
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), None);
+
+    // Positions that skip ahead are rejected by llama.cpp itself (-1).
+    ctx.decode(&Batch::from_tokens(&[Token(1), Token(2)], 0, 0).unwrap())
+        .unwrap();
+    let gap = Batch::from_tokens(&[Token(3)], 10, 0).unwrap();
+    assert!(matches!(
+        ctx.decode(&gap),
+        Err(DecodeError::InvalidBatch { .. })
+    ));
+    // A failed decode leaves no readable output behind.
+    assert!(ctx.logits(0).is_err());
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(1));
+}
+
+#[test]
+fn full_kv_cache_is_no_kv_slot() {
+    let model = moe();
+    let mut ctx = small_ctx(model);
+    let n_ctx = ctx.n_ctx() as usize;
+    let chunk = ctx.n_batch() as usize;
+    let mut pos = 0;
+    while pos < n_ctx {
+        let n = chunk.min(n_ctx - pos);
+        let toks = vec![Token(10); n];
+        ctx.decode(&Batch::from_tokens(&toks, pos as i32, 0).unwrap())
+            .unwrap();
+        pos += n;
+    }
+    let more = Batch::from_tokens(&[Token(10)], pos as i32, 0).unwrap();
+    assert_eq!(ctx.decode(&more), Err(DecodeError::NoKvSlot));
+    // Freeing room makes the same position decodable again.
+    ctx.seq_rm(Some(0), Some(n_ctx as i32 - 4), None).unwrap();
+    let again = Batch::from_tokens(&[Token(10)], n_ctx as i32 - 4, 0).unwrap();
+    ctx.decode(&again).unwrap();
+}
+
+#[test]
+fn abort_callback_stops_decode_and_its_panic_is_resumed() {
+    let model = moe();
+    let stop = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&stop);
+    let params = small_params().with_abort_callback(move || flag.load(Ordering::Relaxed));
+    let mut ctx = Context::new(model, &params).unwrap();
+    let batch = Batch::from_tokens(&prompt_tokens(), 0, 0).unwrap();
+    assert_eq!(ctx.decode(&batch), Err(DecodeError::Aborted));
+    ctx.clear_memory(false).unwrap();
+    stop.store(false, Ordering::Relaxed);
+    ctx.decode(&batch).unwrap();
+
+    let params = small_params().with_abort_callback(|| panic!("callback panicked"));
+    let mut ctx = Context::new(model, &params).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.decode(&batch)));
+    let payload = caught.expect_err("the callback's panic reaches the caller");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"callback panicked"));
+}
+
+#[test]
+fn sequence_ops_copy_remove_keep_and_shift() {
+    let model = moe();
+    // One unified cache, so sequences share cells and seq_keep sees all of them.
+    let params = small_params().with_n_seq_max(3).with_kv_unified(true);
+    let mut ctx = Context::new(model, &params).unwrap();
+    assert_eq!(ctx.n_seq_max(), 3);
+    let tokens = prompt_tokens();
+    let n = tokens.len() as i32;
+    ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+        .unwrap();
+    let logits_seq0 = ctx.logits(tokens.len() - 1).unwrap().to_vec();
+
+    ctx.seq_cp(0, 1, None, None).unwrap();
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(n - 1));
+    assert_eq!(ctx.seq_pos_max(2).unwrap(), None);
+
+    // Sequence 1 continues from the copied prefix exactly as sequence 0 would.
+    let next = Token(argmax(&logits_seq0) as i32);
+    let mut b = Batch::new();
+    b.add(next, n, &[0], true).unwrap();
+    b.add(next, n, &[1], true).unwrap();
+    ctx.decode(&b).unwrap();
+    assert_eq!(ctx.logits(0).unwrap(), ctx.logits(1).unwrap());
+
+    ctx.seq_rm(Some(1), Some(2), None).unwrap();
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(1));
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(n));
+
+    // Copied cells are shared, so shifting waits until sequence 1 owns its cells alone.
+    ctx.seq_keep(1).unwrap();
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), None);
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(1));
+
+    ctx.seq_add(1, None, None, 5).unwrap();
+    assert_eq!(ctx.seq_pos_min(1).unwrap(), Some(5));
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(6));
+    ctx.seq_div(1, None, None, 2).unwrap();
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(3));
+    assert_eq!(
+        ctx.seq_div(1, None, None, 1),
+        Err(MemoryError::InvalidDivisor(1))
+    );
+
+    for bad in [-1, 3, 100] {
+        assert_eq!(
+            ctx.seq_keep(bad),
+            Err(MemoryError::InvalidSeqId {
+                seq: bad,
+                n_seq_max: 3
+            })
+        );
+        assert!(ctx.seq_cp(0, bad, None, None).is_err());
+        assert!(ctx.seq_pos_max(bad).is_err());
+    }
+    // None means every sequence.
+    ctx.seq_rm(None, None, None).unwrap();
+    assert_eq!(ctx.seq_pos_max(1).unwrap(), None);
+    ctx.clear_memory(true).unwrap();
+}
+
+#[test]
+fn memory_breakdown_has_a_cpu_row_with_the_weights() {
+    let model = moe();
+    let ctx = small_ctx(model);
+    let rows = ctx.memory_breakdown().unwrap();
+    let cpu = rows
+        .iter()
+        .find(|r| r.buffer_type.starts_with("CPU"))
+        .unwrap_or_else(|| panic!("no CPU row in {rows:?}"));
+    assert!(cpu.is_host);
+    assert!(cpu.model_bytes > 0, "{rows:?}");
+    let total_model: usize = rows.iter().map(|r| r.model_bytes).sum();
+    // Every byte of weights is accounted for in some buffer type.
+    assert!(total_model as u64 >= model_size(model) / 2, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.context_bytes > 0),
+        "KV cache: {rows:?}"
+    );
+}
+
+fn model_size(model: &llama_cpp_moe::Model) -> u64 {
+    // SAFETY: valid model pointer for the duration of the call.
+    unsafe { llama_cpp_moe::sys::llama_model_size(model.as_ptr()) }
+}
+
+#[test]
+fn perf_counts_prompt_tokens_and_generation_steps() {
+    let model = moe();
+    let mut ctx = small_ctx(model);
+    ctx.reset_perf();
+    let tokens = prompt_tokens();
+    ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+        .unwrap();
+    for i in 0..3 {
+        let b = Batch::from_tokens(&[Token(20)], (tokens.len() + i) as i32, 0).unwrap();
+        ctx.decode(&b).unwrap();
+    }
+    let perf = ctx.perf();
+    assert_eq!(perf.n_prompt_tokens as usize, tokens.len());
+    assert_eq!(perf.n_eval, 3);
+    assert!(ctx.model_load_time().is_some());
+}
+
+#[test]
+fn every_context_option_creates_a_working_context() {
+    let model = moe();
+    let tokens = prompt_tokens();
+    let reference = {
+        let mut ctx = small_ctx(model);
+        ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+            .unwrap();
+        argmax(ctx.logits(tokens.len() - 1).unwrap())
+    };
+    let variants = [
+        small_params().with_flash_attention(FlashAttention::Enabled),
+        small_params().with_flash_attention(FlashAttention::Disabled),
+        small_params().with_op_offload(false),
+        small_params().with_offload_kqv(false),
+        small_params().with_n_ubatch(8),
+        small_params().with_n_threads(1).with_n_threads_batch(2),
+        small_params().with_kv_cache_type(KvCacheType::F32, KvCacheType::F32),
+        small_params()
+            .with_flash_attention(FlashAttention::Enabled)
+            .with_kv_cache_type(KvCacheType::Q8_0, KvCacheType::Q8_0),
+        small_params().with_kv_unified(true).with_n_seq_max(2),
+        small_params().with_perf(false),
+    ];
+    for params in variants {
+        let mut ctx = Context::new(model, &params).unwrap_or_else(|e| panic!("{params:?}: {e}"));
+        assert_eq!(ctx.n_threads(), params.n_threads());
+        assert_eq!(ctx.n_threads_batch(), params.n_threads_batch());
+        assert!(ctx.n_ubatch() <= params.n_ubatch());
+        ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+            .unwrap();
+        let logits = ctx.logits(tokens.len() - 1).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()), "{params:?}");
+        // Exact options (no quantised cache) agree on the most likely token.
+        if params.kv_cache_type().0 != KvCacheType::Q8_0 {
+            assert_eq!(argmax(logits), reference, "{params:?}");
+        }
+    }
+}
+
+#[test]
+fn invalid_context_params_are_typed_errors() {
+    let model = moe();
+    for params in [
+        small_params().with_n_threads(0),
+        small_params().with_n_batch(0),
+        small_params().with_n_seq_max(100_000),
+    ] {
+        assert!(matches!(
+            Context::new(model, &params),
+            Err(ContextError::InvalidParams(_))
+        ));
+    }
+    let mut ctx = small_ctx(model);
+    assert!(ctx.set_n_threads(0, 1).is_err());
+    ctx.set_n_threads(1, 2).unwrap();
+    assert_eq!((ctx.n_threads(), ctx.n_threads_batch()), (1, 2));
+}
+
+#[test]
+fn embeddings_per_token_and_pooled() {
+    let model = moe();
+    let tokens = prompt_tokens();
+    let batch = {
+        let mut b = Batch::from_tokens(&tokens, 0, 0).unwrap();
+        for i in 0..tokens.len() {
+            b.set_output(i, true);
+        }
+        b
+    };
+    let mut ctx = Context::new(
+        model,
+        &small_params()
+            .with_embeddings(true)
+            .with_pooling(PoolingType::None),
+    )
+    .unwrap();
+    ctx.decode(&batch).unwrap();
+    let e0 = ctx.embeddings(0).unwrap().to_vec();
+    let e_last = ctx.embeddings(tokens.len() - 1).unwrap();
+    assert_eq!(e0.len(), e_last.len());
+    assert!(!e0.is_empty() && e0.iter().all(|x| x.is_finite()));
+    assert_ne!(e0.as_slice(), e_last);
+    assert!(ctx.embeddings_seq(0).is_err());
+
+    let mut pooled = Context::new(
+        model,
+        &small_params()
+            .with_embeddings(true)
+            .with_pooling(PoolingType::Mean),
+    )
+    .unwrap();
+    assert_eq!(pooled.pooling_type(), PoolingType::Mean);
+    pooled.decode(&batch).unwrap();
+    let mean = pooled.embeddings_seq(0).unwrap();
+    assert_eq!(mean.len(), e0.len());
+    assert!(mean.iter().all(|x| x.is_finite()));
+    assert!(pooled.embeddings(0).is_err());
+    assert!(pooled.embeddings_seq(1).is_err());
+}
