@@ -114,11 +114,13 @@ fn parse_override(s: &str) -> Result<Vec<OverrideArg>, String> {
     s.split(',')
         .filter(|p| !p.is_empty())
         .map(|item| {
-            let (pattern, buft) = item
-                .split_once('=')
-                .ok_or_else(|| format!("invalid override {item:?}: expected PATTERN=BUFFER_TYPE"))?;
+            let (pattern, buft) = item.split_once('=').ok_or_else(|| {
+                format!("invalid override {item:?}: expected PATTERN=BUFFER_TYPE")
+            })?;
             if pattern.is_empty() || buft.is_empty() {
-                return Err(format!("invalid override {item:?}: expected PATTERN=BUFFER_TYPE"));
+                return Err(format!(
+                    "invalid override {item:?}: expected PATTERN=BUFFER_TYPE"
+                ));
             }
             Ok(OverrideArg {
                 pattern: pattern.to_owned(),
@@ -198,12 +200,18 @@ pub fn parse(argv: &[String]) -> Result<Args, String> {
             "--cpu-moe-layers" => a.cpu_moe_layers = Some(parse_layer_list(&value()?)?),
             "--n-cpu-ffn" => a.n_cpu_ffn = Some(number(flag, &value()?)?),
             "-ot" | "--override-tensor" => a.overrides.extend(parse_override(&value()?)?),
-            "--rpc" => a
-                .rpc
-                .extend(value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
-            "-dev" | "--device" => a
-                .devices
-                .extend(value()?.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            "--rpc" => a.rpc.extend(
+                value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            "-dev" | "--device" => a.devices.extend(
+                value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
             "-s" | "--seed" => a.seed = number(flag, &value()?)?,
             "--temp" => a.temp = number(flag, &value()?)?,
             "--top-k" => a.top_k = Some(number(flag, &value()?)?),
@@ -238,7 +246,8 @@ mod tests {
 
     #[test]
     fn llama_cpp_spellings() {
-        let a = args("-m x.gguf -ngl all -ub 128 -ot a=CPU,b=RPC0 -ot c=CPU --n-cpu-moe 3").unwrap();
+        let a =
+            args("-m x.gguf -ngl all -ub 128 -ot a=CPU,b=RPC0 -ot c=CPU --n-cpu-moe 3").unwrap();
         assert_eq!(a.n_gpu_layers, Some(GpuLayers::All));
         assert_eq!(a.ubatch_size, 128);
         assert_eq!(a.overrides.len(), 3);

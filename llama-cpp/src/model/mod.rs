@@ -18,8 +18,9 @@ pub use params::{
     max_devices, max_tensor_overrides, KvValue, LoadMode, ModelParams, ParamsError, SplitMode,
 };
 pub use placement::{
-    dense_ffn_layer_pattern, expert_layer_pattern, is_routed_expert, OverrideKind, OverrideTarget,
-    Placement, TensorOverride, TensorPlacement, TensorTotals, DENSE_FFN_REGEX, EXPERTS_REGEX,
+    dense_ffn_layer_pattern, expert_layer_pattern, is_routed_expert, regex_search, OverrideKind,
+    OverrideTarget, Placement, TensorOverride, TensorPlacement, TensorTotals, DENSE_FFN_REGEX,
+    EXPERTS_REGEX,
 };
 
 use crate::backend::BufferType;

@@ -32,9 +32,16 @@ pub fn is_routed_expert(name: &str) -> bool {
     regex_search(EXPERTS_REGEX, name) == Some(true)
 }
 
-/// `std::regex_search(name, pattern)` through the shim; `None` for an invalid pattern
-/// or a string with a NUL byte.
-pub(crate) fn regex_search(pattern: &str, name: &str) -> Option<bool> {
+/// `std::regex_search(name, pattern)` through the shim: whether the loader would apply
+/// an override with `pattern` to the tensor `name`. `None` for an invalid pattern or a
+/// string with a NUL byte.
+///
+/// ```
+/// use llama_cpp_moe::model::regex_search;
+/// assert_eq!(regex_search(r"blk\.1\.ffn_up", "blk.1.ffn_up_exps.weight"), Some(true));
+/// assert_eq!(regex_search("((", "x"), None);
+/// ```
+pub fn regex_search(pattern: &str, name: &str) -> Option<bool> {
     let pattern = CString::new(pattern).ok()?;
     let name = CString::new(name).ok()?;
     // SAFETY: both strings are NUL-terminated; the shim catches every C++ exception.
