@@ -47,7 +47,7 @@ impl Server {
         let endpoint = format!("127.0.0.1:{port}");
         let child = Command::new(example("rpc_server"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--threads", "2"])
+            .args(["--threads", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

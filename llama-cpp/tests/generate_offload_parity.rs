@@ -1,7 +1,9 @@
 //! Greedy generation gives identical tokens whatever the placement options.
 //!
-//! The harness takes `ModelParams`, so every offload builder (layers on accelerators,
-//! expert tensors kept in host memory, ...) joins the list below as it lands.
+//! Every offload builder (layers on accelerators, expert tensors kept in host memory,
+//! explicit overrides) must leave the arithmetic alone. On a machine without an
+//! accelerator this checks the CPU paths (mapped vs. copied vs. repacked buffers); the
+//! RPC proof in `examples/tests/rpc_proof.rs` repeats it across a real second device.
 
 mod ctx_support;
 
@@ -23,6 +25,32 @@ fn variants() -> Vec<(&'static str, ModelParams)> {
         (
             "one layer offloaded",
             ModelParams::default().with_n_gpu_layers(1),
+        ),
+        (
+            "--cpu-moe",
+            ModelParams::default()
+                .with_all_gpu_layers()
+                .with_cpu_moe_all(),
+        ),
+        (
+            "--n-cpu-moe 1",
+            ModelParams::default().with_all_gpu_layers().with_cpu_moe(1),
+        ),
+        (
+            "--cpu-moe-layers last",
+            ModelParams::default()
+                .with_all_gpu_layers()
+                .with_cpu_moe_layers([1]),
+        ),
+        (
+            "--n-cpu-ffn 1",
+            ModelParams::default().with_all_gpu_layers().with_cpu_ffn(1),
+        ),
+        (
+            "-ot exps=CPU",
+            ModelParams::default()
+                .with_all_gpu_layers()
+                .with_tensor_override("exps", "CPU"),
         ),
     ]
 }
@@ -48,4 +76,11 @@ fn moe_greedy_tokens_do_not_depend_on_placement() {
 #[test]
 fn dense_greedy_tokens_do_not_depend_on_placement() {
     parity(Arch::Llama);
+}
+
+#[test]
+fn every_moe_arch_greedy_tokens_do_not_depend_on_placement() {
+    for arch in [Arch::GptOss, Arch::PhiMoe, Arch::DeepSeek, Arch::Mixtral] {
+        parity(arch);
+    }
 }

@@ -74,12 +74,15 @@ pub fn dense() -> &'static Model {
 }
 
 /// Small, fast context parameters for tests.
+///
+/// One thread: the test harness already runs tests in parallel, and ggml's spinning
+/// thread barriers crawl when more threads than cores compete (seconds per token).
 pub fn small_params() -> ContextParams {
     ContextParams::default()
         .with_n_ctx(256)
         .with_n_batch(64)
         .with_n_ubatch(64)
-        .with_n_threads(2)
+        .with_n_threads(1)
 }
 
 /// A context with [`small_params`].
