@@ -4,6 +4,32 @@
 //! [`Context`] that borrows it. Text goes through the model's [`Vocab`], tokens through
 //! a [`Batch`] into [`Context::decode`], and a [`Sampler`] picks the next token;
 //! [`generate`] wraps that loop with streaming and statistics.
+//!
+//! # Mixture-of-experts offload
+//!
+//! Keep the routed experts of the first 20 layers in host RAM, put everything else on
+//! the accelerators, and check where the tensors went:
+//!
+//! ```no_run
+//! use llama_cpp_moe::{Backend, Model, ModelParams};
+//!
+//! let backend = Backend::init();
+//! let params = ModelParams::default()
+//!     .with_all_gpu_layers() // -ngl all
+//!     .with_cpu_moe(20); //     --n-cpu-moe 20
+//! let model = Model::load(&backend, "Qwen3-30B-A3B-Q4_0.gguf", &params)?;
+//!
+//! let placement = model.placement();
+//! for (buffer_type, totals) in placement.totals() {
+//!     println!("{buffer_type:>24}: {:>4} tensors, {:>6} MiB", totals.count, totals.bytes >> 20);
+//! }
+//! let experts = placement.experts_on_host();
+//! println!("experts in host RAM: {} tensors, {} MiB", experts.count, experts.bytes >> 20);
+//! # Ok::<(), llama_cpp_moe::model::LoadError>(())
+//! ```
+//!
+//! No model at hand? [`gguf::synth`] writes synthetic models with the exact tensor
+//! layout of real MoE architectures, from `tiny` up to the public models' `full` size.
 
 pub mod backend;
 pub mod batch;
