@@ -70,19 +70,28 @@ const SENTENCES: &[&str] = &[
     "Greedy sampling picks the most likely token, so two correct programs produce identical tokens.",
 ];
 
+/// The `i`-th piece of the benchmark prose: the sentences in a fixed order, each cycle
+/// headed by its number so that long prompts do not repeat exactly.
+fn piece(i: usize) -> String {
+    let sentence = SENTENCES[i % SENTENCES.len()];
+    if i.is_multiple_of(SENTENCES.len()) {
+        format!("Part {}. {sentence}", i / SENTENCES.len() + 1)
+    } else {
+        sentence.to_owned()
+    }
+}
+
 /// Deterministic English prose of at least `min_bytes` bytes, ending at a sentence.
 pub fn prose(min_bytes: usize) -> String {
     let mut text = String::with_capacity(min_bytes + 128);
-    let mut i = 0usize;
-    while text.trim_end().len() < min_bytes {
-        if i % SENTENCES.len() == 0 {
-            text.push_str(&format!("Part {}. ", i / SENTENCES.len() + 1));
+    let mut i = 0;
+    while text.len() < min_bytes {
+        if i > 0 {
+            text.push(' ');
         }
-        text.push_str(SENTENCES[i % SENTENCES.len()]);
-        text.push(' ');
+        text.push_str(&piece(i));
         i += 1;
     }
-    text.truncate(text.trim_end().len());
     text
 }
 
@@ -96,20 +105,15 @@ pub fn prompt_with_tokens(
     vocab: &Vocab<'_>,
     min_tokens: usize,
 ) -> Result<(String, Vec<Token>), VocabError> {
-    let mut text = String::new();
-    let mut i = 0usize;
+    let mut text = piece(0);
+    let mut i = 1;
     loop {
         let tokens = vocab.tokenize(&text, true, false)?;
-        if tokens.len() >= min_tokens && !text.is_empty() {
+        if tokens.len() >= min_tokens {
             return Ok((text, tokens));
         }
-        if !text.is_empty() {
-            text.push(' ');
-        }
-        if i % SENTENCES.len() == 0 {
-            text.push_str(&format!("Part {}. ", i / SENTENCES.len() + 1));
-        }
-        text.push_str(SENTENCES[i % SENTENCES.len()]);
+        text.push(' ');
+        text.push_str(&piece(i));
         i += 1;
     }
 }
