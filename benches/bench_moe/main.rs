@@ -486,13 +486,11 @@ fn measure(
                 runs,
                 tokens_match,
             });
-            if !args.json {
-                eprintln!(
-                    "done: {} / {prompt_name} ({} tokens)",
-                    placement.label(),
-                    prompt.len()
-                );
-            }
+            eprintln!(
+                "done: {} / {prompt_name} ({} tokens)",
+                placement.label(),
+                prompt.len()
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -692,12 +690,10 @@ fn main() -> Result<(), BoxError> {
     let model_path = match &args.model {
         Some(p) => p.clone(),
         None => {
-            if !args.json {
-                eprintln!(
-                    "generating/using the synthetic qwen3moe {} model",
-                    args.preset.name()
-                );
-            }
+            eprintln!(
+                "synthetic qwen3moe {} model (written on first use)",
+                args.preset.name()
+            );
             synthetic_model(Arch::Qwen3Moe, args.preset)?
         }
     };
