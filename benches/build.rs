@@ -53,6 +53,20 @@ fn main() {
     if !openmp.is_empty() {
         cmd.arg(format!("-l{openmp}"));
     }
+    // Untested (no GPU here): the CUDA runtime libraries llama-cpp-moe-sys links for
+    // its `cuda` feature, from the same toolkit root it uses.
+    if libs.split(',').any(|l| l == "ggml-cuda") {
+        println!("cargo:rerun-if-env-changed=CUDA_PATH");
+        println!("cargo:rerun-if-env-changed=CUDA_HOME");
+        let root = env::var_os("CUDA_PATH")
+            .or_else(|| env::var_os("CUDA_HOME"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
+        for dir in ["lib64", "lib64/stubs", "targets/x86_64-linux/lib"] {
+            cmd.arg(format!("-L{}", root.join(dir).display()));
+        }
+        cmd.args(["-lcudart", "-lcublas", "-lcublasLt", "-lcuda"]);
+    }
     cmd.args(["-lstdc++", "-lm", "-lpthread"]);
     let status = cmd.status().expect("run the C compiler");
     assert!(
