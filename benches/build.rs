@@ -1,8 +1,12 @@
 //! Compiles the native C baseline against the libraries llama-cpp-moe-sys built.
+//!
+//! Inputs are the `DEP_LLAMA_*` variables the sys crate's build script exports (its
+//! `links = "llama"` metadata): include dirs, the library dir, the library list in link
+//! order, and the OpenMP runtime if the CPU backend uses one. The executable goes to
+//! `OUT_DIR`; its path reaches the harness as `env!("BENCH_NATIVE_EXE")`.
 
 use std::env;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=native");
@@ -10,7 +14,13 @@ fn main() {
     let include = dep("INCLUDE");
     let ggml_include = dep("GGML_INCLUDE");
     let lib_dir = dep("LIB_DIR");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bench_native");
+    let libs = dep("LIBS");
+    assert!(
+        !include.is_empty() && !lib_dir.is_empty() && !libs.is_empty(),
+        "DEP_LLAMA_INCLUDE/LIB_DIR/LIBS are not set: llama-cpp-moe-sys must be a direct \
+         dependency of this package"
+    );
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bench_native");
 
     let compiler = cc::Build::new().get_compiler();
     let mut cmd = compiler.to_command();
@@ -19,21 +29,49 @@ fn main() {
         .arg(format!("-I{include}"))
         .arg(format!("-I{ggml_include}"))
         .arg(format!("-L{lib_dir}"));
-    let static_link = !dep("LIBS").is_empty() && env::var("CARGO_FEATURE_DYNAMIC_LINK").is_err();
-    if static_link {
+    // Static archives reference each other (llama -> ggml -> ggml-cpu -> ggml-base and
+    // back), so resolve them as a group. Shared builds need no grouping but an rpath.
+    let shared = std::fs::read_dir(&lib_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("libllama.so"))
+        })
+        .unwrap_or(false);
+    if shared {
+        cmd.arg(format!("-Wl,-rpath,{lib_dir}"));
+    } else {
         cmd.arg("-Wl,--start-group");
     }
-    for lib in dep("LIBS").split(',').filter(|l| !l.is_empty()) {
+    for lib in libs.split(',').filter(|l| !l.is_empty()) {
         cmd.arg(format!("-l{lib}"));
     }
-    if static_link {
+    if !shared {
         cmd.arg("-Wl,--end-group");
     }
-    if !dep("OPENMP").is_empty() {
-        cmd.arg(format!("-l{}", dep("OPENMP")));
+    let openmp = dep("OPENMP");
+    if !openmp.is_empty() {
+        cmd.arg(format!("-l{openmp}"));
+    }
+    // Untested (no GPU here): the CUDA runtime libraries llama-cpp-moe-sys links for
+    // its `cuda` feature, from the same toolkit root it uses.
+    if libs.split(',').any(|l| l == "ggml-cuda") {
+        println!("cargo:rerun-if-env-changed=CUDA_PATH");
+        println!("cargo:rerun-if-env-changed=CUDA_HOME");
+        let root = env::var_os("CUDA_PATH")
+            .or_else(|| env::var_os("CUDA_HOME"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
+        for dir in ["lib64", "lib64/stubs", "targets/x86_64-linux/lib"] {
+            cmd.arg(format!("-L{}", root.join(dir).display()));
+        }
+        cmd.args(["-lcudart", "-lcublas", "-lcublasLt", "-lcuda"]);
     }
     cmd.args(["-lstdc++", "-lm", "-lpthread"]);
     let status = cmd.status().expect("run the C compiler");
-    assert!(status.success(), "compiling benches/native/bench_native.c failed: {cmd:?}");
+    assert!(
+        status.success(),
+        "compiling benches/native/bench_native.c failed: {cmd:?}"
+    );
     println!("cargo:rustc-env=BENCH_NATIVE_EXE={}", out.display());
 }

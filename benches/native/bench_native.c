@@ -5,6 +5,12 @@
  * usage: bench_native MODEL PROMPT_FILE N_PREDICT THREADS N_BATCH N_UBATCH N_CTX NGL REPS
  *                     [OVERRIDE_PATTERN...]
  * Each OVERRIDE_PATTERN keeps matching tensors in host memory (like -ot PATTERN=CPU).
+ * REPS > 0 runs that many repetitions back to back. REPS = 0 is the interleaved mode the
+ * Rust harness drives: after loading, print "ready" and run one repetition per line read
+ * from stdin, until end of input; the parent times its own runs in between, so the two
+ * processes never compete for the cores.
+ * Exactly N_PREDICT tokens are generated: an end-of-generation token does not stop the
+ * loop (like llama-bench), so every run does the same work whatever the weights say.
  * Prints one JSON object per repetition on stdout:
  *   {"prompt_tokens":N,"prefill_us":T,"gen_tokens":N,"decode_us":T,"ttft_us":T,"tokens":[...]}
  * prefill_us: decoding the prompt; ttft_us: prefill plus sampling the first token;
@@ -59,6 +65,10 @@ int main(int argc, char ** argv) {
     const int n_ctx     = atoi(argv[7]);
     const int ngl       = atoi(argv[8]);
     const int reps      = atoi(argv[9]);
+    if (n_predict < 1 || n_threads < 1 || n_batch < 1 || n_ubatch < 1 || n_ctx < 1 || reps < 0) {
+        fprintf(stderr, "N_PREDICT, THREADS, N_BATCH, N_UBATCH and N_CTX must be positive, REPS >= 0\n");
+        return 2;
+    }
     if (!prompt) {
         fprintf(stderr, "cannot read prompt file %s\n", argv[2]);
         return 2;
@@ -96,7 +106,16 @@ int main(int argc, char ** argv) {
     }
 
     llama_token * generated = malloc(sizeof(llama_token) * (size_t) (n_predict > 0 ? n_predict : 1));
-    for (int rep = 0; rep < reps; rep++) {
+    const int driven = reps == 0;
+    if (driven) {
+        printf("ready\n");
+        fflush(stdout);
+    }
+    char line[64];
+    for (int rep = 0; driven || rep < reps; rep++) {
+        if (driven && !fgets(line, sizeof line, stdin)) {
+            break;
+        }
         struct llama_context_params cparams = llama_context_default_params();
         cparams.n_ctx           = (uint32_t) n_ctx;
         cparams.n_batch         = (uint32_t) n_batch;
@@ -131,10 +150,6 @@ int main(int argc, char ** argv) {
                 t_first = llama_time_us();
             }
             generated[n_gen] = tok;
-            if (llama_vocab_is_eog(vocab, tok)) {
-                n_gen++;
-                break;
-            }
             if (n_gen + 1 < n_predict && llama_decode(ctx, llama_batch_get_one(&generated[n_gen], 1)) != 0) {
                 fprintf(stderr, "decode failed\n");
                 return 1;

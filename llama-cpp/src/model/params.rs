@@ -1,5 +1,6 @@
 //! `ModelParams`: how a model is loaded and where its tensors go.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, c_void, CString};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -504,9 +505,10 @@ impl ModelParams {
     /// assert_eq!(first.pattern(), r"blk\.40\.ffn_(up|down|gate|gate_up)_(ch|)exps");
     /// ```
     pub fn with_cpu_moe_layers(mut self, layers: impl IntoIterator<Item = u32>) -> Self {
+        let mut present = self.moe_override_kinds();
         for layer in layers {
             let kind = OverrideKind::Experts { layer: Some(layer) };
-            if self.has_moe_override(kind) {
+            if !present.insert(kind) {
                 continue;
             }
             if self.too_many_to_add() {
@@ -534,9 +536,10 @@ impl ModelParams {
     /// assert_eq!(patterns, [r"blk\.0\.ffn_(up|down|gate)\.", r"blk\.1\.ffn_(up|down|gate)\."]);
     /// ```
     pub fn with_cpu_ffn(mut self, n_layers: u32) -> Self {
+        let mut present = self.moe_override_kinds();
         for layer in 0..n_layers {
             let kind = OverrideKind::DenseFfn { layer };
-            if self.has_moe_override(kind) {
+            if !present.insert(kind) {
                 continue;
             }
             if self.too_many_to_add() {
@@ -551,8 +554,10 @@ impl ModelParams {
         self
     }
 
-    fn has_moe_override(&self, kind: OverrideKind) -> bool {
-        self.moe_overrides.iter().any(|o| o.kind == kind)
+    /// The kinds already added, hashed once per builder call: a per-layer linear scan
+    /// made `with_cpu_moe(1000)` quadratic (0.65 ms instead of microseconds).
+    fn moe_override_kinds(&self) -> HashSet<OverrideKind> {
+        self.moe_overrides.iter().map(|o| o.kind).collect()
     }
 
     /// Once past the limit, further entries only waste memory (`with_cpu_moe(u32::MAX)`
