@@ -3,6 +3,9 @@
 # loaded with -ngl all onto a loopback RPC device (ggml's rpc_server serving this CPU),
 # without and with --cpu-moe. Prints a Markdown table on stdout.
 #
+# Client and server get one thread each: on a 2-core machine, two processes whose ggml
+# thread pools both spin would steal each other's cores and distort the speeds.
+#
 #   bash scripts/moe-table.sh [N_PREDICT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +20,12 @@ for arch in qwen3moe gpt-oss phimoe deepseek mixtral llama; do
     row=()
     for mode in none cpu-moe; do
         # A fresh server per run, so nothing of the previous model lingers there.
-        "$bin/rpc_server" --host 127.0.0.1 --port "$port" --threads 2 >/dev/null 2>&1 &
+        "$bin/rpc_server" --host 127.0.0.1 --port "$port" --threads 1 >/dev/null 2>&1 &
         server=$!
         for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
         extra=()
         [ "$mode" = cpu-moe ] && extra=(--cpu-moe)
-        "$bin/simple_moe" --synthetic "$arch:small" --rpc "127.0.0.1:$port" -ngl all -t 2 \
+        "$bin/simple_moe" --synthetic "$arch:small" --rpc "127.0.0.1:$port" -ngl all -t 1 \
             -n "$n_predict" --json "${extra[@]}" >"/tmp/moe-table-$arch-$mode.json"
         kill "$server"; wait "$server" 2>/dev/null || true
     done

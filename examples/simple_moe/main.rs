@@ -59,9 +59,8 @@ struct Report {
 }
 
 fn run(a: Args, list_devices: bool) -> Result<(), String> {
-    if a.verbose {
-        StderrLogger::install();
-    } else {
+    StderrLogger::install(a.verbose);
+    if !a.verbose {
         llama_cpp_moe::log::set_silent(true);
     }
     let backend = Backend::init();
@@ -486,24 +485,35 @@ fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("llama-cpp-moe")
 }
 
-/// `-v`: llama.cpp's log (and ours) on stderr.
-struct StderrLogger;
+/// Our own warnings (e.g. MoE options on a dense model) always reach stderr; with `-v`,
+/// llama.cpp's log and every level down to debug do too.
+struct StderrLogger {
+    verbose: bool,
+}
 
 impl StderrLogger {
-    fn install() {
-        static LOGGER: StderrLogger = StderrLogger;
-        if log::set_logger(&LOGGER).is_ok() {
-            log::set_max_level(log::LevelFilter::Debug);
+    fn install(verbose: bool) {
+        static QUIET: StderrLogger = StderrLogger { verbose: false };
+        static VERBOSE: StderrLogger = StderrLogger { verbose: true };
+        let logger = if verbose { &VERBOSE } else { &QUIET };
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(if verbose {
+                log::LevelFilter::Debug
+            } else {
+                log::LevelFilter::Warn
+            });
         }
     }
 }
 
 impl log::Log for StderrLogger {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.verbose || metadata.target().starts_with("llama_cpp_moe")
     }
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
+        if self.enabled(record.metadata()) {
+            eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
+        }
     }
     fn flush(&self) {}
 }

@@ -3,14 +3,14 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe::{sys, Backend};
+use llama_cpp_moe::rpc::RpcServerConfig;
+use llama_cpp_moe::Backend;
 
 /// The per-process temp dir, removed by nobody: tests of one run share it and the
 /// files are a few MiB; the name carries the pid so runs never collide.
@@ -55,8 +55,8 @@ pub fn spec(arch: Arch) -> SynthSpec {
     SynthSpec::new(arch, Preset::Tiny).seed(7)
 }
 
-/// Starts ggml's RPC server on a free loopback port (backed by the CPU device) in a
-/// background thread, once per process, and registers it with
+/// Starts our RPC server ([`RpcServerConfig`]) on a free loopback port, backed by the
+/// CPU device, in a background thread, once per process, and registers it with
 /// [`Backend::add_rpc_server`]. Returns the endpoint.
 pub fn rpc_endpoint(backend: &Backend) -> String {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
@@ -68,23 +68,13 @@ pub fn rpc_endpoint(backend: &Backend) -> String {
                 .unwrap()
                 .port();
             let endpoint = format!("127.0.0.1:{port}");
-            let cpu = backend.cpu_device().as_ptr() as usize;
-            let c_endpoint = CString::new(endpoint.clone()).unwrap();
-            // The server loops forever; it ends with the test process.
-            std::thread::spawn(move || {
-                let mut devices = [cpu as sys::ggml_backend_dev_t];
-                // SAFETY: endpoint and device array are owned by this thread for the
-                // whole (endless) call; the CPU device is registered.
-                unsafe {
-                    sys::ggml_backend_rpc_start_server(
-                        c_endpoint.as_ptr(),
-                        std::ptr::null(),
-                        1,
-                        1,
-                        devices.as_mut_ptr(),
-                    )
-                };
-            });
+            // Our own server, serving the CPU device; it loops forever and ends with the
+            // test process.
+            let config = RpcServerConfig::new("127.0.0.1", port)
+                .threads(1)
+                .device("CPU");
+            let server_backend = backend.clone();
+            std::thread::spawn(move || config.serve(&server_backend));
             let deadline = Instant::now() + Duration::from_secs(20);
             while TcpStream::connect(&endpoint).is_err() {
                 assert!(Instant::now() < deadline, "RPC server did not start");
