@@ -10,14 +10,11 @@
 //! so it works offline on a fresh machine. Such a model's text is gibberish; its
 //! placement and speed are real.
 
-mod args;
-
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use args::{Args, GpuLayers};
 use llama_cpp_moe::context::FlashAttention;
 use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe::gguf::GgufFile;
@@ -25,6 +22,7 @@ use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, DeviceType, GenerateParams, Model, ModelParams, SamplerBuilder,
 };
+use llama_cpp_moe_examples::simple_moe_args::{self as args, Args, GpuLayers};
 use serde_json::json;
 
 fn main() -> ExitCode {

@@ -415,7 +415,9 @@ mod rpc {
         crate::log::clear_last_error();
         // SAFETY: NUL-terminated endpoint; the server accepted a connection just now, so
         // ggml's connect (which aborts on failure) is expected to succeed.
-        let reg = unsafe { sys::ggml_backend_rpc_add_server(c_endpoint.as_ptr()) };
+        let reg = unsafe { crate::rpc_ffi::add_server(c_endpoint.as_ptr()) }.ok_or_else(|| {
+            RpcError::Failed(format!("{endpoint} (this build has no RPC backend)"))
+        })?;
         if reg.is_null() {
             return Err(RpcError::Failed(endpoint.to_owned()));
         }

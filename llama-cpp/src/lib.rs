@@ -40,6 +40,8 @@ pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]
 pub mod rpc;
+#[cfg(feature = "rpc")]
+mod rpc_ffi;
 pub mod sampler;
 pub mod vocab;
 

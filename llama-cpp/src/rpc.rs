@@ -127,14 +127,20 @@ impl RpcServerConfig {
         };
         // SAFETY: the strings and the device array outlive the call, which never returns
         // normally; the devices come from ggml's registry and live for the process.
-        unsafe {
-            sys::ggml_backend_rpc_start_server(
+        let started = unsafe {
+            crate::rpc_ffi::start_server(
                 c_endpoint.as_ptr(),
                 c_cache.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 self.threads,
                 devices.len(),
                 devices.as_mut_ptr(),
-            );
+            )
+        };
+        if started.is_none() {
+            return Err(RpcServeError::Bind(
+                self.endpoint(),
+                std::io::Error::other("this build has no RPC backend"),
+            ));
         }
         // ggml's server loop only returns when it could not start or accept (it printed why).
         Err(RpcServeError::Bind(

@@ -1,4 +1,5 @@
-//! Command-line flags, spelled as llama.cpp spells them (`-ngl`, `-ub`, `-ot`, ...).
+//! `simple_moe`'s command-line flags, spelled as llama.cpp spells them (`-ngl`, `-ub`,
+//! `-ot`, ...).
 //!
 //! Hand-written because llama.cpp's multi-letter single-dash flags (`-ngl 99`) do not
 //! fit the usual argument-parser conventions.
