@@ -89,11 +89,16 @@ extern "C" int llama_moe_model_tensor_info(const struct llama_model * model, siz
         out->name      = tensors[i].first.c_str();
         out->nbytes    = ggml_nbytes(t);
         out->ggml_type = (int32_t) t->type;
-        out->buft_name = "";
+        out->buft_name     = "";
+        out->is_host       = 0;
+        out->on_cpu_device = 0;
         if (t->buffer != nullptr) {
+            out->is_host = ggml_backend_buffer_is_host(t->buffer) ? 1 : 0;
             ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
             if (buft != nullptr) {
                 out->buft_name = ggml_backend_buft_name(buft);
+                ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+                out->on_cpu_device = (dev != nullptr && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) ? 1 : 0;
             }
         }
         return 0;

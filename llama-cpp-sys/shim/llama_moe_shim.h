@@ -28,6 +28,8 @@ struct llama_moe_tensor_info {
     const char * buft_name; // buffer type name, "" when the tensor has no buffer
     size_t       nbytes;
     int32_t      ggml_type;
+    int32_t      is_host;       // the buffer is plain host memory (ggml_backend_buffer_is_host)
+    int32_t      on_cpu_device; // the buffer type belongs to the CPU device (e.g. CPU_REPACK)
 };
 
 // Number of tensors the model holds.

@@ -4,7 +4,6 @@ mod params;
 mod placement;
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -23,7 +22,6 @@ pub use placement::{
     EXPERTS_REGEX,
 };
 
-use crate::backend::BufferType;
 use crate::Backend;
 
 /// Why a model could not be loaded.
@@ -350,7 +348,6 @@ impl Model {
     /// }
     /// ```
     pub fn placement(&self) -> Placement {
-        let host = host_buffer_type_names();
         // SAFETY: valid model; the shim catches C++ exceptions.
         let n = unsafe { sys::llama_moe_model_n_tensors(self.as_ptr()) };
         let mut tensors = Vec::with_capacity(n);
@@ -365,7 +362,9 @@ impl Model {
             let buffer_type = lossy(info.buft_name);
             tensors.push(TensorPlacement {
                 routed_expert: is_routed_expert(&name),
-                on_host: host.get(&buffer_type).copied().unwrap_or(false),
+                // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their
+                // layout is private) but they are in host RAM, which is what counts here.
+                on_host: info.is_host != 0 || info.on_cpu_device != 0,
                 name,
                 bytes: info.nbytes,
                 buffer_type,
@@ -396,74 +395,4 @@ fn read_c_string(mut get: impl FnMut(*mut c_char, usize) -> i32) -> Option<Strin
         }
         buf.resize(n + 1, 0);
     }
-}
-
-/// Buffer-type name → is-host, for every buffer type weights can land in: each device's
-/// default and pinned-host types, the CPU's extra (repacking) types, and the CPU's
-/// mmap-backed type (`CPU_Mapped`), which only exists behind buffers made from host
-/// pointers and is discovered by making one.
-fn host_buffer_type_names() -> HashMap<String, bool> {
-    let backend = Backend::init();
-    let mut out = HashMap::new();
-    // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their layout is
-    // private) but they are in host RAM, which is what the report is about.
-    let mut add = |b: BufferType| {
-        let cpu_device = b
-            .device()
-            .is_some_and(|d| d.device_type() == crate::DeviceType::Cpu);
-        out.insert(b.name(), b.is_host() || cpu_device);
-    };
-    for dev in backend.devices() {
-        dev.buffer_type().into_iter().for_each(&mut add);
-        dev.host_buffer_type().into_iter().for_each(&mut add);
-    }
-    let cpu = backend.cpu_device();
-    // SAFETY: the CPU device is registered; a proc address is a plain lookup.
-    let reg = unsafe { sys::ggml_backend_dev_backend_reg(cpu.as_ptr()) };
-    // SAFETY: reg is the CPU registry; the name is NUL-terminated.
-    let f = unsafe {
-        sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_dev_get_extra_bufts".as_ptr())
-    };
-    if !f.is_null() {
-        // SAFETY: ggml documents this proc as ggml_backend_dev_get_extra_bufts_t.
-        let get: unsafe extern "C" fn(
-            sys::ggml_backend_dev_t,
-        ) -> *mut sys::ggml_backend_buffer_type_t = unsafe { std::mem::transmute(f) };
-        // SAFETY: returns a NULL-terminated static array.
-        let mut p = unsafe { get(cpu.as_ptr()) };
-        while !p.is_null() {
-            // SAFETY: p points into that array, before or at its terminator.
-            let b = unsafe { *p };
-            let Some(b) = NonNull::new(b) else { break };
-            // SAFETY: extra buffer types are static objects of the CPU backend.
-            add(unsafe { BufferType::from_raw(b) });
-            // SAFETY: not past the terminator yet.
-            p = unsafe { p.add(1) };
-        }
-    }
-    // ggml asserts that host pointers are aligned to its tensor alignment (32).
-    #[repr(align(64))]
-    struct Aligned([u8; 64]);
-    let mut probe = Aligned([0; 64]);
-    let probe = &mut probe.0;
-    // SAFETY: wraps (does not copy or free) our aligned stack buffer; freed right below.
-    let buf = unsafe {
-        sys::ggml_backend_dev_buffer_from_host_ptr(
-            cpu.as_ptr(),
-            probe.as_mut_ptr().cast(),
-            probe.len(),
-            probe.len(),
-        )
-    };
-    if !buf.is_null() {
-        // SAFETY: a live buffer; its type is a static object.
-        let buft = unsafe { sys::ggml_backend_buffer_get_type(buf) };
-        if let Some(b) = NonNull::new(buft) {
-            // SAFETY: static buffer type.
-            add(unsafe { BufferType::from_raw(b) });
-        }
-        // SAFETY: frees the wrapper only; the memory is our stack array.
-        unsafe { sys::ggml_backend_buffer_free(buf) };
-    }
-    out
 }
