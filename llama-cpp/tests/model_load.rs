@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use llama_cpp_moe::gguf::synth::Arch;
-use llama_cpp_moe::model::LoadError;
+use llama_cpp_moe::model::{KvValue, LoadError};
 use llama_cpp_moe::{Model, ModelParams};
 use model_support::{backend, model, spec, temp_dir};
 
@@ -149,4 +149,32 @@ fn vocab_only_loads_no_weights() {
         .tensors()
         .iter()
         .all(|t| t.buffer_type.is_empty()));
+}
+
+#[test]
+fn kv_overrides_reach_the_loaded_model() {
+    let backend = backend();
+    let path = model(Arch::Qwen3Moe);
+    let plain = Model::load(&backend, &path, &ModelParams::default()).unwrap();
+    assert!(plain.vocab().adds_bos(), "the synthetic tokenizer adds BOS");
+    // The same override llama.cpp's `--override-kv tokenizer.ggml.add_bos_token=bool:false`
+    // makes, plus one on a hyper-parameter the graph uses.
+    let params = ModelParams::default()
+        .with_kv_override("tokenizer.ggml.add_bos_token", KvValue::Bool(false))
+        .with_kv_override("qwen3moe.expert_used_count", KvValue::Int(1));
+    let overridden = Model::load(&backend, &path, &params).unwrap();
+    assert!(!overridden.vocab().adds_bos());
+    assert_eq!(
+        overridden
+            .vocab()
+            .tokenize("hello", true, false)
+            .unwrap()
+            .len()
+            + 1,
+        plain.vocab().tokenize("hello", true, false).unwrap().len(),
+        "BOS is no longer added"
+    );
+    let expected = spec(Arch::Qwen3Moe).hparams_ref().n_expert_used;
+    assert_eq!(plain.n_expert_used(), expected);
+    assert_eq!(overridden.n_expert_used(), 1);
 }

@@ -54,6 +54,9 @@ pub enum LoadError {
 #[derive(Debug)]
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
+    /// The kv overrides it was loaded with: llama.cpp applies them to its
+    /// hyper-parameters but its metadata accessors still show the file's values.
+    kv_overrides: Vec<(String, KvValue)>,
 }
 
 // SAFETY: llama.cpp treats a loaded llama_model as immutable; contexts only read its
@@ -189,7 +192,10 @@ impl Model {
             path: path.to_owned(),
             reason: reason.unwrap_or_else(|| "llama_model_load_from_file returned NULL".into()),
         })?;
-        let model = Model { ptr };
+        let model = Model {
+            ptr,
+            kv_overrides: params.kv_overrides().to_vec(),
+        };
         model.warn_about_unused_moe_options(params);
         Ok(model)
     }
@@ -266,11 +272,17 @@ impl Model {
         unsafe { sys::llama_moe_model_n_expert(self.ptr.as_ptr()) }.max(0) as u32
     }
 
-    /// Experts each token is routed to (`{arch}.expert_used_count`; 0 for dense).
+    /// Experts each token is routed to (`{arch}.expert_used_count`, or the kv override
+    /// the model was loaded with; 0 for dense).
     pub fn n_expert_used(&self) -> u32 {
         let Some(arch) = self.arch() else { return 0 };
-        self.meta_val(&format!("{arch}.expert_used_count"))
-            .and_then(|v| v.trim().parse().ok())
+        let key = format!("{arch}.expert_used_count");
+        let overridden = self.kv_overrides.iter().find_map(|(k, v)| match v {
+            KvValue::Int(n) if *k == key => u32::try_from(*n).ok(),
+            _ => None,
+        });
+        overridden
+            .or_else(|| self.meta_val(&key).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0)
     }
 
@@ -279,7 +291,8 @@ impl Model {
         self.meta_val("general.architecture")
     }
 
-    /// A metadata value rendered as a string by llama.cpp (arrays are not supported).
+    /// A metadata value as stored in the file, rendered as a string by llama.cpp (arrays
+    /// are not supported; kv overrides given at load time are not reflected here).
     pub fn meta_val(&self, key: &str) -> Option<String> {
         let key = CString::new(key).ok()?;
         read_c_string(|buf, len| {
