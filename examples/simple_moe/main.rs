@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use llama_cpp_moe::context::FlashAttention;
 use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe::gguf::GgufFile;
-use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget};
+use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget, Placement};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, DeviceType, GenerateParams, Model, ModelParams, SamplerBuilder,
 };
@@ -171,7 +171,14 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
     let breakdown = ctx
         .memory_breakdown()
         .map_err(|e| format!("memory breakdown: {e}"))?;
-    let saved = device_bytes_saved(&a, &backend, &model, &params, &report.model_path)?;
+    let saved = device_bytes_saved(
+        &a,
+        &backend,
+        &model,
+        &placement,
+        &params,
+        &report.model_path,
+    )?;
     let cpu_moe_layers = cpu_moe_layers(&params, model.n_layer());
     let overrides: Vec<_> = params
         .tensor_overrides()
@@ -389,6 +396,7 @@ fn device_bytes_saved(
     a: &Args,
     backend: &Backend,
     model: &Model,
+    placement: &Placement,
     params: &ModelParams,
     path: &Path,
 ) -> Result<u64, String> {
@@ -404,7 +412,6 @@ fn device_bytes_saved(
         n_layer.saturating_sub(n_gpu_layers as u32)
     };
     let gguf = GgufFile::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let placement = model.placement();
     let patterns: Vec<&str> = params.tensor_overrides().map(|o| o.pattern()).collect();
     let mut saved = 0u64;
     for t in gguf.tensors() {
