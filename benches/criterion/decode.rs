@@ -2,11 +2,11 @@
 //! with the experts placed by default and with `with_cpu_moe_all()`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use llama_cpp_moe::gguf::synth::{Arch, Preset};
 use llama_cpp_moe::{
     Backend, Batch, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder,
 };
 use llama_cpp_moe_benches::{prompt_with_tokens, synthetic_model};
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
 
 fn decode(c: &mut Criterion) {
     let backend = Backend::init();

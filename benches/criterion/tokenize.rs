@@ -1,9 +1,9 @@
 //! Tokenizing 4 KiB of English prose with the tiny synthetic qwen3moe's byte-level BPE.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use llama_cpp_moe::gguf::synth::{Arch, Preset};
 use llama_cpp_moe::{Backend, Model, ModelParams};
 use llama_cpp_moe_benches::{prose, synthetic_model};
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use std::hint::black_box;
 
 fn tokenize(c: &mut Criterion) {

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthError, SynthSpec};
 use llama_cpp_moe::vocab::VocabError;
 use llama_cpp_moe::{Token, Vocab};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthError, SynthSpec};
 
 /// The native C baseline (`benches/native/bench_native.c`), compiled by `build.rs`
 /// against the very static llama.cpp libraries this package links.

@@ -16,13 +16,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use llama_cpp_moe::context::FlashAttention;
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe::gguf::GgufFile;
 use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget, Placement};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, DeviceType, GenerateParams, Model, ModelParams, SamplerBuilder,
 };
 use llama_cpp_moe_examples::simple_moe_args::{self as args, Args, GpuLayers};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_gguf::GgufFile;
 use serde_json::json;
 
 fn main() -> ExitCode {

@@ -28,14 +28,15 @@
 //! # Ok::<(), llama_cpp_moe::model::LoadError>(())
 //! ```
 //!
-//! No model at hand? [`gguf::synth`] writes synthetic models with the exact tensor
-//! layout of real MoE architectures, from `tiny` up to the public models' `full` size.
+//! No model at hand? The companion crate `llama-cpp-moe-gguf`
+//! ([`llama_cpp_moe_gguf::synth`]) writes synthetic models with the exact tensor layout
+//! of real MoE architectures, from `tiny` up to the public models' `full` size, and
+//! reads any GGUF file's metadata and tensor table without loading it.
 
 pub mod backend;
 pub mod batch;
 pub mod context;
 pub mod generate;
-pub mod gguf;
 pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]

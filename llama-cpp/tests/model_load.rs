@@ -6,9 +6,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::{KvValue, LoadError};
 use llama_cpp_moe::{Model, ModelParams};
+use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, spec, temp_dir};
 
 #[test]

@@ -6,9 +6,9 @@ mod model_support;
 
 use std::collections::BTreeSet;
 
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::{is_routed_expert, LoadMode, OverrideTarget, Placement};
 use llama_cpp_moe::{Backend, Model, ModelParams};
+use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, rpc_endpoint, spec};
 
 fn layer_of(name: &str) -> Option<u32> {

@@ -3,9 +3,9 @@
 mod ctx_support;
 
 use ctx_support::{load_tiny, moe, small_ctx};
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::sampler::{SampleError, SamplerError};
 use llama_cpp_moe::{Batch, Context, GenerateParams, SamplerBuilder, Token};
+use llama_cpp_moe_gguf::synth::Arch;
 
 fn decoded_ctx() -> (Context<'static>, usize) {
     let model = moe();

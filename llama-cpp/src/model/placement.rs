@@ -26,11 +26,10 @@ pub fn dense_ffn_layer_pattern(layer: u32) -> String {
     format!(r"blk\.{layer}{DENSE_FFN_REGEX}")
 }
 
-/// Whether a tensor name is a routed expert tensor, decided by the same `std::regex`
-/// search llama.cpp's loader runs ([`EXPERTS_REGEX`]).
-pub fn is_routed_expert(name: &str) -> bool {
-    regex_search(EXPERTS_REGEX, name) == Some(true)
-}
+/// Whether a tensor name is a routed expert tensor: whether llama.cpp's loader would
+/// find [`EXPERTS_REGEX`] in it (a `std::regex_search`, computed in Rust without
+/// compiling a regex; the tests below check it against `std::regex` itself).
+pub use llama_cpp_moe_gguf::is_routed_expert;
 
 /// `std::regex_search(name, pattern)` through the shim: whether the loader would apply
 /// an override with `pattern` to the tensor `name`. `None` for an invalid pattern or a
@@ -273,6 +272,64 @@ mod tests {
         ] {
             assert!(!is_routed_expert(name), "{name}");
         }
+    }
+
+    /// The Rust classifier against llama.cpp's `std::regex` on every name built from the
+    /// pieces that matter (prefixes, FFN parts, expert suffixes, tails), near misses
+    /// included.
+    #[test]
+    fn classifier_agrees_with_std_regex_on_every_combination() {
+        let prefixes = ["blk.0", "blk.17", "", "x", "blk.3.ffn_up.ffn", "."];
+        let parts = [
+            "ffn_up",
+            "ffn_down",
+            "ffn_gate",
+            "ffn_gate_up",
+            "ffn_gate_inp",
+            "ffn_norm",
+            "ffn_up_gate",
+            "ffn_",
+            "ffn",
+            "ffn_upp",
+            "fn_up",
+            "ffn_UP",
+        ];
+        let suffixes = [
+            "_exps",
+            "_chexps",
+            "_shexp",
+            "_shexps",
+            "_exp",
+            "_ch_exps",
+            "exps",
+            "_chexp",
+            "_cexps",
+            "_hexps",
+            "_exps_",
+            "_chchexps",
+            "",
+            "_",
+        ];
+        let tails = ["", ".weight", ".bias", ".0", "s"];
+        let mut checked = 0;
+        for p in prefixes {
+            for part in parts {
+                for suffix in suffixes {
+                    for tail in tails {
+                        for dot in [".", "_", ""] {
+                            let name = format!("{p}{dot}{part}{suffix}{tail}");
+                            assert_eq!(
+                                is_routed_expert(&name),
+                                regex_search(EXPERTS_REGEX, &name) == Some(true),
+                                "{name:?}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 12 * 14 * 5 * 3);
     }
 
     #[test]

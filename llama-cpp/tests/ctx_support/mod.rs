@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder, Token,
 };
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
 /// Writes the tiny model of `arch` (seed 7) into a per-process temp dir.
 pub fn write_tiny(arch: Arch) -> PathBuf {
