@@ -6,7 +6,7 @@
 //! compared with the bytes left in the file before it is used or sizes an allocation.
 
 use std::collections::HashSet;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use crate::error::GgufError;
@@ -26,7 +26,7 @@ struct Cursor<'p, R> {
     path: &'p Path,
 }
 
-impl<R: Read + Seek> Cursor<'_, R> {
+impl<R: Read> Cursor<'_, R> {
     fn truncated(&self, what: &'static str) -> GgufError {
         GgufError::Truncated {
             path: self.path.to_owned(),
@@ -173,7 +173,7 @@ pub(crate) struct Parsed {
 }
 
 /// Parses the GGUF file at `path` (of `size` bytes) read through `file`.
-pub(crate) fn parse<R: Read + Seek>(path: &Path, file: R, size: u64) -> Result<Parsed, GgufError> {
+pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, GgufError> {
     let mut c = Cursor {
         r: BufReader::with_capacity(1 << 16, file),
         pos: 0,
