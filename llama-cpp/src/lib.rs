@@ -46,7 +46,7 @@ pub mod sampler;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
-pub use batch::{Batch, Pos, SeqId};
+pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 pub use model::{Model, ModelParams};

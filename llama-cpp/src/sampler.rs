@@ -103,14 +103,14 @@ impl Stage {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let sampler = SamplerBuilder::new()
-///     .penalties(64, 1.1, 0.0, 0.0)
-///     .top_k(40)
-///     .top_p(0.95, 1)
-///     .min_p(0.05, 1)
-///     .temp(0.8)
+///     .with_penalties(64, 1.1, 0.0, 0.0)
+///     .with_top_k(40)
+///     .with_top_p(0.95, 1)
+///     .with_min_p(0.05, 1)
+///     .with_temp(0.8)
 ///     .dist(&model.vocab(), 42)?;
 /// let yes_no = SamplerBuilder::new()
-///     .grammar(r#"root ::= "yes" | "no""#, "root")
+///     .with_grammar(r#"root ::= "yes" | "no""#, "root")
 ///     .greedy(&model.vocab())?;
 /// # Ok(())
 /// # }
@@ -146,34 +146,34 @@ impl SamplerBuilder {
     }
 
     /// Keep the `k` most likely tokens. C equivalent: `--top-k K`.
-    pub fn top_k(mut self, k: i32) -> Self {
+    pub fn with_top_k(mut self, k: i32) -> Self {
         self.stages.push(Stage::TopK(k));
         self
     }
 
     /// Keep the most likely tokens whose probabilities sum to `p` (at least `min_keep`).
     /// C equivalent: `--top-p P`.
-    pub fn top_p(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_top_p(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::TopP(p, min_keep));
         self
     }
 
     /// Drop tokens less likely than `p` times the most likely one (keep at least
     /// `min_keep`). C equivalent: `--min-p P`.
-    pub fn min_p(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_min_p(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::MinP(p, min_keep));
         self
     }
 
     /// Locally typical sampling with mass `p`. C equivalent: `--typical P`.
-    pub fn typical(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_typical(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::Typical(p, min_keep));
         self
     }
 
     /// Divide the logits by temperature `t`; `t <= 0` keeps only the most likely token.
     /// C equivalent: `--temp T`.
-    pub fn temp(mut self, t: f32) -> Self {
+    pub fn with_temp(mut self, t: f32) -> Self {
         self.stages.push(Stage::Temp(t));
         self
     }
@@ -182,7 +182,7 @@ impl SamplerBuilder {
     /// (1 = off), `freq` and `present` subtract per occurrence and once (0 = off).
     /// C equivalent: `--repeat-last-n N --repeat-penalty R --frequency-penalty F
     /// --presence-penalty P`.
-    pub fn penalties(mut self, last_n: i32, repeat: f32, freq: f32, present: f32) -> Self {
+    pub fn with_penalties(mut self, last_n: i32, repeat: f32, freq: f32, present: f32) -> Self {
         self.stages.push(Stage::Penalties {
             last_n,
             repeat,
@@ -194,7 +194,7 @@ impl SamplerBuilder {
 
     /// Constrain output to a GBNF grammar starting at rule `root`.
     /// C equivalent: `--grammar G`.
-    pub fn grammar(mut self, gbnf: impl Into<String>, root: impl Into<String>) -> Self {
+    pub fn with_grammar(mut self, gbnf: impl Into<String>, root: impl Into<String>) -> Self {
         self.grammar = Some((gbnf.into(), root.into()));
         self
     }
@@ -371,8 +371,8 @@ impl Drop for Owned {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let mut ctx = Context::new(&model, &ContextParams::default())?;
 /// let mut sampler = SamplerBuilder::new().greedy(&model.vocab())?;
-/// let prompt = model.vocab().tokenize("Once upon a time", true, false)?;
-/// ctx.decode(&Batch::from_tokens(&prompt, 0, 0)?)?;
+/// let prompt = model.vocab().tokenize("Once upon a time", AddSpecial::Yes, ParseSpecial::No)?;
+/// ctx.decode(&Batch::from_tokens(&prompt, Pos(0), SeqId(0))?)?;
 /// let next = sampler.sample(&ctx, prompt.len() - 1)?;
 /// # Ok(())
 /// # }
@@ -537,15 +537,15 @@ mod tests {
     #[test]
     fn validate_catches_every_bad_parameter() {
         let bad = [
-            SamplerBuilder::new().top_k(0),
-            SamplerBuilder::new().top_p(0.0, 1),
-            SamplerBuilder::new().top_p(1.5, 1),
-            SamplerBuilder::new().min_p(-0.1, 1),
-            SamplerBuilder::new().typical(f32::NAN, 1),
-            SamplerBuilder::new().temp(f32::INFINITY),
-            SamplerBuilder::new().penalties(-1, 1.0, 0.0, 0.0),
-            SamplerBuilder::new().penalties(64, 0.0, 0.0, 0.0),
-            SamplerBuilder::new().penalties(64, 1.1, f32::NAN, 0.0),
+            SamplerBuilder::new().with_top_k(0),
+            SamplerBuilder::new().with_top_p(0.0, 1),
+            SamplerBuilder::new().with_top_p(1.5, 1),
+            SamplerBuilder::new().with_min_p(-0.1, 1),
+            SamplerBuilder::new().with_typical(f32::NAN, 1),
+            SamplerBuilder::new().with_temp(f32::INFINITY),
+            SamplerBuilder::new().with_penalties(-1, 1.0, 0.0, 0.0),
+            SamplerBuilder::new().with_penalties(64, 0.0, 0.0, 0.0),
+            SamplerBuilder::new().with_penalties(64, 1.1, f32::NAN, 0.0),
         ];
         for b in bad {
             assert!(
@@ -555,22 +555,22 @@ mod tests {
         }
         assert_eq!(
             SamplerBuilder::new()
-                .grammar("root ::= \"a\0\"", "root")
+                .with_grammar("root ::= \"a\0\"", "root")
                 .validate(),
             Err(SamplerError::GrammarNul)
         );
         assert!(matches!(
-            SamplerBuilder::new().grammar("  ", "root").validate(),
+            SamplerBuilder::new().with_grammar("  ", "root").validate(),
             Err(SamplerError::Grammar { .. })
         ));
         SamplerBuilder::new()
-            .penalties(64, 1.1, 0.5, 0.5)
-            .top_k(40)
-            .top_p(0.9, 1)
-            .min_p(0.0, 1)
-            .typical(1.0, 1)
-            .temp(0.0)
-            .grammar("root ::= \"x\"", "root")
+            .with_penalties(64, 1.1, 0.5, 0.5)
+            .with_top_k(40)
+            .with_top_p(0.9, 1)
+            .with_min_p(0.0, 1)
+            .with_typical(1.0, 1)
+            .with_temp(0.0)
+            .with_grammar("root ::= \"x\"", "root")
             .validate()
             .unwrap();
     }

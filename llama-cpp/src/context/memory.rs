@@ -1,10 +1,11 @@
 //! Sequence/memory (KV cache) operations and the per-buffer-type memory breakdown.
 
-use std::ffi::CStr;
+use std::ptr::NonNull;
 
 use llama_cpp_moe_sys as sys;
 
 use super::Context;
+use crate::backend::BufferType;
 use crate::batch::{Pos, SeqId};
 
 /// Why a memory operation was refused.
@@ -41,8 +42,9 @@ pub enum MemoryError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryBreakdownRow {
-    /// The ggml buffer type, e.g. `CPU`, `CUDA0`, `CUDA_Host`.
-    pub buffer_type: String,
+    /// The ggml buffer type, e.g. `CPU`, `CUDA0`, `CUDA_Host` (`None` if llama.cpp
+    /// reported a row without one). See [`MemoryBreakdownRow::buffer_type_name`].
+    pub buffer_type: Option<BufferType>,
     /// Whether the buffer type lives in host memory.
     pub is_host: bool,
     /// Bytes of model weights.
@@ -54,6 +56,11 @@ pub struct MemoryBreakdownRow {
 }
 
 impl MemoryBreakdownRow {
+    /// The buffer type's name, for display and JSON; empty when there is none.
+    pub fn buffer_type_name(&self) -> String {
+        self.buffer_type.map(|b| b.name()).unwrap_or_default()
+    }
+
     /// Everything this buffer type holds.
     pub fn total_bytes(&self) -> usize {
         self.model_bytes + self.context_bytes + self.compute_bytes
@@ -61,8 +68,17 @@ impl MemoryBreakdownRow {
 }
 
 /// Converts the `Option` position bounds of the public API to llama.cpp's `-1`.
-fn bound(p: Option<Pos>) -> Pos {
-    p.filter(|&p| p >= 0).unwrap_or(-1)
+fn bound(p: Option<Pos>) -> sys::llama_pos {
+    p.map_or(-1, |p| p.0.max(-1))
+}
+
+/// Whether [`Context::clear_memory`] also zeroes the memory's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClearData {
+    /// Only forget the cells (enough for correctness; the old data is overwritten).
+    Keep,
+    /// Also zero the buffers.
+    Zero,
 }
 
 impl Context<'_> {
@@ -78,20 +94,20 @@ impl Context<'_> {
 
     fn check_seq(&self, seq: SeqId) -> Result<(), MemoryError> {
         let n_seq_max = self.n_seq_max();
-        if seq < 0 || seq as u32 >= n_seq_max {
+        if seq.0 < 0 || seq.0 as u32 >= n_seq_max {
             return Err(MemoryError::InvalidSeqId { seq, n_seq_max });
         }
         Ok(())
     }
 
-    /// Empties the memory; `data` also zeroes the buffers.
+    /// Empties the memory; [`ClearData::Zero`] also zeroes the buffers.
     ///
     /// C equivalent: `llama_memory_clear(mem, data)`.
-    pub fn clear_memory(&mut self, data: bool) -> Result<(), MemoryError> {
+    pub fn clear_memory(&mut self, data: ClearData) -> Result<(), MemoryError> {
         let mem = self.memory()?;
-        self.outputs.clear();
+        self.forget_outputs();
         // SAFETY: valid memory handle owned by the context.
-        unsafe { sys::llama_memory_clear(mem, data) };
+        unsafe { sys::llama_memory_clear(mem, data == ClearData::Zero) };
         Ok(())
     }
 
@@ -109,8 +125,11 @@ impl Context<'_> {
         if let Some(s) = seq {
             self.check_seq(s)?;
         }
+        self.tail_output = None;
         // SAFETY: valid memory handle; the sequence id is -1 or in range.
-        let ok = unsafe { sys::llama_memory_seq_rm(mem, seq.unwrap_or(-1), bound(p0), bound(p1)) };
+        let ok = unsafe {
+            sys::llama_memory_seq_rm(mem, seq.map_or(-1, SeqId::get), bound(p0), bound(p1))
+        };
         if ok {
             Ok(())
         } else {
@@ -131,8 +150,9 @@ impl Context<'_> {
         let mem = self.memory()?;
         self.check_seq(src)?;
         self.check_seq(dst)?;
+        self.tail_output = None;
         // SAFETY: valid memory handle; both ids are in range (llama.cpp asserts that).
-        unsafe { sys::llama_memory_seq_cp(mem, src, dst, bound(p0), bound(p1)) };
+        unsafe { sys::llama_memory_seq_cp(mem, src.0, dst.0, bound(p0), bound(p1)) };
         Ok(())
     }
 
@@ -143,8 +163,9 @@ impl Context<'_> {
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<(), MemoryError> {
         let mem = self.memory()?;
         self.check_seq(seq)?;
+        self.tail_output = None;
         // SAFETY: valid memory handle; the id is in range.
-        unsafe { sys::llama_memory_seq_keep(mem, seq) };
+        unsafe { sys::llama_memory_seq_keep(mem, seq.0) };
         Ok(())
     }
 
@@ -158,12 +179,13 @@ impl Context<'_> {
         seq: SeqId,
         p0: Option<Pos>,
         p1: Option<Pos>,
-        delta: Pos,
+        delta: i32,
     ) -> Result<(), MemoryError> {
         let mem = self.shiftable_memory()?;
         self.check_seq(seq)?;
+        self.tail_output = None;
         // SAFETY: valid memory handle that supports shifts; the id is in range.
-        unsafe { sys::llama_memory_seq_add(mem, seq, bound(p0), bound(p1), delta) };
+        unsafe { sys::llama_memory_seq_add(mem, seq.0, bound(p0), bound(p1), delta) };
         Ok(())
     }
 
@@ -182,8 +204,9 @@ impl Context<'_> {
         }
         let mem = self.shiftable_memory()?;
         self.check_seq(seq)?;
+        self.tail_output = None;
         // SAFETY: valid memory handle that supports shifts; the id is in range; d > 1.
-        unsafe { sys::llama_memory_seq_div(mem, seq, bound(p0), bound(p1), d) };
+        unsafe { sys::llama_memory_seq_div(mem, seq.0, bound(p0), bound(p1), d) };
         Ok(())
     }
 
@@ -204,8 +227,8 @@ impl Context<'_> {
         let mem = self.memory()?;
         self.check_seq(seq)?;
         // SAFETY: valid memory handle; the id is in range.
-        let p = unsafe { sys::llama_memory_seq_pos_min(mem, seq) };
-        Ok((p >= 0).then_some(p))
+        let p = unsafe { sys::llama_memory_seq_pos_min(mem, seq.0) };
+        Ok((p >= 0).then_some(Pos(p)))
     }
 
     /// Largest position of `seq` in memory; `None` when the sequence is empty.
@@ -215,8 +238,8 @@ impl Context<'_> {
         let mem = self.memory()?;
         self.check_seq(seq)?;
         // SAFETY: valid memory handle; the id is in range.
-        let p = unsafe { sys::llama_memory_seq_pos_max(mem, seq) };
-        Ok((p >= 0).then_some(p))
+        let p = unsafe { sys::llama_memory_seq_pos_max(mem, seq.0) };
+        Ok((p >= 0).then_some(Pos(p)))
     }
 
     /// Memory per buffer type: model weights, context (KV cache) and compute buffers.
@@ -231,7 +254,7 @@ impl Context<'_> {
     /// # let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let ctx = Context::new(&model, &ContextParams::default())?;
     /// for row in ctx.memory_breakdown()? {
-    ///     println!("{:>12} model {} KV {} compute {}", row.buffer_type,
+    ///     println!("{:>12} model {} KV {} compute {}", row.buffer_type_name(),
     ///              row.model_bytes, row.context_bytes, row.compute_bytes);
     /// }
     /// # Ok(())
@@ -250,6 +273,7 @@ impl Context<'_> {
             model: 0,
             context: 0,
             compute: 0,
+            buft: std::ptr::null_mut(),
         };
         let mut rows = vec![empty; n as usize];
         // SAFETY: `rows` has room for `rows.len()` entries.
@@ -263,14 +287,8 @@ impl Context<'_> {
         Ok(rows
             .iter()
             .map(|r| MemoryBreakdownRow {
-                buffer_type: if r.buft_name.is_null() {
-                    String::new()
-                } else {
-                    // SAFETY: buffer type names are static NUL-terminated strings.
-                    unsafe { CStr::from_ptr(r.buft_name) }
-                        .to_string_lossy()
-                        .into_owned()
-                },
+                // SAFETY: breakdown rows are keyed by process-lived ggml buffer types.
+                buffer_type: NonNull::new(r.buft).map(|p| unsafe { BufferType::from_raw(p) }),
                 is_host: r.is_host != 0,
                 model_bytes: r.model,
                 context_bytes: r.context,
