@@ -51,7 +51,10 @@ pub use context::{Context, ContextParams};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 pub use model::{Model, ModelParams};
 pub use sampler::{Sampler, SamplerBuilder};
-pub use vocab::{apply_chat_template, ChatMessage, Token, Utf8Decoder, Vocab};
+pub use vocab::{
+    apply_chat_template, AddAssistant, AddSpecial, ChatMessage, ParseSpecial, RemoveSpecial,
+    RenderSpecial, Token, Utf8Decoder, Vocab,
+};
 
 /// Raw bindings, for what this crate does not wrap.
 pub use llama_cpp_moe_sys as sys;

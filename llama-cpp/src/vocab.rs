@@ -84,6 +84,14 @@ yes_no!(
     }
 );
 yes_no!(
+    /// Whether [`apply_chat_template`] ends the prompt with the opening of an assistant
+    /// turn.
+    AddAssistant {
+        yes: "Open the assistant's turn (a prompt to generate the reply from).",
+        no: "Stop after the last message (e.g. to format a finished conversation)."
+    }
+);
+yes_no!(
     /// Whether [`Vocab::detokenize`] drops the BOS/EOS tokens the model adds.
     RemoveSpecial {
         yes: "Drop them.",

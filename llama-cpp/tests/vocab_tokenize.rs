@@ -4,7 +4,7 @@
 mod ctx_support;
 
 use ctx_support::moe;
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
+use llama_cpp_moe::vocab::{AddAssistant, AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use llama_cpp_moe::vocab::{ChatTemplateError, VocabError};
 use llama_cpp_moe::{ChatMessage, Token, Utf8Decoder};
 
@@ -165,7 +165,7 @@ fn model_chat_template_formats_and_tokenizes() {
         ChatMessage::new("system", "You are terse."),
         ChatMessage::new("user", "Say 🦀!"),
     ];
-    let prompt = model.apply_chat_template(&msgs, true).unwrap();
+    let prompt = model.apply_chat_template(&msgs, AddAssistant::Yes).unwrap();
     assert_eq!(
         prompt,
         "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay 🦀!<|im_end|>\n<|im_start|>assistant\n"
@@ -186,7 +186,7 @@ fn model_chat_template_formats_and_tokenizes() {
         prompt
     );
     assert_eq!(
-        model.apply_chat_template(&[ChatMessage::new("user", "a\0b")], true),
+        model.apply_chat_template(&[ChatMessage::new("user", "a\0b")], AddAssistant::Yes),
         Err(ChatTemplateError::NulByte)
     );
 }
