@@ -1,7 +1,7 @@
 //! `ModelParams`: how a model is loaded and where its tensors go.
 //!
-//! The builder and its plain settings live here; [`overrides`] holds the tensor
-//! placement builders (`-ot`, `--cpu-moe`, `--n-cpu-moe`, `--n-cpu-ffn`) and [`raw`] the
+//! The builder and its plain settings live here; `overrides` holds the tensor
+//! placement builders (`-ot`, `--cpu-moe`, `--n-cpu-moe`, `--n-cpu-ffn`) and `raw` the
 //! conversion to `llama_model_params`, one piece per array C receives.
 
 mod overrides;

@@ -15,7 +15,7 @@ impl ModelParams {
     /// Explicit overrides come before every MoE/FFN override, in call order; the first
     /// matching entry wins.
     ///
-    /// `target` is [`OverrideTarget::Cpu`], a [`Device`], a [`BufferType`], or a
+    /// `target` is [`OverrideTarget::Cpu`], a [`Device`](crate::Device), a [`BufferType`](crate::BufferType), or a
     /// buffer-type name such as `"CPU"`, `"CUDA0"` or `"RPC0[127.0.0.1:50052]"`,
     /// resolved at load time like llama.cpp's `-ot` (an unknown name fails the load
     /// with a list of the names that exist). The pattern is checked with the loader's
