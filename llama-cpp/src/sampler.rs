@@ -365,7 +365,8 @@ impl Drop for Owned {
 /// ```
 ///
 /// ```no_run
-/// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, SamplerBuilder};
+/// use llama_cpp_moe::{AddSpecial, Backend, Batch, Context, ContextParams, Model, ModelParams};
+/// use llama_cpp_moe::{ParseSpecial, Pos, SamplerBuilder, SeqId};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
