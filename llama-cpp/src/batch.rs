@@ -16,6 +16,8 @@ use crate::vocab::Token;
 /// assert_eq!(p + 2, Pos(5));
 /// assert_eq!(Pos::try_from(7usize), Ok(Pos(7)));
 /// assert_eq!(i32::from(p), 3);
+/// assert_eq!(usize::try_from(p), Ok(3));
+/// assert!(usize::try_from(Pos(-1)).is_err());
 /// assert_eq!(p.to_string(), "3");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -59,6 +61,15 @@ macro_rules! i32_newtype {
 
             fn try_from(n: usize) -> Result<Self, OutOfRange> {
                 i32::try_from(n).map($ty).map_err(|_| OutOfRange(n))
+            }
+        }
+
+        /// For indexing: fails for negative values.
+        impl TryFrom<$ty> for usize {
+            type Error = std::num::TryFromIntError;
+
+            fn try_from(v: $ty) -> Result<usize, Self::Error> {
+                usize::try_from(v.0)
             }
         }
 
