@@ -72,12 +72,42 @@ enum Stage {
     MinP(f32, usize),
     Typical(f32, usize),
     Temp(f32),
-    Penalties {
-        last_n: i32,
-        repeat: f32,
-        freq: f32,
-        present: f32,
-    },
+    Penalties(Penalties),
+}
+
+/// Repetition penalties for [`SamplerBuilder::with_penalties`]: named fields, so the
+/// three factors cannot be swapped silently. The default turns every penalty off and
+/// looks at llama.cpp's default window of 64 tokens.
+///
+/// ```
+/// use llama_cpp_moe::sampler::Penalties;
+///
+/// // --repeat-penalty 1.1 --repeat-last-n 64
+/// let p = Penalties { repeat: 1.1, ..Penalties::default() };
+/// assert_eq!(p.last_n, 64);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    /// How many of the last tokens are penalised (0: none). C equivalent:
+    /// `--repeat-last-n N`.
+    pub last_n: i32,
+    /// Divides the logits of repeated tokens (1: off). C equivalent: `--repeat-penalty R`.
+    pub repeat: f32,
+    /// Subtracted once per occurrence (0: off). C equivalent: `--frequency-penalty F`.
+    pub frequency: f32,
+    /// Subtracted once for any occurrence (0: off). C equivalent: `--presence-penalty P`.
+    pub presence: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Penalties {
+            last_n: 64,
+            repeat: 1.0,
+            frequency: 0.0,
+            presence: 0.0,
+        }
+    }
 }
 
 impl Stage {
@@ -98,12 +128,13 @@ impl Stage {
 /// let a token through that the grammar forbids.
 ///
 /// ```no_run
+/// use llama_cpp_moe::sampler::Penalties;
 /// use llama_cpp_moe::{Backend, Model, ModelParams, SamplerBuilder};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let sampler = SamplerBuilder::new()
-///     .with_penalties(64, 1.1, 0.0, 0.0)
+///     .with_penalties(Penalties { repeat: 1.1, ..Penalties::default() })
 ///     .with_top_k(40)
 ///     .with_top_p(0.95, 1)
 ///     .with_min_p(0.05, 1)
@@ -178,17 +209,11 @@ impl SamplerBuilder {
         self
     }
 
-    /// Penalise the last `last_n` tokens: `repeat` divides repeated tokens' logits
-    /// (1 = off), `freq` and `present` subtract per occurrence and once (0 = off).
+    /// Penalise tokens repeated within the last [`Penalties::last_n`] tokens.
     /// C equivalent: `--repeat-last-n N --repeat-penalty R --frequency-penalty F
     /// --presence-penalty P`.
-    pub fn with_penalties(mut self, last_n: i32, repeat: f32, freq: f32, present: f32) -> Self {
-        self.stages.push(Stage::Penalties {
-            last_n,
-            repeat,
-            freq,
-            present,
-        });
+    pub fn with_penalties(mut self, penalties: Penalties) -> Self {
+        self.stages.push(Stage::Penalties(penalties));
         self
     }
 
@@ -215,12 +240,12 @@ impl SamplerBuilder {
                     return Err(invalid("temperature", format!("must be finite, got {t}")))
                 }
                 Stage::Temp(_) => {}
-                Stage::Penalties {
+                Stage::Penalties(Penalties {
                     last_n,
                     repeat,
-                    freq,
-                    present,
-                } => {
+                    frequency,
+                    presence,
+                }) => {
                     if last_n < 0 {
                         return Err(invalid(
                             "penalties",
@@ -233,8 +258,11 @@ impl SamplerBuilder {
                             format!("repeat must be > 0, got {repeat}"),
                         ));
                     }
-                    if !(freq.is_finite() && present.is_finite()) {
-                        return Err(invalid("penalties", "freq and present must be finite"));
+                    if !(frequency.is_finite() && presence.is_finite()) {
+                        return Err(invalid(
+                            "penalties",
+                            "frequency and presence must be finite",
+                        ));
                     }
                 }
             }
@@ -316,12 +344,13 @@ impl SamplerBuilder {
                     Stage::MinP(p, m) => sys::llama_sampler_init_min_p(p, m),
                     Stage::Typical(p, m) => sys::llama_sampler_init_typical(p, m),
                     Stage::Temp(t) => sys::llama_sampler_init_temp(t),
-                    Stage::Penalties {
-                        last_n,
-                        repeat,
-                        freq,
-                        present,
-                    } => sys::llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present),
+                    Stage::Penalties(p) => sys::llama_sampler_init_penalties(
+                        n_vocab,
+                        p.last_n,
+                        p.repeat,
+                        p.frequency,
+                        p.presence,
+                    ),
                 }
             };
             sampler.push(NonNull::new(s).ok_or(SamplerError::Init(stage.name()))?);
@@ -544,9 +573,19 @@ mod tests {
             SamplerBuilder::new().with_min_p(-0.1, 1),
             SamplerBuilder::new().with_typical(f32::NAN, 1),
             SamplerBuilder::new().with_temp(f32::INFINITY),
-            SamplerBuilder::new().with_penalties(-1, 1.0, 0.0, 0.0),
-            SamplerBuilder::new().with_penalties(64, 0.0, 0.0, 0.0),
-            SamplerBuilder::new().with_penalties(64, 1.1, f32::NAN, 0.0),
+            SamplerBuilder::new().with_penalties(Penalties {
+                last_n: -1,
+                ..Penalties::default()
+            }),
+            SamplerBuilder::new().with_penalties(Penalties {
+                repeat: 0.0,
+                ..Penalties::default()
+            }),
+            SamplerBuilder::new().with_penalties(Penalties {
+                repeat: 1.1,
+                frequency: f32::NAN,
+                ..Penalties::default()
+            }),
         ];
         for b in bad {
             assert!(
@@ -565,7 +604,12 @@ mod tests {
             Err(SamplerError::Grammar { .. })
         ));
         SamplerBuilder::new()
-            .with_penalties(64, 1.1, 0.5, 0.5)
+            .with_penalties(Penalties {
+                repeat: 1.1,
+                frequency: 0.5,
+                presence: 0.5,
+                ..Penalties::default()
+            })
             .with_top_k(40)
             .with_top_p(0.9, 1)
             .with_min_p(0.0, 1)

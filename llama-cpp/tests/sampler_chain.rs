@@ -4,7 +4,7 @@ mod ctx_support;
 
 use ctx_support::{load_tiny, moe, small_ctx};
 use llama_cpp_moe::gguf::synth::Arch;
-use llama_cpp_moe::sampler::{SampleError, SamplerError};
+use llama_cpp_moe::sampler::{Penalties, SampleError, SamplerError};
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{Batch, Context, GenerateParams, Pos, SamplerBuilder, SeqId, Token};
 
@@ -80,7 +80,12 @@ fn every_stage_builds_and_samples_valid_tokens() {
     let (ctx, last) = decoded_ctx();
     let vocab = ctx.vocab();
     let mut s = SamplerBuilder::new()
-        .with_penalties(16, 1.1, 0.1, 0.1)
+        .with_penalties(Penalties {
+            last_n: 16,
+            repeat: 1.1,
+            frequency: 0.1,
+            presence: 0.1,
+        })
         .with_top_k(40)
         .with_typical(0.95, 1)
         .with_top_p(0.9, 1)
