@@ -38,7 +38,7 @@ fn decode(c: &mut Criterion) {
             .expect("batch");
         group.bench_function("decode_step", |b| {
             b.iter(|| {
-                ctx.seq_rm(Some(SeqId(0)), Some(pos), None).expect("seq_rm");
+                ctx.seq_rm(Some(SeqId(0)), pos..).expect("seq_rm");
                 ctx.decode(&step).expect("decode");
             })
         });

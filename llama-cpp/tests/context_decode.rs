@@ -152,8 +152,7 @@ fn full_kv_cache_is_no_kv_slot() {
     let more = Batch::from_tokens(&[Token(10)], Pos(pos as i32), SeqId(0)).unwrap();
     assert_eq!(ctx.decode(&more), Err(DecodeError::NoKvSlot));
     // Freeing room makes the same position decodable again.
-    ctx.seq_rm(Some(SeqId(0)), Some(Pos(n_ctx as i32 - 4)), None)
-        .unwrap();
+    ctx.seq_rm(Some(SeqId(0)), Pos(n_ctx as i32 - 4)..).unwrap();
     let again = Batch::from_tokens(&[Token(10)], Pos(n_ctx as i32 - 4), SeqId(0)).unwrap();
     ctx.decode(&again).unwrap();
 }
@@ -191,7 +190,7 @@ fn sequence_ops_copy_remove_keep_and_shift() {
         .unwrap();
     let logits_seq0 = ctx.logits(tokens.len() - 1).unwrap().to_vec();
 
-    ctx.seq_cp(SeqId(0), SeqId(1), None, None).unwrap();
+    ctx.seq_cp(SeqId(0), SeqId(1), ..).unwrap();
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(n - 1)));
     assert_eq!(ctx.seq_pos_max(SeqId(2)).unwrap(), None);
 
@@ -203,7 +202,7 @@ fn sequence_ops_copy_remove_keep_and_shift() {
     ctx.decode(&b).unwrap();
     assert_eq!(ctx.logits(0).unwrap(), ctx.logits(1).unwrap());
 
-    ctx.seq_rm(Some(SeqId(1)), Some(Pos(2)), None).unwrap();
+    ctx.seq_rm(Some(SeqId(1)), Pos(2)..).unwrap();
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(1)));
     assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), Some(Pos(n)));
 
@@ -212,13 +211,13 @@ fn sequence_ops_copy_remove_keep_and_shift() {
     assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), None);
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(1)));
 
-    ctx.seq_add(SeqId(1), None, None, 5).unwrap();
+    ctx.seq_add(SeqId(1), .., 5).unwrap();
     assert_eq!(ctx.seq_pos_min(SeqId(1)).unwrap(), Some(Pos(5)));
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(6)));
-    ctx.seq_div(SeqId(1), None, None, 2).unwrap();
+    ctx.seq_div(SeqId(1), .., 2).unwrap();
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(3)));
     assert_eq!(
-        ctx.seq_div(SeqId(1), None, None, 1),
+        ctx.seq_div(SeqId(1), .., 1),
         Err(MemoryError::InvalidDivisor(1))
     );
 
@@ -230,11 +229,17 @@ fn sequence_ops_copy_remove_keep_and_shift() {
                 n_seq_max: 3
             })
         );
-        assert!(ctx.seq_cp(SeqId(0), bad, None, None).is_err());
+        assert!(ctx.seq_cp(SeqId(0), bad, ..).is_err());
         assert!(ctx.seq_pos_max(bad).is_err());
     }
+    // A negative position would mean "the whole sequence" to llama.cpp.
+    assert_eq!(
+        ctx.seq_rm(Some(SeqId(1)), Pos(-1)..),
+        Err(MemoryError::NegativePos(Pos(-1)))
+    );
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(3)));
     // None means every sequence.
-    ctx.seq_rm(None, None, None).unwrap();
+    ctx.seq_rm(None, ..).unwrap();
     assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), None);
     ctx.clear_memory(ClearData::Zero).unwrap();
 }

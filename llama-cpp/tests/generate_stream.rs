@@ -179,7 +179,7 @@ fn an_empty_prompt_needs_something_to_continue() {
     // Removing the last token moves the sequence's end: the old logits no longer apply.
     greedy_complete(&mut ctx, &[Token(10)], 1);
     let end = ctx.seq_pos_max(SeqId(0)).unwrap().unwrap();
-    ctx.seq_rm(Some(SeqId(0)), Some(end), None).unwrap();
+    ctx.seq_rm(Some(SeqId(0)), end..).unwrap();
     assert_eq!(
         ctx.complete(&mut sampler, &[], params).unwrap_err(),
         GenerateError::EmptyPrompt

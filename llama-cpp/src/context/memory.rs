@@ -1,5 +1,6 @@
 //! Sequence/memory (KV cache) operations and the per-buffer-type memory breakdown.
 
+use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
 
 use llama_cpp_moe_sys as sys;
@@ -30,6 +31,9 @@ pub enum MemoryError {
     /// The memory does not support shifting positions.
     #[error("the memory does not support position shifts")]
     ShiftUnsupported,
+    /// A position range bound is negative.
+    #[error("position {0} is negative")]
+    NegativePos(Pos),
     /// The divisor of [`Context::seq_div`] must be greater than 1.
     #[error("position divisor must be > 1, got {0}")]
     InvalidDivisor(i32),
@@ -67,9 +71,30 @@ impl MemoryBreakdownRow {
     }
 }
 
-/// Converts the `Option` position bounds of the public API to llama.cpp's `-1`.
-fn bound(p: Option<Pos>) -> sys::llama_pos {
-    p.map_or(-1, |p| p.0.max(-1))
+/// Converts a position range to llama.cpp's half-open `[p0, p1)`, where `-1` means
+/// "from the start" / "to the end". A negative position given here would silently mean
+/// the same to llama.cpp, so it is an error instead.
+fn bounds(
+    positions: impl RangeBounds<Pos>,
+) -> Result<(sys::llama_pos, sys::llama_pos), MemoryError> {
+    let check = |p: &Pos| {
+        if p.0 < 0 {
+            Err(MemoryError::NegativePos(*p))
+        } else {
+            Ok(p.0)
+        }
+    };
+    let p0 = match positions.start_bound() {
+        Bound::Included(p) => check(p)?,
+        Bound::Excluded(p) => check(p)?.saturating_add(1),
+        Bound::Unbounded => -1,
+    };
+    let p1 = match positions.end_bound() {
+        Bound::Included(p) => check(p)?.saturating_add(1),
+        Bound::Excluded(p) => check(p)?,
+        Bound::Unbounded => -1,
+    };
+    Ok((p0, p1))
 }
 
 /// Whether [`Context::clear_memory`] also zeroes the memory's buffers.
@@ -111,25 +136,36 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Removes the tokens of `seq` (every sequence when `None`) at positions
-    /// `p0..p1` (`None`: from the start / to the end).
+    /// Removes the tokens of `seq` (every sequence when `None`) at `positions`: a range
+    /// such as `Pos(4)..`, `..Pos(8)`, `Pos(2)..Pos(5)` or `..` for all.
     ///
     /// C equivalent: `llama_memory_seq_rm(mem, seq, p0, p1)`.
+    ///
+    /// ```no_run
+    /// # use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams, Pos, SeqId};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
+    /// let mut ctx = Context::new(&model, &ContextParams::default())?;
+    /// // Forget everything of sequence 0 from position 16 on.
+    /// ctx.seq_rm(Some(SeqId(0)), Pos(16)..)?;
+    /// // Forget every sequence.
+    /// ctx.seq_rm(None, ..)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn seq_rm(
         &mut self,
         seq: Option<SeqId>,
-        p0: Option<Pos>,
-        p1: Option<Pos>,
+        positions: impl RangeBounds<Pos>,
     ) -> Result<(), MemoryError> {
         let mem = self.memory()?;
         if let Some(s) = seq {
             self.check_seq(s)?;
         }
         self.tail_output = None;
+        let (p0, p1) = bounds(positions)?;
         // SAFETY: valid memory handle; the sequence id is -1 or in range.
-        let ok = unsafe {
-            sys::llama_memory_seq_rm(mem, seq.map_or(-1, SeqId::get), bound(p0), bound(p1))
-        };
+        let ok = unsafe { sys::llama_memory_seq_rm(mem, seq.map_or(-1, SeqId::get), p0, p1) };
         if ok {
             Ok(())
         } else {
@@ -137,22 +173,22 @@ impl Context<'_> {
         }
     }
 
-    /// Makes the tokens of `src` at positions `p0..p1` also belong to `dst`.
+    /// Makes the tokens of `src` at `positions` (`..` for all) also belong to `dst`.
     ///
     /// C equivalent: `llama_memory_seq_cp(mem, src, dst, p0, p1)`.
     pub fn seq_cp(
         &mut self,
         src: SeqId,
         dst: SeqId,
-        p0: Option<Pos>,
-        p1: Option<Pos>,
+        positions: impl RangeBounds<Pos>,
     ) -> Result<(), MemoryError> {
         let mem = self.memory()?;
         self.check_seq(src)?;
         self.check_seq(dst)?;
         self.tail_output = None;
+        let (p0, p1) = bounds(positions)?;
         // SAFETY: valid memory handle; both ids are in range (llama.cpp asserts that).
-        unsafe { sys::llama_memory_seq_cp(mem, src.0, dst.0, bound(p0), bound(p1)) };
+        unsafe { sys::llama_memory_seq_cp(mem, src.0, dst.0, p0, p1) };
         Ok(())
     }
 
@@ -169,7 +205,7 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Adds `delta` to the positions of `seq`'s tokens in `p0..p1` (context shifting).
+    /// Adds `delta` to the positions of `seq`'s tokens at `positions` (context shifting).
     /// Cells shared with another sequence (after [`Context::seq_cp`] in a unified cache)
     /// move for both.
     ///
@@ -177,26 +213,25 @@ impl Context<'_> {
     pub fn seq_add(
         &mut self,
         seq: SeqId,
-        p0: Option<Pos>,
-        p1: Option<Pos>,
+        positions: impl RangeBounds<Pos>,
         delta: i32,
     ) -> Result<(), MemoryError> {
         let mem = self.shiftable_memory()?;
         self.check_seq(seq)?;
         self.tail_output = None;
+        let (p0, p1) = bounds(positions)?;
         // SAFETY: valid memory handle that supports shifts; the id is in range.
-        unsafe { sys::llama_memory_seq_add(mem, seq.0, bound(p0), bound(p1), delta) };
+        unsafe { sys::llama_memory_seq_add(mem, seq.0, p0, p1, delta) };
         Ok(())
     }
 
-    /// Divides the positions of `seq`'s tokens in `p0..p1` by `d` (> 1).
+    /// Divides the positions of `seq`'s tokens at `positions` by `d` (> 1).
     ///
     /// C equivalent: `llama_memory_seq_div(mem, seq, p0, p1, d)`.
     pub fn seq_div(
         &mut self,
         seq: SeqId,
-        p0: Option<Pos>,
-        p1: Option<Pos>,
+        positions: impl RangeBounds<Pos>,
         d: i32,
     ) -> Result<(), MemoryError> {
         if d <= 1 {
@@ -205,8 +240,9 @@ impl Context<'_> {
         let mem = self.shiftable_memory()?;
         self.check_seq(seq)?;
         self.tail_output = None;
+        let (p0, p1) = bounds(positions)?;
         // SAFETY: valid memory handle that supports shifts; the id is in range; d > 1.
-        unsafe { sys::llama_memory_seq_div(mem, seq.0, bound(p0), bound(p1), d) };
+        unsafe { sys::llama_memory_seq_div(mem, seq.0, p0, p1, d) };
         Ok(())
     }
 
@@ -295,5 +331,26 @@ impl Context<'_> {
                 compute_bytes: r.compute,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_half_open_bounds_and_negative_positions_are_errors() {
+        assert_eq!(bounds(..), Ok((-1, -1)));
+        assert_eq!(bounds(Pos(3)..), Ok((3, -1)));
+        assert_eq!(bounds(..Pos(8)), Ok((-1, 8)));
+        assert_eq!(bounds(..=Pos(8)), Ok((-1, 9)));
+        assert_eq!(bounds(Pos(2)..Pos(5)), Ok((2, 5)));
+        assert_eq!(bounds(Pos(2)..=Pos(5)), Ok((2, 6)));
+        let excluded_start = (Bound::Excluded(Pos(2)), Bound::Unbounded);
+        assert_eq!(bounds(excluded_start), Ok((3, -1)));
+        assert_eq!(bounds(..=Pos(i32::MAX)), Ok((-1, i32::MAX)));
+        // Negative positions would mean "everything" to llama.cpp.
+        assert_eq!(bounds(Pos(-7)..), Err(MemoryError::NegativePos(Pos(-7))));
+        assert_eq!(bounds(..Pos(-2)), Err(MemoryError::NegativePos(Pos(-2))));
     }
 }
