@@ -49,6 +49,8 @@ pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
+/// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
+pub use gguf::GgmlType;
 pub use model::{Model, ModelParams};
 pub use sampler::{Sampler, SamplerBuilder};
 pub use vocab::{

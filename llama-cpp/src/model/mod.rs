@@ -23,8 +23,8 @@ pub use placement::{
 };
 
 use crate::backend::BufferType;
-use crate::gguf::GgmlType;
 use crate::Backend;
+use crate::GgmlType;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]

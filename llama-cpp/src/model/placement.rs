@@ -8,7 +8,7 @@ use std::ffi::{CStr, CString};
 use llama_cpp_moe_sys as sys;
 
 use crate::backend::{BufferType, Device};
-use crate::gguf::GgmlType;
+use crate::GgmlType;
 
 /// Routed expert tensors: llama.cpp's `LLM_FFN_EXPS_REGEX`. Matches the fused
 /// `gate_up` experts and the `chexps` variants; shared experts (`_shexp`) never match.
