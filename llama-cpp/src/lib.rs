@@ -47,12 +47,17 @@ pub mod sampler;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
-pub use batch::{Batch, Pos, SeqId};
+pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
+/// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
+pub use llama_cpp_moe_gguf::GgmlType;
 pub use model::{Model, ModelParams};
 pub use sampler::{Sampler, SamplerBuilder};
-pub use vocab::{apply_chat_template, ChatMessage, Token, Utf8Decoder, Vocab};
+pub use vocab::{
+    apply_chat_template, AddAssistant, AddSpecial, ChatMessage, ParseSpecial, RemoveSpecial,
+    RenderSpecial, Token, Utf8Decoder, Vocab,
+};
 
 /// Raw bindings, for what this crate does not wrap.
 pub use llama_cpp_moe_sys as sys;

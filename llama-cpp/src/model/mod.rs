@@ -22,7 +22,9 @@ pub use placement::{
     EXPERTS_REGEX,
 };
 
+use crate::backend::BufferType;
 use crate::Backend;
+use crate::GgmlType;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -372,7 +374,9 @@ impl Model {
                 continue;
             }
             let name = lossy(info.name);
-            let buffer_type = lossy(info.buft_name);
+            // SAFETY: the shim hands out the tensor buffer's type, a process-lived ggml
+            // object (static, or owned by a backend registry that is never freed).
+            let buffer_type = NonNull::new(info.buft).map(|p| unsafe { BufferType::from_raw(p) });
             tensors.push(TensorPlacement {
                 routed_expert: is_routed_expert(&name),
                 // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their
@@ -381,7 +385,9 @@ impl Model {
                 name,
                 bytes: info.nbytes,
                 buffer_type,
-                ggml_type: info.ggml_type,
+                ggml_type: u32::try_from(info.ggml_type)
+                    .ok()
+                    .and_then(GgmlType::from_raw),
             });
         }
         Placement { tensors }

@@ -8,6 +8,7 @@ use std::ffi::{CStr, CString};
 use llama_cpp_moe_sys as sys;
 
 use crate::backend::{BufferType, Device};
+use crate::GgmlType;
 
 /// Routed expert tensors: llama.cpp's `LLM_FFN_EXPS_REGEX`. Matches the fused
 /// `gate_up` experts and the `chexps` variants; shared experts (`_shexp`) never match.
@@ -162,17 +163,25 @@ pub struct TensorPlacement {
     pub name: String,
     /// Its size in bytes.
     pub bytes: usize,
-    /// The name of its buffer type (`"CPU"`, `"CPU_Mapped"`, `"CUDA0"`,
-    /// `"RPC0[127.0.0.1:50052]"`, ...); empty for tensors without a buffer
-    /// (e.g. `vocab_only` or `no_alloc` loads).
-    pub buffer_type: String,
+    /// Its buffer type (named `"CPU"`, `"CPU_Mapped"`, `"CUDA0"`,
+    /// `"RPC0[127.0.0.1:50052]"`, ...); `None` for tensors without a buffer
+    /// (e.g. `vocab_only` or `no_alloc` loads). See [`TensorPlacement::buffer_type_name`].
+    pub buffer_type: Option<BufferType>,
     /// Whether that buffer type is in host RAM: a host buffer type (`CPU`,
     /// `CPU_Mapped`, `CUDA_Host`) or one of the CPU device's own (`CPU_REPACK`).
     pub on_host: bool,
     /// Whether the name is a routed expert tensor ([`is_routed_expert`]).
     pub routed_expert: bool,
-    /// The ggml storage type (`ggml_type`).
-    pub ggml_type: i32,
+    /// The ggml storage type; `None` only if llama.cpp reports a type this ggml does
+    /// not know.
+    pub ggml_type: Option<GgmlType>,
+}
+
+impl TensorPlacement {
+    /// The buffer type's name, for display and JSON; empty when there is none.
+    pub fn buffer_type_name(&self) -> String {
+        self.buffer_type.map(|b| b.name()).unwrap_or_default()
+    }
 }
 
 /// Count and bytes of a group of tensors.
@@ -212,11 +221,12 @@ impl Placement {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// Count and bytes per buffer-type name.
+    /// Count and bytes per buffer-type name (for display: sorted by name; tensors
+    /// without a buffer count under `""`).
     pub fn totals(&self) -> BTreeMap<String, TensorTotals> {
         let mut out: BTreeMap<String, TensorTotals> = BTreeMap::new();
         for t in &self.tensors {
-            out.entry(t.buffer_type.clone()).or_default().add(t.bytes);
+            out.entry(t.buffer_type_name()).or_default().add(t.bytes);
         }
         out
     }
@@ -237,13 +247,13 @@ impl Placement {
     }
 
     /// Tensors whose buffer type is `buffer_type`.
-    pub fn on_buffer_type<'a>(
-        &'a self,
-        buffer_type: &'a str,
-    ) -> impl Iterator<Item = &'a TensorPlacement> + 'a {
+    pub fn on_buffer_type(
+        &self,
+        buffer_type: BufferType,
+    ) -> impl Iterator<Item = &TensorPlacement> + '_ {
         self.tensors
             .iter()
-            .filter(move |t| t.buffer_type == buffer_type)
+            .filter(move |t| t.buffer_type == Some(buffer_type))
     }
 }
 
