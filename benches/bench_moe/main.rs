@@ -25,7 +25,7 @@ use llama_cpp_moe::{
     SamplerBuilder, Token,
 };
 use llama_cpp_moe_benches::{geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE};
-use llama_cpp_moe_examples::cli::{self, parse_layer_list, GpuLayers, Spellings};
+use llama_cpp_moe_examples::cli::{self, GpuLayers, LayerList, Spellings};
 use serde_json::{json, Value};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -43,8 +43,8 @@ enum Placement {
     Default,
     CpuMoeAll,
     NCpuMoe(u32),
-    /// `--cpu-moe-layers LIST`: the list as given, and its layers.
-    Layers(String, Vec<u32>),
+    /// `--cpu-moe-layers LIST`.
+    Layers(LayerList),
 }
 
 impl Placement {
@@ -53,7 +53,7 @@ impl Placement {
             Placement::Default => "none".into(),
             Placement::CpuMoeAll => "--cpu-moe".into(),
             Placement::NCpuMoe(k) => format!("--n-cpu-moe {k}"),
-            Placement::Layers(spec, _) => format!("--cpu-moe-layers {spec}"),
+            Placement::Layers(list) => format!("--cpu-moe-layers {}", list.spec),
         }
     }
 
@@ -62,7 +62,7 @@ impl Placement {
             Placement::Default => params,
             Placement::CpuMoeAll => params.with_cpu_moe_all(),
             Placement::NCpuMoe(k) => params.with_cpu_moe(*k),
-            Placement::Layers(_, layers) => params.with_cpu_moe_layers(layers.iter().copied()),
+            Placement::Layers(list) => params.with_cpu_moe_layers(list.layers.iter().copied()),
         }
     }
 }
@@ -118,8 +118,8 @@ struct Cli {
     #[arg(long, value_name = "K")]
     n_cpu_moe: Vec<u32>,
     /// Also run with the experts of these layers in host memory, e.g. 36-47 (repeatable)
-    #[arg(long, value_name = "LIST", value_parser = parse_layers)]
-    cpu_moe_layers: Vec<(String, Vec<u32>)>,
+    #[arg(long, value_name = "LIST")]
+    cpu_moe_layers: Vec<LayerList>,
     /// Skip the native baseline (Rust runs only)
     #[arg(long)]
     no_native: bool,
@@ -134,10 +134,6 @@ fn parse_prompt(name: &str) -> Result<(&'static str, usize), String> {
         .find(|(n, _)| *n == name)
         .copied()
         .ok_or_else(|| format!("unknown prompt {name:?}"))
-}
-
-fn parse_layers(spec: &str) -> Result<(String, Vec<u32>), String> {
-    parse_layer_list(spec).map(|layers| (spec.to_owned(), layers))
 }
 
 /// The command line with `--quick`'s defaults applied and checked.
@@ -173,11 +169,7 @@ impl Args {
             placements.push(Placement::CpuMoeAll);
         }
         placements.extend(cli.n_cpu_moe.into_iter().map(Placement::NCpuMoe));
-        placements.extend(
-            cli.cpu_moe_layers
-                .into_iter()
-                .map(|(spec, layers)| Placement::Layers(spec, layers)),
-        );
+        placements.extend(cli.cpu_moe_layers.into_iter().map(Placement::Layers));
         let args = Args {
             quick,
             json: cli.json,

@@ -422,8 +422,8 @@ fn model_params(a: &Args, backend: &Backend, progress: bool) -> Result<ModelPara
     if let Some(n) = a.n_cpu_moe {
         p = p.with_cpu_moe(n);
     }
-    if let Some(layers) = &a.cpu_moe_layers {
-        p = p.with_cpu_moe_layers(layers.iter().copied());
+    if let Some(list) = &a.cpu_moe_layers {
+        p = p.with_cpu_moe_layers(list.layers.iter().copied());
     }
     if let Some(n) = a.n_cpu_ffn {
         p = p.with_cpu_ffn(n);

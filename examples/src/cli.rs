@@ -99,11 +99,20 @@ pub fn usage_error(program: &str, message: &str) -> ! {
     std::process::exit(2);
 }
 
-/// clap's message without its `error:` prefix, tips and usage block.
+/// clap's message on one line: its first paragraph (which for a missing argument names
+/// the argument on the next line) without the `error:` prefix, tips and usage block.
 pub fn one_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
-    let first = rendered.lines().next().unwrap_or_default();
-    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let message = message.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned()
 }
 
 /// Sends the `log` crate's records to stderr: our own warnings (e.g. MoE options on a
@@ -158,29 +167,44 @@ impl FromStr for GpuLayers {
     }
 }
 
-/// Layer indices from `a-b,c` (e.g. `36-47` or `0,2,4-6`), sorted and de-duplicated.
-pub fn parse_layer_list(s: &str) -> Result<Vec<u32>, String> {
-    let bad = || format!("invalid layer list {s:?}: expected e.g. 36-47 or 0,2,4-6");
-    let mut layers = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((first, last)) => {
-                let first: u32 = first.trim().parse().map_err(|_| bad())?;
-                let last: u32 = last.trim().parse().map_err(|_| bad())?;
-                if first > last {
-                    return Err(bad());
+/// A layer list as given on the command line (`36-47`, `0,2,4-6`) and its layers,
+/// sorted and de-duplicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerList {
+    /// The list as the user wrote it, for labels.
+    pub spec: String,
+    /// The layer indices.
+    pub layers: Vec<u32>,
+}
+
+impl FromStr for LayerList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid layer list {s:?}: expected e.g. 36-47 or 0,2,4-6");
+        let mut layers = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('-') {
+                Some((first, last)) => {
+                    let first: u32 = first.trim().parse().map_err(|_| bad())?;
+                    let last: u32 = last.trim().parse().map_err(|_| bad())?;
+                    if first > last {
+                        return Err(bad());
+                    }
+                    layers.extend(first..=last);
                 }
-                layers.extend(first..=last);
+                None => layers.push(part.parse().map_err(|_| bad())?),
             }
-            None => layers.push(part.parse().map_err(|_| bad())?),
         }
+        if layers.is_empty() {
+            return Err(format!("empty layer list {s:?}"));
+        }
+        layers.sort_unstable();
+        layers.dedup();
+        Ok(LayerList {
+            spec: s.to_owned(),
+            layers,
+        })
     }
-    if layers.is_empty() {
-        return Err(format!("empty layer list {s:?}"));
-    }
-    layers.sort_unstable();
-    layers.dedup();
-    Ok(layers)
 }
 
 #[cfg(test)]
@@ -228,6 +252,14 @@ mod tests {
             "{line}"
         );
         assert!(one_line(&demo("--frobnicate").unwrap_err()).contains("--frobnicate"));
+        let missing = clap::Command::new("demo")
+            .arg(clap::Arg::new("model").long("model").required(true))
+            .try_get_matches_from(["demo"])
+            .unwrap_err();
+        assert_eq!(
+            one_line(&missing),
+            "the following required arguments were not provided: --model <model>"
+        );
 
         let help = demo("--help").unwrap_err();
         assert_eq!(help.exit_code(), 0);
@@ -239,10 +271,12 @@ mod tests {
 
     #[test]
     fn layer_lists() {
-        assert_eq!(parse_layer_list("36-39").unwrap(), vec![36, 37, 38, 39]);
-        assert_eq!(parse_layer_list("4,0,2-3,2").unwrap(), vec![0, 2, 3, 4]);
-        assert!(parse_layer_list("5-2").is_err());
-        assert!(parse_layer_list("x").is_err());
-        assert!(parse_layer_list(",").is_err());
+        let layers = |s: &str| s.parse::<LayerList>().map(|l| l.layers);
+        assert_eq!(layers("36-39").unwrap(), vec![36, 37, 38, 39]);
+        assert_eq!(layers("4,0,2-3,2").unwrap(), vec![0, 2, 3, 4]);
+        assert_eq!("4,0".parse::<LayerList>().unwrap().spec, "4,0");
+        assert!(layers("5-2").is_err());
+        assert!(layers("x").is_err());
+        assert!(layers(",").is_err());
     }
 }

@@ -8,7 +8,7 @@ use llama_cpp_moe::context::FlashAttention;
 use llama_cpp_moe::gguf::synth::{Arch, Preset};
 
 pub use crate::cli::GpuLayers;
-use crate::cli::{parse_layer_list, Spellings};
+use crate::cli::{LayerList, Spellings};
 
 /// llama.cpp's single-dash multi-letter spellings of `simple_moe`'s flags.
 pub const LLAMA_SPELLINGS: Spellings = &[
@@ -142,8 +142,8 @@ pub struct Args {
     #[arg(long, value_name = "N", help_heading = "Placement")]
     pub n_cpu_moe: Option<u32>,
     /// ... those of these layers, e.g. 36-47 or 0,2,4-6
-    #[arg(long, value_name = "LIST", value_parser = parse_layer_list, help_heading = "Placement")]
-    pub cpu_moe_layers: Option<Vec<u32>>,
+    #[arg(long, value_name = "LIST", help_heading = "Placement")]
+    pub cpu_moe_layers: Option<LayerList>,
     /// Keep the dense FFN of the first N layers in host memory
     #[arg(long, value_name = "N", help_heading = "Placement")]
     pub n_cpu_ffn: Option<u32>,
@@ -257,7 +257,9 @@ mod tests {
         assert_eq!(a.overrides[1].buft, "RPC0");
         assert_eq!(a.n_cpu_moe, Some(3));
         assert_eq!(a.flash_attn, FlashAttention::Enabled);
-        let b = args("-cmoe -ncmoe 2 -dev A,B --rpc h:1 -c 256 -t 2 -n 8").unwrap();
+        let b = args("-cmoe -ncmoe 2 -dev A,B --rpc h:1 -c 256 -t 2 -n 8 --cpu-moe-layers 2-3")
+            .unwrap();
+        assert_eq!(b.cpu_moe_layers.unwrap().layers, [2, 3]);
         assert!(b.cpu_moe);
         assert_eq!(b.n_cpu_moe, Some(2));
         assert_eq!(b.devices, ["A", "B"]);
