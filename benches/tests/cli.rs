@@ -3,34 +3,12 @@
 
 use std::process::Command;
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_examples::{assert_cli_conventions, built_example};
 
 #[test]
 fn help_exits_0_and_bad_flags_exit_2() {
     for name in ["bench_moe", "decode_bound"] {
-        let help = Command::new(built_example(name))
-            .arg("--help")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&help.stdout);
-        assert_eq!(help.status.code(), Some(0), "{name} --help: {help:?}");
-        assert!(
-            stdout.contains("Usage:"),
-            "{name} --help printed {stdout:?}"
-        );
-
-        let bad = Command::new(built_example(name))
-            .arg("--no-such-flag")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&bad.stderr);
-        assert_eq!(bad.status.code(), Some(2), "{name}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
-        assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
-        assert!(
-            bad.stdout.is_empty(),
-            "{name} wrote to stdout on a bad flag"
-        );
+        assert_cli_conventions(name, true);
     }
 }
 

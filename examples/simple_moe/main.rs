@@ -259,12 +259,7 @@ impl<'a> Report<'a> {
     }
 
     fn print_json(&self) {
-        let Report {
-            loaded,
-            generated: g,
-            ..
-        } = self;
-        let model = &loaded.model;
+        let (loaded, g, model) = (self.loaded, &self.generated, &self.loaded.model);
         let experts = self.placement.experts_on_host();
         let overrides: Vec<_> = loaded
             .params
@@ -315,12 +310,7 @@ impl<'a> Report<'a> {
     }
 
     fn print_text(&self) {
-        let Report {
-            loaded,
-            generated: g,
-            ..
-        } = self;
-        let model = &loaded.model;
+        let (loaded, g, model) = (self.loaded, &self.generated, &self.loaded.model);
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1} {unit}"));
         eprintln!();

@@ -4,46 +4,15 @@
 use std::process::Command;
 
 use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe_examples::built_example;
-
-/// The examples that parse through `llama_cpp_moe_examples::cli`: their errors are one
-/// line, `NAME: message (see --help)`.
-const ONE_LINE_ERRORS: [&str; 3] = ["simple_moe", "rpc_server", "gguf_synth"];
+use llama_cpp_moe_examples::{assert_cli_conventions, built_example};
 
 #[test]
 fn help_exits_0_and_bad_flags_exit_2() {
-    for name in ONE_LINE_ERRORS.into_iter().chain(["minimal"]) {
-        let help = Command::new(built_example(name))
-            .arg("--help")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&help.stdout);
-        assert_eq!(help.status.code(), Some(0), "{name} --help: {help:?}");
-        assert!(
-            stdout.contains("Usage:"),
-            "{name} --help printed {stdout:?}"
-        );
-
-        let bad = Command::new(built_example(name))
-            .arg("--no-such-flag")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&bad.stderr);
-        assert_eq!(
-            bad.status.code(),
-            Some(2),
-            "{name} --no-such-flag: {stderr}"
-        );
-        assert!(stderr.contains("--no-such-flag"), "{name}: {stderr}");
-        assert!(
-            bad.stdout.is_empty(),
-            "{name} wrote to stdout on a bad flag"
-        );
-        if ONE_LINE_ERRORS.contains(&name) {
-            assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
-            assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
-        }
+    for name in ["simple_moe", "rpc_server", "gguf_synth"] {
+        assert_cli_conventions(name, true);
     }
+    // What people copy uses plain clap: its errors are clap's own, several lines.
+    assert_cli_conventions("minimal", false);
 }
 
 #[test]
