@@ -24,13 +24,15 @@ use llama_cpp_moe::{
     ModelParams, Sampler, SamplerBuilder,
 };
 use llama_cpp_moe_examples::cli;
-use llama_cpp_moe_examples::simple_moe_args::{Args, SyntheticChoice};
+use llama_cpp_moe_examples::simple_moe_args::{
+    Args, GenerationArgs, ModelArgs, PlacementArgs, SyntheticChoice,
+};
 use serde_json::json;
 
 fn main() -> ExitCode {
     let args = Args::from_env();
-    cli::init_logging(args.verbose);
-    if !args.verbose {
+    cli::init_logging(args.output.verbose);
+    if !args.output.verbose {
         llama_cpp_moe::log::set_silent(true);
     }
     match run(&args) {
@@ -44,18 +46,18 @@ fn main() -> ExitCode {
 
 /// The steps, in order: devices, model file, load, generate, report.
 fn run(a: &Args) -> Result<(), String> {
-    let backend = backend_with_rpc_servers(a)?;
-    if a.list_devices {
+    let backend = backend_with_rpc_servers(&a.placement)?;
+    if a.placement.list_devices {
         print_devices(&backend);
         return Ok(());
     }
-    let interactive = std::io::stderr().is_terminal() && !a.json;
-    let file = model_file(a, interactive)?;
-    let loaded = load(a, &backend, file, interactive)?;
+    let interactive = std::io::stderr().is_terminal() && !a.output.json;
+    let file = model_file(&a.model, interactive)?;
+    let loaded = load(&a.placement, &backend, file, interactive)?;
     let mut ctx = new_context(a, &loaded.model)?;
     let generated = generate(a, &loaded, &mut ctx)?;
     let report = Report::collect(a, &backend, &loaded, &ctx, generated)?;
-    if a.json {
+    if a.output.json {
         report.print_json();
     } else {
         report.print_text();
@@ -63,9 +65,9 @@ fn run(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn backend_with_rpc_servers(a: &Args) -> Result<Backend, String> {
+fn backend_with_rpc_servers(placement: &PlacementArgs) -> Result<Backend, String> {
     let backend = Backend::init();
-    for endpoint in &a.rpc {
+    for endpoint in &placement.rpc {
         backend
             .add_rpc_server(endpoint)
             .map_err(|e| format!("--rpc {endpoint}: {e}"))?;
@@ -93,14 +95,14 @@ struct ModelFile {
     synthetic: bool,
 }
 
-fn model_file(a: &Args, progress: bool) -> Result<ModelFile, String> {
-    Ok(match &a.model {
+fn model_file(m: &ModelArgs, progress: bool) -> Result<ModelFile, String> {
+    Ok(match &m.path {
         Some(path) => ModelFile {
             path: path.clone(),
             synthetic: false,
         },
         None => ModelFile {
-            path: synthetic_model(a.synthetic, progress)?,
+            path: synthetic_model(m.synthetic, progress)?,
             synthetic: true,
         },
     })
@@ -114,8 +116,13 @@ struct Loaded {
     load_time: Duration,
 }
 
-fn load(a: &Args, backend: &Backend, file: ModelFile, progress: bool) -> Result<Loaded, String> {
-    let params = model_params(a, backend, progress)?;
+fn load(
+    placement: &PlacementArgs,
+    backend: &Backend,
+    file: ModelFile,
+    progress: bool,
+) -> Result<Loaded, String> {
+    let params = model_params(placement, backend, progress)?;
     let started = Instant::now();
     let model = Model::load(backend, &file.path, &params)
         .map_err(|e| format!("loading {}: {e}", file.path.display()))?;
@@ -128,37 +135,38 @@ fn load(a: &Args, backend: &Backend, file: ModelFile, progress: bool) -> Result<
 }
 
 fn new_context<'m>(a: &Args, model: &'m Model) -> Result<Context<'m>, String> {
+    let g = &a.generation;
     let mut params = ContextParams::default()
-        .with_n_ctx(a.ctx_size)
-        .with_n_batch(a.batch_size)
-        .with_n_ubatch(a.ubatch_size)
-        .with_op_offload(!a.no_op_offload)
-        .with_flash_attention(a.flash_attn);
-    if let Some(t) = a.threads {
+        .with_n_ctx(g.ctx_size)
+        .with_n_batch(g.batch_size)
+        .with_n_ubatch(g.ubatch_size)
+        .with_op_offload(!a.placement.no_op_offload)
+        .with_flash_attention(g.flash_attn);
+    if let Some(t) = g.threads {
         params = params.with_n_threads(t);
     }
     Context::new(model, &params).map_err(|e| format!("creating context: {e}"))
 }
 
-fn sampler<'m>(a: &Args, model: &'m Model) -> Result<Sampler<'m>, String> {
+fn sampler<'m>(g: &GenerationArgs, model: &'m Model) -> Result<Sampler<'m>, String> {
     let vocab = model.vocab();
-    if a.temp <= 0.0 {
+    if g.temp <= 0.0 {
         return SamplerBuilder::new()
             .greedy(&vocab)
             .map_err(|e| format!("sampler: {e}"));
     }
     let mut b = SamplerBuilder::new();
-    if let Some(k) = a.top_k {
+    if let Some(k) = g.top_k {
         b = b.top_k(k);
     }
-    if let Some(p) = a.top_p {
+    if let Some(p) = g.top_p {
         b = b.top_p(p, 1);
     }
-    if let Some(p) = a.min_p {
+    if let Some(p) = g.min_p {
         b = b.min_p(p, 1);
     }
-    b.temp(a.temp)
-        .dist(&vocab, a.seed)
+    b.temp(g.temp)
+        .dist(&vocab, g.seed)
         .map_err(|e| format!("sampler: {e}"))
 }
 
@@ -172,26 +180,26 @@ struct Generated {
 /// Generates after the prompt, streaming the text to stdout unless `--no-stream` or
 /// `--json`.
 fn generate<'m>(a: &Args, loaded: &'m Loaded, ctx: &mut Context<'m>) -> Result<Generated, String> {
-    let mut sampler = sampler(a, &loaded.model)?;
+    let mut sampler = sampler(&a.generation, &loaded.model)?;
     let prompt = loaded
         .model
         .vocab()
-        .tokenize(&a.prompt, true, true)
+        .tokenize(&a.generation.prompt, true, true)
         .map_err(|e| format!("tokenizing the prompt: {e}"))?;
-    if loaded.file.synthetic && !a.json {
+    if loaded.file.synthetic && !a.output.json {
         eprintln!(
             "note: synthetic model with random weights: the text below is gibberish; \
              the placement and the speed are real"
         );
     }
-    let stream = !a.no_stream && !a.json;
+    let stream = !a.output.no_stream && !a.output.json;
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
     let mut tokens = Vec::new();
     let mut generation = ctx.generate(
         &mut sampler,
         &prompt,
-        GenerateParams::default().with_max_tokens(a.n_predict as usize),
+        GenerateParams::default().with_max_tokens(a.generation.n_predict as usize),
     );
     for item in &mut generation {
         let item = item.map_err(|e| format!("generation: {e}"))?;
@@ -208,7 +216,7 @@ fn generate<'m>(a: &Args, loaded: &'m Loaded, ctx: &mut Context<'m>) -> Result<G
     let stats = generation.stats().clone();
     if stream {
         let _ = writeln!(stdout, "{tail}");
-    } else if !a.json {
+    } else if !a.output.json {
         let _ = writeln!(stdout, "{text}");
     }
     Ok(Generated {
@@ -241,7 +249,7 @@ impl<'a> Report<'a> {
         let breakdown = ctx
             .memory_breakdown()
             .map_err(|e| format!("memory breakdown: {e}"))?;
-        let accelerator = has_accelerator(a, backend);
+        let accelerator = has_accelerator(&a.placement.devices, backend);
         let device_bytes_saved = if accelerator {
             device_bytes_saved(loaded, &placement)?
         } else {
@@ -386,14 +394,18 @@ fn target_name(target: &OverrideTarget) -> String {
     }
 }
 
-fn model_params(a: &Args, backend: &Backend, progress: bool) -> Result<ModelParams, String> {
+fn model_params(
+    placement: &PlacementArgs,
+    backend: &Backend,
+    progress: bool,
+) -> Result<ModelParams, String> {
     let mut p = ModelParams::default();
-    if let Some(layers) = a.n_gpu_layers {
+    if let Some(layers) = placement.n_gpu_layers {
         p = p.with_n_gpu_layers(layers.to_n_gpu_layers()?);
     }
-    if !a.devices.is_empty() {
+    if !placement.devices.is_empty() {
         let mut devices = Vec::new();
-        for name in &a.devices {
+        for name in &placement.devices {
             let dev = backend.device_by_name(name).ok_or_else(|| {
                 let names: Vec<String> = backend.devices().iter().map(|d| d.name()).collect();
                 format!("unknown device {name:?}; available: {}", names.join(", "))
@@ -403,19 +415,19 @@ fn model_params(a: &Args, backend: &Backend, progress: bool) -> Result<ModelPara
         p = p.with_devices(devices);
     }
     // Same order as llama.cpp: explicit -ot entries first, then the MoE/FFN options.
-    for o in &a.overrides {
+    for o in &placement.overrides {
         p = p.with_tensor_override(o.pattern.clone(), OverrideTarget::Named(o.buft.clone()));
     }
-    if a.cpu_moe {
+    if placement.cpu_moe {
         p = p.with_cpu_moe_all();
     }
-    if let Some(n) = a.n_cpu_moe {
+    if let Some(n) = placement.n_cpu_moe {
         p = p.with_cpu_moe(n);
     }
-    if let Some(list) = &a.cpu_moe_layers {
+    if let Some(list) = &placement.cpu_moe_layers {
         p = p.with_cpu_moe_layers(list.layers.iter().copied());
     }
-    if let Some(n) = a.n_cpu_ffn {
+    if let Some(n) = placement.n_cpu_ffn {
         p = p.with_cpu_ffn(n);
     }
     if progress {
@@ -452,15 +464,15 @@ fn cpu_moe_layers(params: &ModelParams, n_layer: u32) -> Vec<u32> {
     layers
 }
 
-fn has_accelerator(a: &Args, backend: &Backend) -> bool {
+fn has_accelerator(devices: &[String], backend: &Backend) -> bool {
     let accelerator = |t: DeviceType| !matches!(t, DeviceType::Cpu);
-    if a.devices.is_empty() {
+    if devices.is_empty() {
         backend
             .devices()
             .iter()
             .any(|d| accelerator(d.device_type()))
     } else {
-        a.devices.iter().any(|n| {
+        devices.iter().any(|n| {
             backend
                 .device_by_name(n)
                 .is_some_and(|d| accelerator(d.device_type()))

@@ -41,149 +41,126 @@ pub struct SyntheticChoice {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "simple_moe")]
 pub struct Args {
+    #[command(flatten, next_help_heading = "Model")]
+    pub model: ModelArgs,
+    #[command(flatten, next_help_heading = "Generation")]
+    pub generation: GenerationArgs,
+    #[command(flatten, next_help_heading = "Placement")]
+    pub placement: PlacementArgs,
+    #[command(flatten, next_help_heading = "Output")]
+    pub output: OutputArgs,
+}
+
+/// Which model to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
     /// GGUF model (default: a synthetic MoE model, see --synthetic)
-    #[arg(short = 'm', long, value_name = "FILE", help_heading = "Model")]
-    pub model: Option<PathBuf>,
+    #[arg(short = 'm', long = "model", value_name = "FILE")]
+    pub path: Option<PathBuf>,
     /// Synthetic model to generate and cache when no -m is given (archs: qwen3moe
     /// gpt-oss phimoe deepseek mixtral llama; presets: tiny small)
-    #[arg(long, value_name = "ARCH:PRESET", default_value = "qwen3moe:small",
-          value_parser = parse_synthetic, help_heading = "Model")]
+    #[arg(long, value_name = "ARCH:PRESET", default_value = "qwen3moe:small")]
+    #[arg(value_parser = parse_synthetic)]
     pub synthetic: SyntheticChoice,
+}
 
+/// The context, the sampler and how much to generate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerationArgs {
     /// Prompt
-    #[arg(
-        short = 'p',
-        long,
-        help_heading = "Generation",
-        default_value = "Once upon a time, in a valley full of clockwork birds,"
-    )]
+    #[arg(short = 'p', long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
     /// Tokens to generate
-    #[arg(
-        short = 'n',
-        long,
-        value_name = "N",
-        default_value_t = 64,
-        help_heading = "Generation"
-    )]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 64)]
     pub n_predict: u32,
     /// Context size
-    #[arg(
-        short = 'c',
-        long,
-        value_name = "N",
-        default_value_t = 2048,
-        help_heading = "Generation"
-    )]
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 2048)]
     pub ctx_size: u32,
     /// CPU threads (default: llama.cpp's choice)
-    #[arg(short = 't', long, value_name = "N", help_heading = "Generation")]
+    #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<i32>,
     /// Logical batch size
-    #[arg(
-        short = 'b',
-        long,
-        value_name = "N",
-        default_value_t = 2048,
-        help_heading = "Generation"
-    )]
+    #[arg(short = 'b', long, value_name = "N", default_value_t = 2048)]
     pub batch_size: u32,
     /// Physical batch size (-ub)
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 512,
-        help_heading = "Generation"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 512)]
     pub ubatch_size: u32,
     /// Sampling seed
-    #[arg(
-        short = 's',
-        long,
-        value_name = "N",
-        default_value_t = 42,
-        help_heading = "Generation"
-    )]
+    #[arg(short = 's', long, value_name = "N", default_value_t = 42)]
     pub seed: u32,
     /// Temperature; 0 = greedy
-    #[arg(
-        long,
-        value_name = "T",
-        default_value_t = 0.0,
-        help_heading = "Generation"
-    )]
+    #[arg(long, value_name = "T", default_value_t = 0.0)]
     pub temp: f32,
     /// Top-k sampling
-    #[arg(long, value_name = "N", help_heading = "Generation")]
+    #[arg(long, value_name = "N")]
     pub top_k: Option<i32>,
     /// Top-p (nucleus) sampling
-    #[arg(long, value_name = "P", help_heading = "Generation")]
+    #[arg(long, value_name = "P")]
     pub top_p: Option<f32>,
     /// Min-p sampling
-    #[arg(long, value_name = "P", help_heading = "Generation")]
+    #[arg(long, value_name = "P")]
     pub min_p: Option<f32>,
     /// Flash attention (-fa): on, off or auto
-    #[arg(long, value_name = "on|off|auto", default_value = "auto",
-          value_parser = parse_flash_attn, help_heading = "Generation")]
+    #[arg(long, value_name = "on|off|auto", default_value = "auto")]
+    #[arg(value_parser = parse_flash_attn)]
     pub flash_attn: FlashAttention,
+}
 
+/// Where the model's tensors and computations go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlacementArgs {
     /// Layers on accelerators (-ngl): a count or `all` (default: llama.cpp's)
-    #[arg(
-        long,
-        alias = "gpu-layers",
-        value_name = "N|all",
-        help_heading = "Placement"
-    )]
+    #[arg(long, alias = "gpu-layers", value_name = "N|all")]
     pub n_gpu_layers: Option<GpuLayers>,
     /// Keep every routed expert in host memory (-cmoe)
-    #[arg(long, help_heading = "Placement")]
+    #[arg(long)]
     pub cpu_moe: bool,
     /// ... only those of the first N layers (-ncmoe)
-    #[arg(long, value_name = "N", help_heading = "Placement")]
+    #[arg(long, value_name = "N")]
     pub n_cpu_moe: Option<u32>,
     /// ... those of these layers, e.g. 36-47 or 0,2,4-6
-    #[arg(long, value_name = "LIST", help_heading = "Placement")]
+    #[arg(long, value_name = "LIST")]
     pub cpu_moe_layers: Option<LayerList>,
     /// Keep the dense FFN of the first N layers in host memory
-    #[arg(long, value_name = "N", help_heading = "Placement")]
+    #[arg(long, value_name = "N")]
     pub n_cpu_ffn: Option<u32>,
     /// Tensor overrides (-ot), repeatable
-    #[arg(long = "override-tensor", value_name = "PATTERN=BUFT[,...]",
-          value_delimiter = ',', value_parser = parse_override, help_heading = "Placement")]
+    #[arg(
+        long = "override-tensor",
+        value_name = "PATTERN=BUFT[,...]",
+        value_delimiter = ','
+    )]
+    #[arg(value_parser = parse_override)]
     pub overrides: Vec<OverrideArg>,
     /// Use ggml RPC servers as devices
-    #[arg(
-        long,
-        value_name = "HOST:PORT[,...]",
-        value_delimiter = ',',
-        help_heading = "Placement"
-    )]
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',')]
     pub rpc: Vec<String>,
     /// Devices to use (-dev; see --list-devices)
-    #[arg(
-        long = "device",
-        value_name = "NAME[,...]",
-        value_delimiter = ',',
-        help_heading = "Placement"
-    )]
+    #[arg(long = "device", value_name = "NAME[,...]", value_delimiter = ',')]
     pub devices: Vec<String>,
     /// Print the devices and exit
-    #[arg(long, help_heading = "Placement")]
+    #[arg(long)]
     pub list_devices: bool,
     /// Do not offload host-tensor ops to accelerators
-    #[arg(long, help_heading = "Placement")]
+    #[arg(long)]
     pub no_op_offload: bool,
+}
 
+/// What is printed, and where.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
     /// Print the text at the end instead of streaming it
-    #[arg(long, help_heading = "Output")]
+    #[arg(long)]
     pub no_stream: bool,
     /// Print exactly one JSON object on stdout
-    #[arg(long, help_heading = "Output")]
+    #[arg(long)]
     pub json: bool,
     /// Show llama.cpp's log
-    #[arg(short = 'v', long, help_heading = "Output")]
+    #[arg(short = 'v', long)]
     pub verbose: bool,
 }
+
+const DEFAULT_PROMPT: &str = "Once upon a time, in a valley full of clockwork birds,";
 
 impl Args {
     /// Parses this process's command line; exits on `--help` or a bad one.
@@ -250,36 +227,50 @@ mod tests {
     fn llama_cpp_spellings() {
         let a = args("-m x.gguf -ngl all -ub 128 -ot a=CPU,b=RPC0 -ot c=CPU --n-cpu-moe 3 -fa on")
             .unwrap();
-        assert_eq!(a.model, Some(PathBuf::from("x.gguf")));
-        assert_eq!(a.n_gpu_layers, Some(GpuLayers::All));
-        assert_eq!(a.ubatch_size, 128);
-        assert_eq!(a.overrides.len(), 3);
-        assert_eq!(a.overrides[1].buft, "RPC0");
-        assert_eq!(a.n_cpu_moe, Some(3));
-        assert_eq!(a.flash_attn, FlashAttention::Enabled);
+        assert_eq!(a.model.path, Some(PathBuf::from("x.gguf")));
+        assert_eq!(a.placement.n_gpu_layers, Some(GpuLayers::All));
+        assert_eq!(a.generation.ubatch_size, 128);
+        assert_eq!(a.placement.overrides.len(), 3);
+        assert_eq!(a.placement.overrides[1].buft, "RPC0");
+        assert_eq!(a.placement.n_cpu_moe, Some(3));
+        assert_eq!(a.generation.flash_attn, FlashAttention::Enabled);
         let b = args("-cmoe -ncmoe 2 -dev A,B --rpc h:1 -c 256 -t 2 -n 8 --cpu-moe-layers 2-3")
             .unwrap();
-        assert_eq!(b.cpu_moe_layers.unwrap().layers, [2, 3]);
-        assert!(b.cpu_moe);
-        assert_eq!(b.n_cpu_moe, Some(2));
-        assert_eq!(b.devices, ["A", "B"]);
-        assert_eq!(b.rpc, ["h:1"]);
-        assert_eq!((b.ctx_size, b.threads, b.n_predict), (256, Some(2), 8));
+        assert_eq!(b.placement.cpu_moe_layers.unwrap().layers, [2, 3]);
+        assert!(b.placement.cpu_moe);
+        assert_eq!(b.placement.n_cpu_moe, Some(2));
+        assert_eq!(b.placement.devices, ["A", "B"]);
+        assert_eq!(b.placement.rpc, ["h:1"]);
+        assert_eq!(
+            (
+                b.generation.ctx_size,
+                b.generation.threads,
+                b.generation.n_predict
+            ),
+            (256, Some(2), 8)
+        );
     }
 
     #[test]
     fn defaults() {
         let a = args("").unwrap();
         assert_eq!(
-            a.synthetic,
+            a.model.synthetic,
             SyntheticChoice {
                 arch: Arch::Qwen3Moe,
                 preset: Preset::Small
             }
         );
-        assert_eq!((a.n_predict, a.ctx_size, a.seed), (64, 2048, 42));
-        assert_eq!(a.flash_attn, FlashAttention::Auto);
-        assert_eq!(a.cpu_moe_layers, None);
+        assert_eq!(
+            (
+                a.generation.n_predict,
+                a.generation.ctx_size,
+                a.generation.seed
+            ),
+            (64, 2048, 42)
+        );
+        assert_eq!(a.generation.flash_attn, FlashAttention::Auto);
+        assert_eq!(a.placement.cpu_moe_layers, None);
     }
 
     #[test]
