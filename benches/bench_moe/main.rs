@@ -6,7 +6,7 @@
 //! cargo run --release --example bench_moe -- [--quick] [--json] [--model F] [options]
 //! ```
 //!
-//! Per placement (none, `--cpu-moe`, `--n-cpu-moe K`, `--cpu-moe-layers A-B`) and prompt
+//! Per placement (none, `--cpu-moe`, `--n-cpu-moe K`, `--cpu-moe-layers LIST`) and prompt
 //! size, one native child process loads the model and waits; then each round runs the
 //! native loop (the child, signalled over its stdin), the Rust loop without streaming and
 //! the Rust loop with streaming, one after the other, never two at once. The first
