@@ -6,7 +6,7 @@
 //! cargo run --release --example bench_moe -- [--quick] [--json] [--model F] [options]
 //! ```
 //!
-//! Per placement (none, `--cpu-moe`, `--n-cpu-moe K`, `--cpu-moe-layers A-B`) and prompt
+//! Per placement (none, `--cpu-moe`, `--n-cpu-moe K`, `--cpu-moe-layers LIST`) and prompt
 //! size, one native child process loads the model and waits; then each round runs the
 //! native loop (the child, signalled over its stdin), the Rust loop without streaming and
 //! the Rust loop with streaming, one after the other, never two at once. The first
@@ -24,31 +24,11 @@ use llama_cpp_moe::{
     SamplerBuilder, Token,
 };
 use llama_cpp_moe_benches::{geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE};
+use llama_cpp_moe_examples::cli::{self, GpuLayers, LayerList, Spellings};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use serde_json::{json, Value};
 
 type BoxError = Box<dyn std::error::Error>;
-
-const USAGE: &str = "\
-usage: bench_moe [options]
-  --quick              tiny synthetic qwen3moe, 1 warm-up + 1 repetition, 16 new tokens
-  --json               one JSON object on stdout instead of the Markdown tables
-  --model F            a GGUF file instead of the synthetic qwen3moe
-  --preset P           synthetic preset when no --model: tiny or small (default small)
-  --reps N             measured repetitions (default 5; --quick: 1)
-  --warmup N           rounds run first and dropped (default 1)
-  -t, --threads N      threads for prefill and decode (default 2)
-  -n, --n-predict N    tokens generated per run (default 64; --quick: 16)
-  -b, --batch-size N   n_batch (default 512)
-  -ub, --ubatch-size N n_ubatch (default 512)
-  -c, --ctx-size N     n_ctx (default 4096)
-  -ngl N|all           layers on accelerators (default: llama.cpp's default)
-  --prompts LIST       comma-separated of short,medium,long,very-long (default all)
-  --cpu-moe            also run with every layer's experts in host memory
-  --n-cpu-moe K        also run with the first K layers' experts in host memory (repeatable)
-  --cpu-moe-layers A-B also run with the experts of layers A..=B in host memory
-  --no-native          skip the native baseline (Rust runs only)
-";
 
 /// Prompt sizes: minimum token counts; the real count (reported) comes from the tokenizer.
 const PROMPTS: &[(&str, usize)] = &[
@@ -63,7 +43,8 @@ enum Placement {
     Default,
     CpuMoeAll,
     NCpuMoe(u32),
-    Layers(u32, u32),
+    /// `--cpu-moe-layers LIST`.
+    Layers(LayerList),
 }
 
 impl Placement {
@@ -72,20 +53,90 @@ impl Placement {
             Placement::Default => "none".into(),
             Placement::CpuMoeAll => "--cpu-moe".into(),
             Placement::NCpuMoe(k) => format!("--n-cpu-moe {k}"),
-            Placement::Layers(a, b) => format!("--cpu-moe-layers {a}-{b}"),
+            Placement::Layers(list) => format!("--cpu-moe-layers {}", list.spec),
         }
     }
 
     fn apply(&self, params: ModelParams) -> ModelParams {
-        match *self {
+        match self {
             Placement::Default => params,
             Placement::CpuMoeAll => params.with_cpu_moe_all(),
-            Placement::NCpuMoe(k) => params.with_cpu_moe(k),
-            Placement::Layers(a, b) => params.with_cpu_moe_layers(a..=b),
+            Placement::NCpuMoe(k) => params.with_cpu_moe(*k),
+            Placement::Layers(list) => params.with_cpu_moe_layers(list.layers.iter().copied()),
         }
     }
 }
 
+/// The same greedy loop through the safe Rust API and through a native C program on
+/// the same llama.cpp, interleaved, with Rust/native ratios for prefill and decode.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench_moe")]
+struct Cli {
+    /// Tiny synthetic qwen3moe, 1 warm-up + 1 repetition, 16 new tokens
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object on stdout instead of the Markdown tables
+    #[arg(long)]
+    json: bool,
+    /// A GGUF file instead of the synthetic qwen3moe
+    #[arg(short = 'm', long, value_name = "F")]
+    model: Option<PathBuf>,
+    /// Synthetic preset when no --model: tiny or small [default: small; --quick: tiny]
+    #[arg(long, value_name = "P")]
+    preset: Option<Preset>,
+    /// Measured repetitions [default: 5; --quick: 1]
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+    /// Rounds run first and dropped
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    warmup: usize,
+    /// Threads for prefill and decode
+    #[arg(short = 't', long, value_name = "N", default_value_t = 2)]
+    threads: i32,
+    /// Tokens generated per run [default: 64; --quick: 16]
+    #[arg(short = 'n', long, value_name = "N")]
+    n_predict: Option<usize>,
+    /// n_batch
+    #[arg(short = 'b', long, value_name = "N", default_value_t = 512)]
+    batch_size: u32,
+    /// n_ubatch (-ub)
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    ubatch_size: u32,
+    /// n_ctx
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 4096)]
+    ctx_size: u32,
+    /// Layers on accelerators (-ngl): a count or `all` [default: llama.cpp's]
+    #[arg(long, value_name = "N|all")]
+    n_gpu_layers: Option<GpuLayers>,
+    /// Comma-separated of short,medium,long,very-long [default: all]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_prompt)]
+    prompts: Vec<(&'static str, usize)>,
+    /// Also run with every layer's experts in host memory
+    #[arg(long)]
+    cpu_moe: bool,
+    /// Also run with the first K layers' experts in host memory (repeatable)
+    #[arg(long, value_name = "K")]
+    n_cpu_moe: Vec<u32>,
+    /// Also run with the experts of these layers in host memory, e.g. 36-47 (repeatable)
+    #[arg(long, value_name = "LIST")]
+    cpu_moe_layers: Vec<LayerList>,
+    /// Skip the native baseline (Rust runs only)
+    #[arg(long)]
+    no_native: bool,
+}
+
+/// llama.cpp's single-dash multi-letter spellings of `bench_moe`'s flags.
+const LLAMA_SPELLINGS: Spellings = &[("-ngl", "--n-gpu-layers"), ("-ub", "--ubatch-size")];
+
+fn parse_prompt(name: &str) -> Result<(&'static str, usize), String> {
+    PROMPTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .copied()
+        .ok_or_else(|| format!("unknown prompt {name:?}"))
+}
+
+/// The command line with `--quick`'s defaults applied and checked.
 #[derive(Debug, Clone)]
 struct Args {
     quick: bool,
@@ -105,100 +156,54 @@ struct Args {
     native: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    let quick = argv.iter().any(|a| a == "--quick");
-    let mut args = Args {
-        quick,
-        json: false,
-        model: None,
-        preset: if quick { Preset::Tiny } else { Preset::Small },
-        reps: if quick { 1 } else { 5 },
-        warmup: 1,
-        threads: 2,
-        n_predict: if quick { 16 } else { 64 },
-        n_batch: 512,
-        n_ubatch: 512,
-        n_ctx: 4096,
-        ngl: None,
-        prompts: PROMPTS.to_vec(),
-        placements: vec![Placement::Default],
-        native: true,
-    };
-    argv.reverse();
-    fn value<T: std::str::FromStr>(argv: &mut Vec<String>, flag: &str) -> Result<T, String> {
-        let v = argv.pop().ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|_| format!("{flag}: cannot parse {v:?}"))
+impl Args {
+    fn from_env() -> Args {
+        let cli: Cli = cli::parse(LLAMA_SPELLINGS);
+        Args::resolve(cli).unwrap_or_else(|msg| cli::usage_error("bench_moe", &msg))
     }
-    while let Some(arg) = argv.pop() {
-        match arg.as_str() {
-            "--quick" => {}
-            "--json" => args.json = true,
-            "--model" | "-m" => args.model = Some(PathBuf::from(value::<String>(&mut argv, &arg)?)),
-            "--preset" => {
-                args.preset = match value::<String>(&mut argv, &arg)?.as_str() {
-                    "tiny" => Preset::Tiny,
-                    "small" => Preset::Small,
-                    "full" => Preset::Full,
-                    other => return Err(format!("--preset: unknown preset {other:?}")),
-                }
-            }
-            "--reps" => args.reps = value(&mut argv, &arg)?,
-            "--warmup" => args.warmup = value(&mut argv, &arg)?,
-            "-t" | "--threads" => args.threads = value(&mut argv, &arg)?,
-            "-n" | "--n-predict" => args.n_predict = value(&mut argv, &arg)?,
-            "-b" | "--batch-size" => args.n_batch = value(&mut argv, &arg)?,
-            "-ub" | "--ubatch-size" => args.n_ubatch = value(&mut argv, &arg)?,
-            "-c" | "--ctx-size" => args.n_ctx = value(&mut argv, &arg)?,
-            "-ngl" | "--n-gpu-layers" => {
-                let v: String = value(&mut argv, &arg)?;
-                args.ngl = Some(match v.as_str() {
-                    "all" => -1,
-                    n => n
-                        .parse()
-                        .map_err(|_| format!("{arg}: cannot parse {n:?}"))?,
-                });
-            }
-            "--prompts" => {
-                let list: String = value(&mut argv, &arg)?;
-                args.prompts = list
-                    .split(',')
-                    .map(|name| {
-                        PROMPTS
-                            .iter()
-                            .find(|(n, _)| *n == name)
-                            .copied()
-                            .ok_or_else(|| format!("--prompts: unknown prompt {name:?}"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            "--cpu-moe" => args.placements.push(Placement::CpuMoeAll),
-            "--n-cpu-moe" => args
-                .placements
-                .push(Placement::NCpuMoe(value(&mut argv, &arg)?)),
-            "--cpu-moe-layers" => {
-                let v: String = value(&mut argv, &arg)?;
-                let (a, b) = v
-                    .split_once('-')
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-                    .filter(|(a, b)| a <= b)
-                    .ok_or_else(|| format!("--cpu-moe-layers: expected A-B, got {v:?}"))?;
-                args.placements.push(Placement::Layers(a, b));
-            }
-            "--no-native" => args.native = false,
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+
+    fn resolve(cli: Cli) -> Result<Args, String> {
+        let quick = cli.quick;
+        let mut placements = vec![Placement::Default];
+        if cli.cpu_moe {
+            placements.push(Placement::CpuMoeAll);
         }
+        placements.extend(cli.n_cpu_moe.into_iter().map(Placement::NCpuMoe));
+        placements.extend(cli.cpu_moe_layers.into_iter().map(Placement::Layers));
+        let args = Args {
+            quick,
+            json: cli.json,
+            model: cli.model,
+            preset: cli
+                .preset
+                .unwrap_or(if quick { Preset::Tiny } else { Preset::Small }),
+            reps: cli.reps.unwrap_or(if quick { 1 } else { 5 }),
+            warmup: cli.warmup,
+            threads: cli.threads,
+            n_predict: cli.n_predict.unwrap_or(if quick { 16 } else { 64 }),
+            n_batch: cli.batch_size,
+            n_ubatch: cli.ubatch_size,
+            n_ctx: cli.ctx_size,
+            ngl: cli
+                .n_gpu_layers
+                .map(GpuLayers::to_n_gpu_layers)
+                .transpose()?,
+            prompts: if cli.prompts.is_empty() {
+                PROMPTS.to_vec()
+            } else {
+                cli.prompts
+            },
+            placements,
+            native: !cli.no_native,
+        };
+        if args.reps == 0 || args.threads < 1 || args.n_predict < 2 || args.n_batch == 0 {
+            return Err(
+                "--reps, --threads and --batch-size must be positive, --n-predict at least 2"
+                    .into(),
+            );
+        }
+        Ok(args)
     }
-    if args.reps == 0 || args.threads < 1 || args.n_predict < 2 || args.n_batch == 0 {
-        return Err(
-            "--reps, --threads and --batch-size must be positive, --n-predict at least 2".into(),
-        );
-    }
-    Ok(args)
 }
 
 /// One timed run, from either side; the three intervals of `bench_native.c`.
@@ -685,7 +690,7 @@ fn markdown(
 }
 
 fn main() -> Result<(), BoxError> {
-    let args = parse_args().map_err(|e| -> BoxError { e.into() })?;
+    let args = Args::from_env();
     let backend = Backend::init();
     let model_path = match &args.model {
         Some(p) => p.clone(),

@@ -15,10 +15,32 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 
 type BoxError = Box<dyn std::error::Error>;
+
+/// The analytic decode bound of MoE models whose experts live in host RAM:
+/// tokens/s <= memory bandwidth / active bytes per token.
+#[derive(Debug, clap::Parser)]
+#[command(name = "decode_bound")]
+struct Args {
+    /// Measure this machine's read and memcpy bandwidth first
+    #[arg(long = "bandwidth")]
+    measure: bool,
+    /// Threads of the read-bandwidth measurement
+    #[arg(short = 't', long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// A bandwidth to compute the bound for, in GB/s (repeatable)
+    #[arg(long = "gbps", value_name = "G")]
+    extra_gbps: Vec<f64>,
+    /// A GGUF file whose tensor table to use instead of the synthetic full presets
+    /// (repeatable)
+    #[arg(short = 'm', long = "model", value_name = "F")]
+    models: Vec<PathBuf>,
+}
 
 /// DDR5-5600, two 64-bit channels: 5600 MT/s x 8 bytes x 2 (theoretical peak).
 const DDR5_DUAL_CHANNEL_GBPS: f64 = 89.6;
@@ -148,24 +170,17 @@ fn mib(b: f64) -> String {
 }
 
 fn main() -> Result<(), BoxError> {
-    let mut measure = false;
-    let mut threads = 2usize;
-    let mut extra_gbps = Vec::new();
-    let mut models = Vec::new();
-    let mut argv = std::env::args().skip(1);
-    while let Some(a) = argv.next() {
-        match a.as_str() {
-            "--bandwidth" => measure = true,
-            "--threads" => threads = argv.next().ok_or("--threads N")?.parse()?,
-            "--gbps" => extra_gbps.push(argv.next().ok_or("--gbps G")?.parse::<f64>()?),
-            "--model" => models.push(PathBuf::from(argv.next().ok_or("--model F")?)),
-            other => return Err(format!("unknown argument {other:?}").into()),
-        }
-    }
+    let Args {
+        measure,
+        threads,
+        extra_gbps,
+        models,
+    } = cli::parse(&[]);
+    let threads = usize::from(threads);
 
     let mut bandwidths: Vec<(String, f64)> = Vec::new();
     if measure {
-        let read = read_bandwidth(threads.max(1), 5);
+        let read = read_bandwidth(threads, 5);
         let copy = memcpy_bandwidth(5);
         println!("measured here: read (sum of 1 GiB, {threads} threads, best of 5) {read:.1} GB/s; memcpy (512 MiB, 1 thread, read+write bytes, best of 5) {copy:.1} GB/s");
         bandwidths.push((format!("measured read, {threads} threads"), read));

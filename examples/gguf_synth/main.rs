@@ -10,79 +10,49 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 
-const USAGE: &str = "\
-usage: gguf_synth --arch ARCH [--preset tiny|small|full] [--type TYPE] [--expert-type TYPE]
-                  [--seed N] [--quantize] -o OUT.gguf
-       gguf_synth --list
-       gguf_synth --inspect FILE.gguf
-
-  --arch         qwen3moe | gpt-oss | phimoe | deepseek | mixtral | llama
-  --preset       tiny (default), small or full (the public model's real shape)
-  --type         weight type: f16, q8_0, q4_0, mxfp4 (= MXFP4 experts, Q8_0 elsewhere)
-                 default: q8_0, mxfp4 for gpt-oss
-  --expert-type  type of the routed expert tensors only
-  --seed         weight seed (default 0); same seed, same bytes
-  --quantize     quantise normal noise with ggml even for full presets (slow)
-  --list         print every arch and preset with parameter count and file size
-                 (with --type: sizes for that weight type)
-  --inspect      read any GGUF file and print its MoE layout and bytes per layer";
-
+/// Write a synthetic GGUF model with the exact tensor layout of a real (MoE)
+/// architecture, list the architectures, or inspect any GGUF file.
+#[derive(Debug, clap::Parser)]
+#[command(name = "gguf_synth")]
+#[command(group(clap::ArgGroup::new("mode").args(["arch", "list", "inspect"]).required(true)))]
 struct Args {
+    /// Architecture: qwen3moe, gpt-oss, phimoe, deepseek, mixtral or llama
+    #[arg(long, requires = "out")]
     arch: Option<Arch>,
+    /// tiny, small or full (the public model's real shape)
+    #[arg(long, default_value = "tiny")]
     preset: Preset,
+    /// Weight type: f16, q8_0, q4_0, mxfp4 (= MXFP4 experts, Q8_0 elsewhere); default
+    /// q8_0, mxfp4 for gpt-oss
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
     ty: Option<GgmlType>,
+    /// Type of the routed expert tensors only
+    #[arg(long = "expert-type", value_name = "TYPE", value_parser = parse_type)]
     expert_ty: Option<GgmlType>,
+    /// Weight seed; same seed, same bytes
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Quantise normal noise with ggml even for full presets (slow)
+    #[arg(long)]
     quantize: bool,
+    /// Output file
+    #[arg(short = 'o', long, value_name = "OUT.gguf")]
     out: Option<PathBuf>,
+    /// Print every arch and preset with parameter count and file size (with --type:
+    /// sizes for that weight type)
+    #[arg(long)]
     list: bool,
+    /// Read any GGUF file and print its MoE layout and bytes per layer
+    #[arg(long, value_name = "FILE.gguf")]
     inspect: Option<PathBuf>,
 }
 
 fn parse_type(s: &str) -> Result<GgmlType, String> {
     GgmlType::from_name(s).ok_or_else(|| format!("unknown type {s:?}"))
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        arch: None,
-        preset: Preset::Tiny,
-        ty: None,
-        expert_ty: None,
-        seed: 0,
-        quantize: false,
-        out: None,
-        list: false,
-        inspect: None,
-    };
-    let mut it = std::env::args_os().skip(1);
-    while let Some(flag) = it.next() {
-        let flag = flag.to_string_lossy().into_owned();
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{flag} needs a value"))
-                .map(|v| v.to_string_lossy().into_owned())
-        };
-        match flag.as_str() {
-            "--arch" => a.arch = Some(value()?.parse().map_err(|e| format!("{e}"))?),
-            "--preset" => a.preset = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--type" => a.ty = Some(parse_type(&value()?)?),
-            "--expert-type" => a.expert_ty = Some(parse_type(&value()?)?),
-            "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--quantize" => a.quantize = true,
-            "--list" => a.list = true,
-            "--inspect" => {
-                a.inspect = Some(PathBuf::from(it.next().ok_or("--inspect needs a path")?))
-            }
-            "-o" | "--out" => a.out = Some(PathBuf::from(it.next().ok_or("-o needs a path")?)),
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(a)
 }
 
 fn human(bytes: u64) -> String {
@@ -188,8 +158,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &a.inspect {
         return inspect(path);
     }
-    let arch = a.arch.ok_or("--arch is required (or --list)")?;
-    let out = a.out.ok_or("-o OUT.gguf is required")?;
+    // The argument group makes --arch (which requires -o) the mode when not --list or
+    // --inspect.
+    let (Some(arch), Some(out)) = (a.arch, a.out) else {
+        return Err("--arch and -o OUT.gguf are required (or --list, --inspect)".into());
+    };
     let mut spec = SynthSpec::new(arch, a.preset).seed(a.seed);
     if let Some(t) = a.ty {
         spec = spec.weight_type(t);
@@ -241,17 +214,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("gguf_synth: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
+    match run(cli::parse(&[])) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gguf_synth: {e}");

@@ -7,71 +7,63 @@
 //! The ggml RPC protocol has no authentication: anything but loopback needs
 //! `--allow-remote`, and then anyone who can reach the port can use the devices.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::Backend;
+use llama_cpp_moe_examples::cli;
 
-const USAGE: &str = "usage: rpc_server [--host IP] [--port N] [--threads N] [--cache-dir DIR] \
-                     [--device NAME]... [--allow-remote]";
+/// Serve this machine's devices over ggml RPC (no authentication: loopback unless
+/// --allow-remote).
+#[derive(Debug, clap::Parser)]
+#[command(name = "rpc_server")]
+struct Args {
+    /// Address to listen on
+    #[arg(short = 'H', long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on
+    #[arg(short = 'p', long, default_value_t = 50052)]
+    port: u16,
+    /// CPU threads of the served CPU device
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<usize>,
+    /// Directory where clients' tensors are cached across connections
+    #[arg(short = 'c', long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Serve only this device (repeatable; default: every accelerator, else the CPU)
+    #[arg(short = 'd', long = "device", value_name = "NAME")]
+    devices: Vec<String>,
+    /// Listen beyond loopback: anyone who can reach the port can use the devices
+    #[arg(long)]
+    allow_remote: bool,
+    /// Show llama.cpp's log
+    #[arg(short = 'v', long)]
+    verbose: bool,
+}
 
-fn parse(args: &[String]) -> Result<RpcServerConfig, String> {
-    let mut host = "127.0.0.1".to_owned();
-    let mut port: u16 = 50052;
-    let mut threads = None;
-    let mut cache_dir = None;
-    let mut devices = Vec::new();
-    let mut allow_remote = false;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "-H" | "--host" => host = value(arg)?,
-            "-p" | "--port" => {
-                let v = value(arg)?;
-                port = v.parse().map_err(|_| format!("invalid port {v:?}"))?;
-            }
-            "-t" | "--threads" => {
-                let v = value(arg)?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("invalid thread count {v:?}"))?;
-                threads = Some(n);
-            }
-            "-c" | "--cache-dir" => cache_dir = Some(value(arg)?),
-            "-d" | "--device" => devices.push(value(arg)?),
-            "--allow-remote" => allow_remote = true,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+impl Args {
+    fn config(&self) -> RpcServerConfig {
+        let mut config =
+            RpcServerConfig::new(self.host.clone(), self.port).allow_remote(self.allow_remote);
+        if let Some(n) = self.threads {
+            config = config.threads(n);
         }
+        if let Some(dir) = &self.cache_dir {
+            config = config.cache_dir(dir.clone());
+        }
+        for d in &self.devices {
+            config = config.device(d.clone());
+        }
+        config
     }
-    let mut config = RpcServerConfig::new(host, port).allow_remote(allow_remote);
-    if let Some(n) = threads {
-        config = config.threads(n);
-    }
-    if let Some(dir) = cache_dir {
-        config = config.cache_dir(dir);
-    }
-    for d in devices {
-        config = config.device(d);
-    }
-    Ok(config)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match parse(&args) {
-        Ok(c) => c,
-        Err(msg) => {
-            eprintln!("rpc_server: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.iter().any(|a| a == "--allow-remote") {
+    let args: Args = cli::parse(&[]);
+    cli::init_logging(args.verbose);
+    let config = args.config();
+    if args.allow_remote {
         eprintln!(
             "rpc_server: WARNING: serving beyond loopback; the ggml RPC protocol has no \
              authentication, so anyone who can reach {} can use these devices",
@@ -79,6 +71,9 @@ fn main() -> ExitCode {
         );
     }
     let backend = Backend::init();
+    if !args.verbose {
+        llama_cpp_moe::log::set_silent(true);
+    }
     match config.serve(&backend) {
         Ok(never) => match never {},
         Err(e) => {

@@ -11,37 +11,31 @@
 //! placement and speed are real.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe::context::FlashAttention;
+use llama_cpp_moe::context::MemoryBreakdownRow;
 use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget, Placement};
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
-    Backend, Context, ContextParams, DeviceType, GenerateParams, Model, ModelParams, SamplerBuilder,
+    AddSpecial, Backend, Context, ContextParams, DeviceType, GenerateParams, GenerationStats,
+    Model, ModelParams, ParseSpecial, Sampler, SamplerBuilder,
 };
-use llama_cpp_moe_examples::simple_moe_args::{self as args, Args, GpuLayers};
-use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_examples::simple_moe_args::{
+    Args, GenerationArgs, ModelArgs, PlacementArgs, SyntheticChoice,
+};
+use llama_cpp_moe_gguf::synth::{Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 use serde_json::json;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{}", args::USAGE);
-        return ExitCode::SUCCESS;
+    let args = Args::from_env();
+    cli::init_logging(args.output.verbose);
+    if !args.output.verbose {
+        llama_cpp_moe::log::set_silent(true);
     }
-    let list_devices = argv.iter().any(|a| a == "--list-devices");
-    let argv: Vec<String> = argv.into_iter().filter(|a| a != "--list-devices").collect();
-    let parsed = match args::parse(&argv) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("simple_moe: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(parsed, list_devices) {
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("simple_moe: error: {msg}");
@@ -50,105 +44,162 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything `run` reports, in one place so text and JSON output agree.
-struct Report {
-    model_path: PathBuf,
-    synthetic: bool,
-    load_time: Duration,
+/// The steps, in order: devices, model file, load, generate, report.
+fn run(a: &Args) -> Result<(), String> {
+    let backend = backend_with_rpc_servers(&a.placement)?;
+    if a.placement.list_devices {
+        print_devices(&backend);
+        return Ok(());
+    }
+    let interactive = std::io::stderr().is_terminal() && !a.output.json;
+    let file = model_file(&a.model, interactive)?;
+    let loaded = load(&a.placement, &backend, file, interactive)?;
+    let mut ctx = new_context(a, &loaded.model)?;
+    let generated = generate(a, &loaded, &mut ctx)?;
+    let report = Report::collect(a, &backend, &loaded, &ctx, generated)?;
+    if a.output.json {
+        report.print_json();
+    } else {
+        report.print_text();
+    }
+    Ok(())
 }
 
-fn run(a: Args, list_devices: bool) -> Result<(), String> {
-    StderrLogger::install(a.verbose);
-    if !a.verbose {
-        llama_cpp_moe::log::set_silent(true);
-    }
+fn backend_with_rpc_servers(placement: &PlacementArgs) -> Result<Backend, String> {
     let backend = Backend::init();
-    for endpoint in &a.rpc {
+    for endpoint in &placement.rpc {
         backend
             .add_rpc_server(endpoint)
             .map_err(|e| format!("--rpc {endpoint}: {e}"))?;
     }
-    if list_devices {
-        for dev in backend.devices() {
-            let (free, total) = dev.memory();
-            println!(
-                "{:<28} {:<10} {:<40} {} free / {} total",
-                dev.name(),
-                format!("{:?}", dev.device_type()),
-                dev.description(),
-                mib(free),
-                mib(total)
-            );
-        }
-        return Ok(());
+    Ok(backend)
+}
+
+fn print_devices(backend: &Backend) {
+    for dev in backend.devices() {
+        let (free, total) = dev.memory();
+        println!(
+            "{:<28} {:<10} {:<40} {} free / {} total",
+            dev.name(),
+            format!("{:?}", dev.device_type()),
+            dev.description(),
+            mib(free),
+            mib(total)
+        );
     }
+}
 
-    let interactive = std::io::stderr().is_terminal() && !a.json;
-    let (model_path, synthetic) = match &a.model {
-        Some(p) => (p.clone(), false),
-        None => (synthetic_model(&a.synthetic, interactive)?, true),
-    };
-    let params = model_params(&a, &backend, interactive)?;
+/// The GGUF file to load: `-m`, or the cached synthetic model.
+struct ModelFile {
+    path: PathBuf,
+    synthetic: bool,
+}
 
+fn model_file(m: &ModelArgs, progress: bool) -> Result<ModelFile, String> {
+    Ok(match &m.path {
+        Some(path) => ModelFile {
+            path: path.clone(),
+            synthetic: false,
+        },
+        None => ModelFile {
+            path: synthetic_model(m.synthetic, progress)?,
+            synthetic: true,
+        },
+    })
+}
+
+/// A loaded model with what it was loaded from and with.
+struct Loaded {
+    model: Model,
+    params: ModelParams,
+    file: ModelFile,
+    load_time: Duration,
+}
+
+fn load(
+    placement: &PlacementArgs,
+    backend: &Backend,
+    file: ModelFile,
+    progress: bool,
+) -> Result<Loaded, String> {
+    let params = model_params(placement, backend, progress)?;
     let started = Instant::now();
-    let model = Model::load(&backend, &model_path, &params)
-        .map_err(|e| format!("loading {}: {e}", model_path.display()))?;
-    let report = Report {
-        model_path,
-        synthetic,
+    let model = Model::load(backend, &file.path, &params)
+        .map_err(|e| format!("loading {}: {e}", file.path.display()))?;
+    Ok(Loaded {
+        model,
+        params,
+        file,
         load_time: started.elapsed(),
-    };
+    })
+}
 
-    let mut cparams = ContextParams::default()
-        .with_n_ctx(a.ctx_size)
-        .with_n_batch(a.batch_size)
-        .with_n_ubatch(a.ubatch_size)
-        .with_op_offload(!a.no_op_offload)
-        .with_flash_attention(match a.flash_attn {
-            Some(true) => FlashAttention::Enabled,
-            Some(false) => FlashAttention::Disabled,
-            None => FlashAttention::Auto,
-        });
-    if let Some(t) = a.threads {
-        cparams = cparams.with_n_threads(t);
+fn new_context<'m>(a: &Args, model: &'m Model) -> Result<Context<'m>, String> {
+    let g = &a.generation;
+    let mut params = ContextParams::default()
+        .with_n_ctx(g.ctx_size)
+        .with_n_batch(g.batch_size)
+        .with_n_ubatch(g.ubatch_size)
+        .with_op_offload(!a.placement.no_op_offload)
+        .with_flash_attention(g.flash_attn);
+    if let Some(t) = g.threads {
+        params = params.with_n_threads(t);
     }
-    let mut ctx = Context::new(&model, &cparams).map_err(|e| format!("creating context: {e}"))?;
+    Context::new(model, &params).map_err(|e| format!("creating context: {e}"))
+}
+
+fn sampler<'m>(g: &GenerationArgs, model: &'m Model) -> Result<Sampler<'m>, String> {
     let vocab = model.vocab();
-    let mut sampler = if a.temp <= 0.0 {
-        SamplerBuilder::new().greedy(&vocab)
-    } else {
-        let mut b = SamplerBuilder::new();
-        if let Some(k) = a.top_k {
-            b = b.with_top_k(k);
-        }
-        if let Some(p) = a.top_p {
-            b = b.with_top_p(p, 1);
-        }
-        if let Some(p) = a.min_p {
-            b = b.with_min_p(p, 1);
-        }
-        b.with_temp(a.temp).dist(&vocab, a.seed)
+    if g.temp <= 0.0 {
+        return SamplerBuilder::new()
+            .greedy(&vocab)
+            .map_err(|e| format!("sampler: {e}"));
     }
-    .map_err(|e| format!("sampler: {e}"))?;
+    let mut b = SamplerBuilder::new();
+    if let Some(k) = g.top_k {
+        b = b.with_top_k(k);
+    }
+    if let Some(p) = g.top_p {
+        b = b.with_top_p(p, 1);
+    }
+    if let Some(p) = g.min_p {
+        b = b.with_min_p(p, 1);
+    }
+    b.with_temp(g.temp)
+        .dist(&vocab, g.seed)
+        .map_err(|e| format!("sampler: {e}"))
+}
 
-    let prompt = vocab
-        .tokenize(&a.prompt, AddSpecial::Yes, ParseSpecial::Yes)
+/// What the generation produced.
+struct Generated {
+    text: String,
+    tokens: Vec<i32>,
+    stats: GenerationStats,
+}
+
+/// Generates after the prompt, streaming the text to stdout unless `--no-stream` or
+/// `--json`.
+fn generate<'m>(a: &Args, loaded: &'m Loaded, ctx: &mut Context<'m>) -> Result<Generated, String> {
+    let mut sampler = sampler(&a.generation, &loaded.model)?;
+    let prompt = loaded
+        .model
+        .vocab()
+        .tokenize(&a.generation.prompt, AddSpecial::Yes, ParseSpecial::Yes)
         .map_err(|e| format!("tokenizing the prompt: {e}"))?;
-    if report.synthetic && !a.json {
+    if loaded.file.synthetic && !a.output.json {
         eprintln!(
             "note: synthetic model with random weights: the text below is gibberish; \
              the placement and the speed are real"
         );
     }
-
-    let stream = !a.no_stream && !a.json;
+    let stream = !a.output.no_stream && !a.output.json;
     let mut stdout = std::io::stdout().lock();
     let mut text = String::new();
     let mut tokens = Vec::new();
     let mut generation = ctx.generate(
         &mut sampler,
         &prompt,
-        GenerateParams::default().with_max_tokens(a.n_predict as usize),
+        GenerateParams::default().with_max_tokens(a.generation.n_predict as usize),
     );
     for item in &mut generation {
         let item = item.map_err(|e| format!("generation: {e}"))?;
@@ -159,43 +210,74 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
         text.push_str(&item.text);
         tokens.push(item.token.0);
     }
+    // Bytes of a character the generation cut in half.
+    let tail = generation.flush();
+    text.push_str(&tail);
     let stats = generation.stats().clone();
-    drop(generation);
     if stream {
-        let _ = writeln!(stdout);
-    } else if !a.json {
+        let _ = writeln!(stdout, "{tail}");
+    } else if !a.output.json {
         let _ = writeln!(stdout, "{text}");
     }
+    Ok(Generated {
+        text,
+        tokens,
+        stats,
+    })
+}
 
-    let placement = model.placement();
-    let experts = placement.experts_on_host();
-    let breakdown = ctx
-        .memory_breakdown()
-        .map_err(|e| format!("memory breakdown: {e}"))?;
-    let saved = device_bytes_saved(
-        &a,
-        &backend,
-        &model,
-        &placement,
-        &params,
-        &report.model_path,
-    )?;
-    let cpu_moe_layers = cpu_moe_layers(&params, model.n_layer());
-    let overrides: Vec<_> = params
-        .tensor_overrides()
-        .map(|o| json!({"pattern": o.pattern(), "buft": target_name(o.target())}))
-        .collect();
+/// Everything the run reports, collected once so that text and JSON output agree.
+struct Report<'a> {
+    loaded: &'a Loaded,
+    generated: Generated,
+    placement: Placement,
+    breakdown: Vec<MemoryBreakdownRow>,
+    cpu_moe_layers: Vec<u32>,
+    device_bytes_saved: u64,
+    accelerator: bool,
+}
 
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let ttft_ms = stats.ttft.map(ms);
-    let prompt_tps = stats.prefill_tokens_per_second();
-    let gen_tps = stats.decode_tokens_per_second();
+impl<'a> Report<'a> {
+    fn collect(
+        a: &Args,
+        backend: &Backend,
+        loaded: &'a Loaded,
+        ctx: &Context<'_>,
+        generated: Generated,
+    ) -> Result<Report<'a>, String> {
+        let placement = loaded.model.placement();
+        let breakdown = ctx
+            .memory_breakdown()
+            .map_err(|e| format!("memory breakdown: {e}"))?;
+        let accelerator = has_accelerator(&a.placement.devices, backend);
+        let device_bytes_saved = if accelerator {
+            device_bytes_saved(loaded, &placement)?
+        } else {
+            0
+        };
+        Ok(Report {
+            cpu_moe_layers: cpu_moe_layers(&loaded.params, loaded.model.n_layer()),
+            loaded,
+            generated,
+            placement,
+            breakdown,
+            device_bytes_saved,
+            accelerator,
+        })
+    }
 
-    if a.json {
+    fn print_json(&self) {
+        let (loaded, g, model) = (self.loaded, &self.generated, &self.loaded.model);
+        let experts = self.placement.experts_on_host();
+        let overrides: Vec<_> = loaded
+            .params
+            .tensor_overrides()
+            .map(|o| json!({"pattern": o.pattern(), "buft": target_name(o.target())}))
+            .collect();
         let out = json!({
             "model": {
-                "path": report.model_path.display().to_string(),
-                "synthetic": report.synthetic,
+                "path": loaded.file.path.display().to_string(),
+                "synthetic": loaded.file.synthetic,
                 "arch": model.arch(),
                 "description": model.description(),
                 "n_layer": model.n_layer(),
@@ -205,90 +287,97 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
                 "size_bytes": model.size(),
             },
             "offload": {
-                "n_gpu_layers": params.n_gpu_layers(),
-                "cpu_moe_layers": cpu_moe_layers,
+                "n_gpu_layers": loaded.params.n_gpu_layers(),
+                "cpu_moe_layers": self.cpu_moe_layers,
                 "overrides": overrides,
             },
-            "placement": breakdown.iter().map(|r| json!({
+            "placement": self.breakdown.iter().map(|r| json!({
                 "buft": r.buffer_type_name(),
                 "is_host": r.is_host,
                 "model_bytes": r.model_bytes,
                 "context_bytes": r.context_bytes,
                 "compute_bytes": r.compute_bytes,
             })).collect::<Vec<_>>(),
-            "tensors_by_buft": placement.totals().iter().map(|(buft, t)| json!({
+            "tensors_by_buft": self.placement.totals().iter().map(|(buft, t)| json!({
                 "buft": buft, "tensors": t.count, "bytes": t.bytes,
             })).collect::<Vec<_>>(),
             "experts_on_host": {"tensors": experts.count, "bytes": experts.bytes},
-            "device_bytes_saved": saved,
+            "device_bytes_saved": self.device_bytes_saved,
             "timing": {
-                "load_ms": ms(report.load_time),
-                "ttft_ms": ttft_ms,
-                "prompt_tokens": stats.prompt_tokens,
-                "prompt_tps": prompt_tps,
-                "gen_tokens": stats.generated_tokens,
-                "gen_tps": gen_tps,
+                "load_ms": ms(loaded.load_time),
+                "ttft_ms": g.stats.ttft.map(ms),
+                "prompt_tokens": g.stats.prompt_tokens,
+                "prompt_tps": g.stats.prefill_tokens_per_second(),
+                "gen_tokens": g.stats.generated_tokens,
+                "gen_tps": g.stats.decode_tokens_per_second(),
             },
-            "text": text,
-            "tokens": tokens,
+            "text": g.text,
+            "tokens": g.tokens,
         });
-        let _ = writeln!(stdout, "{out}");
-        return Ok(());
+        println!("{out}");
     }
 
-    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1} {unit}"));
-    eprintln!();
-    eprintln!(
-        "model      {} ({})",
-        report.model_path.display(),
-        model.description()
-    );
-    eprintln!(
-        "           arch {}, {} layers, {} experts ({} used), {} params, {}",
-        model.arch().unwrap_or_default(),
-        model.n_layer(),
-        model.n_expert(),
-        model.n_expert_used(),
-        model.n_params(),
-        mib(model.size() as usize)
-    );
-    eprintln!("load       {:.0} ms", ms(report.load_time));
-    eprintln!("TTFT       {}", opt(ttft_ms, "ms"));
-    eprintln!(
-        "prefill    {} tokens, {}",
-        stats.prompt_tokens,
-        opt(prompt_tps, "tok/s")
-    );
-    eprintln!(
-        "decode     {} tokens, {}",
-        stats.generated_tokens,
-        opt(gen_tps, "tok/s")
-    );
-    eprintln!();
-    eprintln!(
-        "{:<32} {:>12} {:>12} {:>12}",
-        "buffer type", "model", "KV/context", "compute"
-    );
-    for r in &breakdown {
+    fn print_text(&self) {
+        let (loaded, g, model) = (self.loaded, &self.generated, &self.loaded.model);
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1} {unit}"));
+        eprintln!();
+        eprintln!(
+            "model      {} ({})",
+            loaded.file.path.display(),
+            model.description()
+        );
+        eprintln!(
+            "           arch {}, {} layers, {} experts ({} used), {} params, {}",
+            model.arch().unwrap_or_default(),
+            model.n_layer(),
+            model.n_expert(),
+            model.n_expert_used(),
+            model.n_params(),
+            mib(model.size() as usize)
+        );
+        eprintln!("load       {:.0} ms", ms(loaded.load_time));
+        eprintln!("TTFT       {}", opt(g.stats.ttft.map(ms), "ms"));
+        eprintln!(
+            "prefill    {} tokens, {}",
+            g.stats.prompt_tokens,
+            opt(g.stats.prefill_tokens_per_second(), "tok/s")
+        );
+        eprintln!(
+            "decode     {} tokens, {}",
+            g.stats.generated_tokens,
+            opt(g.stats.decode_tokens_per_second(), "tok/s")
+        );
+        eprintln!();
         eprintln!(
             "{:<32} {:>12} {:>12} {:>12}",
-            r.buffer_type_name(),
-            mib(r.model_bytes),
-            mib(r.context_bytes),
-            mib(r.compute_bytes)
+            "buffer type", "model", "KV/context", "compute"
         );
+        for r in &self.breakdown {
+            eprintln!(
+                "{:<32} {:>12} {:>12} {:>12}",
+                r.buffer_type_name(),
+                mib(r.model_bytes),
+                mib(r.context_bytes),
+                mib(r.compute_bytes)
+            );
+        }
+        eprintln!();
+        let experts = self.placement.experts_on_host();
+        eprintln!(
+            "experts on host: {} tensors, {}; device bytes saved vs no offload: {}",
+            experts.count,
+            mib(experts.bytes),
+            mib(self.device_bytes_saved as usize)
+        );
+        if !self.accelerator {
+            eprintln!("(no accelerator in use: everything is in host memory anyway; try --rpc)");
+        }
     }
-    eprintln!();
-    eprintln!(
-        "experts on host: {} tensors, {}; device bytes saved vs no offload: {}",
-        experts.count,
-        mib(experts.bytes),
-        mib(saved as usize)
-    );
-    if !has_accelerator(&a, &backend) {
-        eprintln!("(no accelerator in use: everything is in host memory anyway; try --rpc)");
-    }
-    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn mib(bytes: usize) -> String {
@@ -305,18 +394,18 @@ fn target_name(target: &OverrideTarget) -> String {
     }
 }
 
-fn model_params(a: &Args, backend: &Backend, progress: bool) -> Result<ModelParams, String> {
+fn model_params(
+    placement: &PlacementArgs,
+    backend: &Backend,
+    progress: bool,
+) -> Result<ModelParams, String> {
     let mut p = ModelParams::default();
-    match a.n_gpu_layers {
-        Some(GpuLayers::All) => p = p.with_all_gpu_layers(),
-        Some(GpuLayers::Count(n)) => {
-            p = p.with_n_gpu_layers(i32::try_from(n).map_err(|_| format!("-ngl {n} is too large"))?)
-        }
-        None => {}
+    if let Some(layers) = placement.n_gpu_layers {
+        p = p.with_n_gpu_layers(layers.to_n_gpu_layers()?);
     }
-    if !a.devices.is_empty() {
+    if !placement.devices.is_empty() {
         let mut devices = Vec::new();
-        for name in &a.devices {
+        for name in &placement.devices {
             let dev = backend.device_by_name(name).ok_or_else(|| {
                 let names: Vec<String> = backend.devices().iter().map(|d| d.name()).collect();
                 format!("unknown device {name:?}; available: {}", names.join(", "))
@@ -326,19 +415,19 @@ fn model_params(a: &Args, backend: &Backend, progress: bool) -> Result<ModelPara
         p = p.with_devices(devices);
     }
     // Same order as llama.cpp: explicit -ot entries first, then the MoE/FFN options.
-    for o in &a.overrides {
+    for o in &placement.overrides {
         p = p.with_tensor_override(o.pattern.clone(), OverrideTarget::Named(o.buft.clone()));
     }
-    if a.cpu_moe {
+    if placement.cpu_moe {
         p = p.with_cpu_moe_all();
     }
-    if let Some(n) = a.n_cpu_moe {
+    if let Some(n) = placement.n_cpu_moe {
         p = p.with_cpu_moe(n);
     }
-    if let Some(layers) = &a.cpu_moe_layers {
-        p = p.with_cpu_moe_layers(layers.iter().copied());
+    if let Some(list) = &placement.cpu_moe_layers {
+        p = p.with_cpu_moe_layers(list.layers.iter().copied());
     }
-    if let Some(n) = a.n_cpu_ffn {
+    if let Some(n) = placement.n_cpu_ffn {
         p = p.with_cpu_ffn(n);
     }
     if progress {
@@ -375,15 +464,15 @@ fn cpu_moe_layers(params: &ModelParams, n_layer: u32) -> Vec<u32> {
     layers
 }
 
-fn has_accelerator(a: &Args, backend: &Backend) -> bool {
+fn has_accelerator(devices: &[String], backend: &Backend) -> bool {
     let accelerator = |t: DeviceType| !matches!(t, DeviceType::Cpu);
-    if a.devices.is_empty() {
+    if devices.is_empty() {
         backend
             .devices()
             .iter()
             .any(|d| accelerator(d.device_type()))
     } else {
-        a.devices.iter().any(|n| {
+        devices.iter().any(|n| {
             backend
                 .device_by_name(n)
                 .is_some_and(|d| accelerator(d.device_type()))
@@ -393,16 +482,16 @@ fn has_accelerator(a: &Args, backend: &Backend) -> bool {
 
 /// Bytes the overrides keep off the accelerators: tensors of offloaded layers that an
 /// override matched and that ended up in host memory, sized from the GGUF tensor table.
-fn device_bytes_saved(
-    a: &Args,
-    backend: &Backend,
-    model: &Model,
-    placement: &Placement,
-    params: &ModelParams,
-    path: &Path,
-) -> Result<u64, String> {
+fn device_bytes_saved(loaded: &Loaded, placement: &Placement) -> Result<u64, String> {
+    let Loaded {
+        model,
+        params,
+        file,
+        ..
+    } = loaded;
+    let path = &file.path;
     let n_gpu_layers = params.n_gpu_layers();
-    if !has_accelerator(a, backend) || n_gpu_layers == 0 {
+    if n_gpu_layers == 0 {
         return Ok(0);
     }
     let n_layer = model.n_layer();
@@ -432,16 +521,10 @@ fn device_bytes_saved(
 }
 
 /// Generates (once) and caches the synthetic model named by `--synthetic ARCH:PRESET`.
-fn synthetic_model((arch, preset): &(String, String), progress: bool) -> Result<PathBuf, String> {
-    let arch: Arch = arch.parse().map_err(|e| format!("--synthetic: {e}"))?;
-    let preset: Preset = preset.parse().map_err(|e| format!("--synthetic: {e}"))?;
-    if preset == Preset::Full {
-        return Err(
-            "--synthetic: the full preset is tens of GB; generate it with the \
-                    gguf_synth example and pass it with -m"
-                .into(),
-        );
-    }
+fn synthetic_model(choice: SyntheticChoice, progress: bool) -> Result<PathBuf, String> {
+    let SyntheticChoice { arch, preset } = choice;
+    // The argument parser refuses the full preset (tens of GB); this keeps it that way.
+    debug_assert_ne!(preset, Preset::Full);
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!(
@@ -489,37 +572,4 @@ fn cache_dir() -> PathBuf {
         return PathBuf::from(home).join(".cache").join("llama-cpp-moe");
     }
     std::env::temp_dir().join("llama-cpp-moe")
-}
-
-/// Our own warnings (e.g. MoE options on a dense model) always reach stderr; with `-v`,
-/// llama.cpp's log and every level down to debug do too.
-struct StderrLogger {
-    verbose: bool,
-}
-
-impl StderrLogger {
-    fn install(verbose: bool) {
-        static QUIET: StderrLogger = StderrLogger { verbose: false };
-        static VERBOSE: StderrLogger = StderrLogger { verbose: true };
-        let logger = if verbose { &VERBOSE } else { &QUIET };
-        if log::set_logger(logger).is_ok() {
-            log::set_max_level(if verbose {
-                log::LevelFilter::Debug
-            } else {
-                log::LevelFilter::Warn
-            });
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        self.verbose || metadata.target().starts_with("llama_cpp_moe")
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
-        }
-    }
-    fn flush(&self) {}
 }

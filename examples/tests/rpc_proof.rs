@@ -11,25 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use llama_cpp_moe_examples::built_example;
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 use serde_json::Value;
-
-/// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/<this test>`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples; run it for the whole workspace",
-        path.display()
-    );
-    path
-}
 
 /// The rpc_server example as a child process on a free loopback port; killed on drop.
 struct Server {
@@ -45,7 +30,7 @@ impl Server {
             .unwrap()
             .port();
         let endpoint = format!("127.0.0.1:{port}");
-        let child = Command::new(example("rpc_server"))
+        let child = Command::new(built_example("rpc_server"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--threads", "1"])
             .stdout(Stdio::null())
@@ -109,7 +94,7 @@ fn model() -> PathBuf {
 }
 
 fn simple_moe(model: &Path, extra: &[&str]) -> Value {
-    let out = Command::new(example("simple_moe"))
+    let out = Command::new(built_example("simple_moe"))
         .arg("-m")
         .arg(model)
         .args([
@@ -316,7 +301,7 @@ fn bad_arguments_end_with_one_line_and_a_nonzero_exit() {
     ];
     let cache = std::env::temp_dir().join(format!("rpc-proof-cache-{}", std::process::id()));
     for args in cases {
-        let out = Command::new(example("simple_moe"))
+        let out = Command::new(built_example("simple_moe"))
             .args(&args)
             .env("LLAMA_CPP_MOE_CACHE", &cache)
             .output()
