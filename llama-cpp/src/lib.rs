@@ -5,6 +5,10 @@
 //! a [`Batch`] into [`Context::decode`], and a [`Sampler`] picks the next token;
 //! [`generate`] wraps that loop with streaming and statistics.
 //!
+//! Each operation returns its own error type (a [`model::LoadError`], a
+//! [`context::DecodeError`], ...); all of them convert into the crate-wide [`Error`], so
+//! a function returning [`Result`] can use `?` on every call.
+//!
 //! # Mixture-of-experts offload
 //!
 //! Keep the routed experts of the first 20 layers in host RAM, put everything else on
@@ -34,20 +38,21 @@
 pub mod backend;
 pub mod batch;
 pub mod context;
+mod error;
+mod ffi;
 pub mod generate;
 pub mod gguf;
 pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]
 pub mod rpc;
-#[cfg(feature = "rpc")]
-mod rpc_ffi;
 pub mod sampler;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use batch::{Batch, Pos, SeqId};
 pub use context::{Context, ContextParams};
+pub use error::{Error, PathError, Result};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 pub use model::{Model, ModelParams};
 pub use sampler::{Sampler, SamplerBuilder};

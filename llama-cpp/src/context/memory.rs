@@ -1,11 +1,10 @@
 //! Sequence/memory (KV cache) operations and the per-buffer-type memory breakdown.
 
-use std::ffi::CStr;
-
 use llama_cpp_moe_sys as sys;
 
 use super::Context;
 use crate::batch::{Pos, SeqId};
+use crate::ffi::string_from_c;
 
 /// Why a memory operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -263,14 +262,8 @@ impl Context<'_> {
         Ok(rows
             .iter()
             .map(|r| MemoryBreakdownRow {
-                buffer_type: if r.buft_name.is_null() {
-                    String::new()
-                } else {
-                    // SAFETY: buffer type names are static NUL-terminated strings.
-                    unsafe { CStr::from_ptr(r.buft_name) }
-                        .to_string_lossy()
-                        .into_owned()
-                },
+                // SAFETY: buffer type names are NULL or static NUL-terminated strings.
+                buffer_type: unsafe { string_from_c(r.buft_name) },
                 is_host: r.is_host != 0,
                 model_bytes: r.model,
                 context_bytes: r.context,
