@@ -29,7 +29,7 @@
 //! }
 //! let experts = placement.experts_on_host();
 //! println!("experts in host RAM: {} tensors, {} MiB", experts.count, experts.bytes >> 20);
-//! # Ok::<(), llama_cpp_moe::model::LoadError>(())
+//! # Ok::<(), llama_cpp_moe::Error>(())
 //! ```
 //!
 //! No model at hand? [`gguf::synth`] writes synthetic models with the exact tensor

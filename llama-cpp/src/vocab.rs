@@ -59,7 +59,7 @@ pub enum VocabError {
 /// ```no_run
 /// use llama_cpp_moe::{Backend, Model, ModelParams};
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> llama_cpp_moe::Result<()> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let vocab = model.vocab();
 /// let tokens = vocab.tokenize("Hello 🦀", true, false)?;

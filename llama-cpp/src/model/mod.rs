@@ -122,7 +122,7 @@ impl Model {
     ///
     /// ```no_run
     /// use llama_cpp_moe::{Backend, Model, ModelParams};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> llama_cpp_moe::Result<()> {
     /// let backend = Backend::init();
     /// let params = ModelParams::default().with_n_gpu_layers(99).with_cpu_moe(10);
     /// let model = Model::load(&backend, "qwen3-30b-a3b-q4_k_m.gguf", &params)?;

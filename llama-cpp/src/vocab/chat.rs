@@ -114,7 +114,7 @@ impl Model {
     /// ```no_run
     /// use llama_cpp_moe::{Backend, ChatMessage, Model, ModelParams};
     ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> llama_cpp_moe::Result<()> {
     /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let prompt = model.apply_chat_template(&[ChatMessage::new("user", "Hello!")], true)?;
     /// # Ok(())
