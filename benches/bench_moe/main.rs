@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, GenerateParams, GenerationStats, Model, ModelParams,
     SamplerBuilder, Token,
 };
 use llama_cpp_moe_benches::{geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE};
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use serde_json::{json, Value};
 
 type BoxError = Box<dyn std::error::Error>;

@@ -2,11 +2,13 @@
 //! with the experts placed by default and with `with_cpu_moe_all()`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use llama_cpp_moe::gguf::synth::{Arch, Preset};
+use llama_cpp_moe::context::ClearData;
 use llama_cpp_moe::{
-    Backend, Batch, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder,
+    Backend, Batch, Context, ContextParams, GenerateParams, Model, ModelParams, Output, Pos,
+    SamplerBuilder, SeqId,
 };
 use llama_cpp_moe_benches::{prompt_with_tokens, synthetic_model};
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
 
 fn decode(c: &mut Criterion) {
     let backend = Backend::init();
@@ -28,14 +30,15 @@ fn decode(c: &mut Criterion) {
 
         // One token on top of the prompt: the prompt stays in the KV cache and each
         // iteration removes the previous step's token first.
-        ctx.decode(&Batch::from_tokens(&prompt, 0, 0).expect("batch"))
+        ctx.decode(&Batch::from_tokens(&prompt, Pos(0), SeqId(0)).expect("batch"))
             .expect("prefill");
-        let pos = prompt.len() as i32;
+        let pos = Pos(prompt.len() as i32);
         let mut step = Batch::new();
-        step.add(prompt[1], pos, &[0], true).expect("batch");
+        step.add(prompt[1], pos, &[SeqId(0)], Output::Yes)
+            .expect("batch");
         group.bench_function("decode_step", |b| {
             b.iter(|| {
-                ctx.seq_rm(Some(0), Some(pos), None).expect("seq_rm");
+                ctx.seq_rm(Some(SeqId(0)), pos..).expect("seq_rm");
                 ctx.decode(&step).expect("decode");
             })
         });
@@ -46,7 +49,7 @@ fn decode(c: &mut Criterion) {
             .with_stop_at_eog(false);
         group.bench_function("generate_32_greedy", |b| {
             b.iter(|| {
-                ctx.clear_memory(false).expect("clear");
+                ctx.clear_memory(ClearData::Keep).expect("clear");
                 let out = ctx
                     .complete(&mut sampler, &prompt, gen.clone())
                     .expect("generate");

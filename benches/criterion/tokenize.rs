@@ -1,9 +1,10 @@
 //! Tokenizing 4 KiB of English prose with the tiny synthetic qwen3moe's byte-level BPE.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use llama_cpp_moe::gguf::synth::{Arch, Preset};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{Backend, Model, ModelParams};
 use llama_cpp_moe_benches::{prose, synthetic_model};
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use std::hint::black_box;
 
 fn tokenize(c: &mut Criterion) {
@@ -16,13 +17,16 @@ fn tokenize(c: &mut Criterion) {
     .expect("load vocabulary");
     let vocab = model.vocab();
     let text = prose(4096);
-    let n = vocab.tokenize(&text, true, false).expect("tokenize").len();
+    let n = vocab
+        .tokenize(&text, AddSpecial::Yes, ParseSpecial::No)
+        .expect("tokenize")
+        .len();
     let mut group = c.benchmark_group("tokenize");
     group.throughput(Throughput::Bytes(text.len() as u64));
     group.bench_function(format!("4KiB_prose_{n}_tokens"), |b| {
         b.iter(|| {
             vocab
-                .tokenize(black_box(&text), true, false)
+                .tokenize(black_box(&text), AddSpecial::Yes, ParseSpecial::No)
                 .expect("tokenize")
         })
     });

@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe::gguf::{GgmlType, GgufFile, TensorKind};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 
 type BoxError = Box<dyn std::error::Error>;
 

@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthError, SynthSpec};
 use llama_cpp_moe::vocab::VocabError;
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{Token, Vocab};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthError, SynthSpec};
 
 /// The native C baseline (`benches/native/bench_native.c`), compiled by `build.rs`
 /// against the very static llama.cpp libraries this package links.
@@ -108,7 +109,7 @@ pub fn prompt_with_tokens(
     let mut text = piece(0);
     let mut i = 1;
     loop {
-        let tokens = vocab.tokenize(&text, true, false)?;
+        let tokens = vocab.tokenize(&text, AddSpecial::Yes, ParseSpecial::No)?;
         if tokens.len() >= min_tokens {
             return Ok((text, tokens));
         }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, Progress, SynthSpec};
-use llama_cpp_moe::gguf::{GgmlType, GgufFile, TensorKind};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, SynthSpec};
+use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 
 const USAGE: &str = "\
 usage: gguf_synth --arch ARCH [--preset tiny|small|full] [--type TYPE] [--expert-type TYPE]

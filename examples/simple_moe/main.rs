@@ -16,13 +16,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use llama_cpp_moe::context::FlashAttention;
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe::gguf::GgufFile;
 use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideTarget, Placement};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, DeviceType, GenerateParams, Model, ModelParams, SamplerBuilder,
 };
 use llama_cpp_moe_examples::simple_moe_args::{self as args, Args, GpuLayers};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_gguf::GgufFile;
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -118,20 +119,20 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
     } else {
         let mut b = SamplerBuilder::new();
         if let Some(k) = a.top_k {
-            b = b.top_k(k);
+            b = b.with_top_k(k);
         }
         if let Some(p) = a.top_p {
-            b = b.top_p(p, 1);
+            b = b.with_top_p(p, 1);
         }
         if let Some(p) = a.min_p {
-            b = b.min_p(p, 1);
+            b = b.with_min_p(p, 1);
         }
-        b.temp(a.temp).dist(&vocab, a.seed)
+        b.with_temp(a.temp).dist(&vocab, a.seed)
     }
     .map_err(|e| format!("sampler: {e}"))?;
 
     let prompt = vocab
-        .tokenize(&a.prompt, true, true)
+        .tokenize(&a.prompt, AddSpecial::Yes, ParseSpecial::Yes)
         .map_err(|e| format!("tokenizing the prompt: {e}"))?;
     if report.synthetic && !a.json {
         eprintln!(
@@ -209,7 +210,7 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
                 "overrides": overrides,
             },
             "placement": breakdown.iter().map(|r| json!({
-                "buft": r.buffer_type,
+                "buft": r.buffer_type_name(),
                 "is_host": r.is_host,
                 "model_bytes": r.model_bytes,
                 "context_bytes": r.context_bytes,
@@ -271,7 +272,7 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
     for r in &breakdown {
         eprintln!(
             "{:<32} {:>12} {:>12} {:>12}",
-            r.buffer_type,
+            r.buffer_type_name(),
             mib(r.model_bytes),
             mib(r.context_bytes),
             mib(r.compute_bytes)

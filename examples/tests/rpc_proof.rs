@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe::gguf::synth::{Arch, Hparams, Preset, SynthSpec};
-use llama_cpp_moe::gguf::GgufFile;
+use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
+use llama_cpp_moe_gguf::GgufFile;
 use serde_json::Value;
 
 /// `target/<profile>/examples/<name>`, next to `target/<profile>/deps/<this test>`.

@@ -92,10 +92,12 @@ extern "C" int llama_moe_model_tensor_info(const struct llama_model * model, siz
         out->buft_name     = "";
         out->is_host       = 0;
         out->on_cpu_device = 0;
+        out->buft          = nullptr;
         if (t->buffer != nullptr) {
             out->is_host = ggml_backend_buffer_is_host(t->buffer) ? 1 : 0;
             ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
             if (buft != nullptr) {
+                out->buft      = buft;
                 out->buft_name = ggml_backend_buft_name(buft);
                 ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
                 out->on_cpu_device = (dev != nullptr && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) ? 1 : 0;
@@ -121,6 +123,7 @@ extern "C" int64_t llama_moe_memory_breakdown(const struct llama_context * ctx, 
                 out[n].model     = data.model;
                 out[n].context   = data.context;
                 out[n].compute   = data.compute;
+                out[n].buft      = buft;
             }
             n++;
         }

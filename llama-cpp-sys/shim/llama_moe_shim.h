@@ -30,6 +30,7 @@ struct llama_moe_tensor_info {
     int32_t      ggml_type;
     int32_t      is_host;       // the buffer is plain host memory (ggml_backend_buffer_is_host)
     int32_t      on_cpu_device; // the buffer type belongs to the CPU device (e.g. CPU_REPACK)
+    ggml_backend_buffer_type_t buft; // NULL when the tensor has no buffer; process-lived
 };
 
 // Number of tensors the model holds.
@@ -45,6 +46,7 @@ struct llama_moe_memory_row {
     size_t       model;
     size_t       context;
     size_t       compute;
+    ggml_backend_buffer_type_t buft; // the row's buffer type (may be NULL); process-lived
 };
 
 // Writes up to `cap` rows of the context's per-buffer-type memory breakdown and

@@ -284,6 +284,13 @@ impl fmt::Debug for BufferType {
     }
 }
 
+/// The name ([`BufferType::name`]): what llama.cpp prints and `-ot` accepts.
+impl fmt::Display for BufferType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.name())
+    }
+}
+
 /// A buffer-type name that no device provides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown buffer type {name:?}; available: {}", available.join(", "))]

@@ -5,10 +5,129 @@ use llama_cpp_moe_sys as sys;
 use crate::vocab::Token;
 
 /// A position in a sequence (0-based).
-pub type Pos = i32;
+///
+/// A newtype, not an `i32`, so a position and a [`SeqId`] cannot be swapped silently:
+/// `Batch::from_tokens(&tokens, Pos(0), SeqId(0))`.
+///
+/// ```
+/// use llama_cpp_moe::Pos;
+///
+/// let p = Pos(3);
+/// assert_eq!(p + 2, Pos(5));
+/// assert_eq!(Pos::try_from(7usize), Ok(Pos(7)));
+/// assert_eq!(i32::from(p), 3);
+/// assert_eq!(usize::try_from(p), Ok(3));
+/// assert!(usize::try_from(Pos(-1)).is_err());
+/// assert_eq!(p.to_string(), "3");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Pos(pub i32);
 
 /// A sequence id: tokens of different sequences do not attend to each other.
-pub type SeqId = i32;
+///
+/// ```
+/// use llama_cpp_moe::SeqId;
+///
+/// assert_eq!(SeqId::try_from(2usize), Ok(SeqId(2)));
+/// assert_eq!(i32::from(SeqId(2)), 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct SeqId(pub i32);
+
+/// A `usize` that does not fit llama.cpp's `i32` positions or sequence ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} does not fit in an i32")]
+pub struct OutOfRange(pub usize);
+
+macro_rules! i32_newtype {
+    ($ty:ident) => {
+        impl $ty {
+            /// The raw value llama.cpp takes.
+            pub const fn get(self) -> i32 {
+                self.0
+            }
+        }
+
+        impl From<$ty> for i32 {
+            fn from(v: $ty) -> i32 {
+                v.0
+            }
+        }
+
+        impl TryFrom<usize> for $ty {
+            type Error = OutOfRange;
+
+            fn try_from(n: usize) -> Result<Self, OutOfRange> {
+                i32::try_from(n).map($ty).map_err(|_| OutOfRange(n))
+            }
+        }
+
+        /// For indexing: fails for negative values.
+        impl TryFrom<$ty> for usize {
+            type Error = std::num::TryFromIntError;
+
+            fn try_from(v: $ty) -> Result<usize, Self::Error> {
+                usize::try_from(v.0)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+i32_newtype!(Pos);
+i32_newtype!(SeqId);
+
+impl Pos {
+    /// `self + n`, or `None` on overflow.
+    pub fn checked_add(self, n: usize) -> Option<Pos> {
+        i32::try_from(n)
+            .ok()
+            .and_then(|n| self.0.checked_add(n))
+            .map(Pos)
+    }
+}
+
+/// Moves a position by `delta` (positions are shifted, e.g. by [`crate::Context::seq_add`]).
+impl std::ops::Add<i32> for Pos {
+    type Output = Pos;
+
+    fn add(self, delta: i32) -> Pos {
+        Pos(self.0 + delta)
+    }
+}
+
+impl std::ops::AddAssign<i32> for Pos {
+    fn add_assign(&mut self, delta: i32) {
+        self.0 += delta;
+    }
+}
+
+/// Whether a batch token produces output (logits, and embeddings when they are on)
+/// after decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Output {
+    /// Compute this token's logits.
+    Yes,
+    /// Only add the token to the KV cache.
+    #[default]
+    No,
+}
+
+impl From<bool> for Output {
+    fn from(output: bool) -> Output {
+        if output {
+            Output::Yes
+        } else {
+            Output::No
+        }
+    }
+}
 
 /// Why a token could not be added to a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,11 +153,11 @@ pub enum BatchError {
 /// built only for the duration of a decode call, so nothing C sees can dangle.
 ///
 /// ```
-/// use llama_cpp_moe::{Batch, Token};
+/// use llama_cpp_moe::{Batch, Output, Pos, SeqId, Token};
 ///
 /// let mut batch = Batch::new();
-/// batch.add(Token(1), 0, &[0], false).unwrap();
-/// batch.add(Token(42), 1, &[0], true).unwrap();
+/// batch.add(Token(1), Pos(0), &[SeqId(0)], Output::No).unwrap();
+/// batch.add(Token(42), Pos(1), &[SeqId(0)], Output::Yes).unwrap();
 /// assert_eq!(batch.len(), 2);
 /// assert_eq!(batch.n_outputs(), 1);
 /// ```
@@ -75,25 +194,23 @@ impl Batch {
     /// logits only for the last token (the usual prompt batch).
     ///
     /// ```
-    /// use llama_cpp_moe::{Batch, Token};
+    /// use llama_cpp_moe::{Batch, Pos, SeqId, Token};
     ///
-    /// let batch = Batch::from_tokens(&[Token(1), Token(2), Token(3)], 0, 0).unwrap();
+    /// let batch = Batch::from_tokens(&[Token(1), Token(2), Token(3)], Pos(0), SeqId(0)).unwrap();
     /// assert_eq!(batch.output_indices().collect::<Vec<_>>(), vec![2]);
     /// ```
     pub fn from_tokens(tokens: &[Token], start_pos: Pos, seq: SeqId) -> Result<Self, BatchError> {
         let mut batch = Batch::with_capacity(tokens.len());
         for (i, &token) in tokens.iter().enumerate() {
-            let pos = i32::try_from(i)
-                .ok()
-                .and_then(|i| start_pos.checked_add(i))
-                .ok_or(BatchError::TooLarge)?;
-            batch.add(token, pos, &[seq], i + 1 == tokens.len())?;
+            let pos = start_pos.checked_add(i).ok_or(BatchError::TooLarge)?;
+            let output = Output::from(i + 1 == tokens.len());
+            batch.add(token, pos, &[seq], output)?;
         }
         Ok(batch)
     }
 
-    /// Appends `token` at position `pos` in each of `seqs`; `output` asks for its logits
-    /// (and embeddings) after decoding.
+    /// Appends `token` at position `pos` in each of `seqs`; [`Output::Yes`] asks for its
+    /// logits (and embeddings) after decoding.
     ///
     /// Token ids are checked against the model's vocabulary by [`crate::Context::decode`].
     pub fn add(
@@ -101,15 +218,15 @@ impl Batch {
         token: Token,
         pos: Pos,
         seqs: &[SeqId],
-        output: bool,
+        output: Output,
     ) -> Result<(), BatchError> {
         if seqs.is_empty() {
             return Err(BatchError::NoSequence);
         }
-        if let Some(&bad) = seqs.iter().find(|&&s| s < 0) {
+        if let Some(&bad) = seqs.iter().find(|s| s.0 < 0) {
             return Err(BatchError::NegativeSeqId(bad));
         }
-        if pos < 0 {
+        if pos.0 < 0 {
             return Err(BatchError::NegativePos(pos));
         }
         if self.tokens.len() >= i32::MAX as usize || seqs.len() > i32::MAX as usize {
@@ -120,7 +237,7 @@ impl Batch {
         self.n_seq_id.push(seqs.len() as i32);
         self.seq_start.push(self.seq_ids.len());
         self.seq_ids.extend_from_slice(seqs);
-        self.logits.push(i8::from(output));
+        self.logits.push(i8::from(output == Output::Yes));
         Ok(())
     }
 
@@ -161,11 +278,11 @@ impl Batch {
         Some(&self.seq_ids[start..start + n])
     }
 
-    /// Turns the output flag of token `i` on or off; returns false when `i` is out of range.
-    pub fn set_output(&mut self, i: usize, output: bool) -> bool {
+    /// Sets the output flag of token `i`; returns false when `i` is out of range.
+    pub fn set_output(&mut self, i: usize, output: Output) -> bool {
         match self.logits.get_mut(i) {
             Some(flag) => {
-                *flag = i8::from(output);
+                *flag = i8::from(output == Output::Yes);
                 true
             }
             None => false,
@@ -199,11 +316,17 @@ impl Batch {
     /// Builds the raw struct. Its pointers borrow from `self` and from the returned
     /// pointer table, hence both live in [`RawBatch`].
     pub(crate) fn to_raw(&self) -> RawBatch<'_> {
-        let seq_ptrs: Vec<*mut SeqId> = self
+        let seq_ptrs: Vec<*mut sys::llama_seq_id> = self
             .seq_start
             .iter()
-            // C declares the arrays mutable but llama_decode only reads them.
-            .map(|&s| self.seq_ids[s..].as_ptr().cast_mut())
+            // C declares the arrays mutable but llama_decode only reads them; SeqId is
+            // repr(transparent) over llama_seq_id.
+            .map(|&s| {
+                self.seq_ids[s..]
+                    .as_ptr()
+                    .cast::<sys::llama_seq_id>()
+                    .cast_mut()
+            })
             .collect();
         RawBatch {
             seq_ptrs,
@@ -214,7 +337,7 @@ impl Batch {
 
 /// A batch ready for C: the pointer table to each token's sequence ids.
 pub(crate) struct RawBatch<'a> {
-    seq_ptrs: Vec<*mut SeqId>,
+    seq_ptrs: Vec<*mut sys::llama_seq_id>,
     batch: &'a Batch,
 }
 
@@ -227,7 +350,8 @@ impl RawBatch<'_> {
             // `Token` is `repr(transparent)` over `llama_token`.
             token: b.tokens.as_ptr().cast::<sys::llama_token>().cast_mut(),
             embd: std::ptr::null_mut(),
-            pos: b.pos.as_ptr().cast_mut(),
+            // `Pos` is `repr(transparent)` over `llama_pos`.
+            pos: b.pos.as_ptr().cast::<sys::llama_pos>().cast_mut(),
             n_seq_id: b.n_seq_id.as_ptr().cast_mut(),
             seq_id: self.seq_ptrs.as_mut_ptr(),
             logits: b.logits.as_ptr().cast_mut(),
@@ -242,24 +366,28 @@ mod tests {
     #[test]
     fn add_records_every_array_and_rejects_bad_entries() {
         let mut b = Batch::new();
-        b.add(Token(5), 0, &[0, 2], false).unwrap();
-        b.add(Token(6), 1, &[1], true).unwrap();
-        assert_eq!(b.seq_ids(0), Some(&[0, 2][..]));
-        assert_eq!(b.seq_ids(1), Some(&[1][..]));
+        b.add(Token(5), Pos(0), &[SeqId(0), SeqId(2)], Output::No)
+            .unwrap();
+        b.add(Token(6), Pos(1), &[SeqId(1)], Output::Yes).unwrap();
+        assert_eq!(b.seq_ids(0), Some(&[SeqId(0), SeqId(2)][..]));
+        assert_eq!(b.seq_ids(1), Some(&[SeqId(1)][..]));
         assert_eq!(b.seq_ids(2), None);
-        assert_eq!(b.max_seq_id(), Some(2));
-        assert_eq!(b.add(Token(1), 2, &[], false), Err(BatchError::NoSequence));
+        assert_eq!(b.max_seq_id(), Some(SeqId(2)));
         assert_eq!(
-            b.add(Token(1), 2, &[-1], false),
-            Err(BatchError::NegativeSeqId(-1))
+            b.add(Token(1), Pos(2), &[], Output::No),
+            Err(BatchError::NoSequence)
         );
         assert_eq!(
-            b.add(Token(1), -3, &[0], false),
-            Err(BatchError::NegativePos(-3))
+            b.add(Token(1), Pos(2), &[SeqId(-1)], Output::No),
+            Err(BatchError::NegativeSeqId(SeqId(-1)))
+        );
+        assert_eq!(
+            b.add(Token(1), Pos(-3), &[SeqId(0)], Output::No),
+            Err(BatchError::NegativePos(Pos(-3)))
         );
         assert_eq!(b.len(), 2);
-        assert!(b.set_output(0, true));
-        assert!(!b.set_output(9, true));
+        assert!(b.set_output(0, Output::Yes));
+        assert!(!b.set_output(9, Output::Yes));
         assert_eq!(b.output_indices().collect::<Vec<_>>(), vec![0, 1]);
         b.clear();
         assert!(b.is_empty());
@@ -267,8 +395,27 @@ mod tests {
     }
 
     #[test]
+    fn newtypes_are_transparent_and_convert() {
+        assert_eq!(
+            std::mem::size_of::<Pos>(),
+            std::mem::size_of::<sys::llama_pos>()
+        );
+        assert_eq!(
+            std::mem::size_of::<SeqId>(),
+            std::mem::size_of::<sys::llama_seq_id>()
+        );
+        assert_eq!(Pos::try_from(usize::MAX), Err(OutOfRange(usize::MAX)));
+        assert_eq!(Pos(i32::MAX).checked_add(1), None);
+        assert_eq!(Pos(1).checked_add(2), Some(Pos(3)));
+        let mut p = Pos(1);
+        p += 4;
+        assert_eq!(p.get(), 5);
+        assert_eq!(SeqId(4).to_string(), "4");
+    }
+
+    #[test]
     fn raw_batch_points_at_the_owned_arrays() {
-        let b = Batch::from_tokens(&[Token(7), Token(8), Token(9)], 4, 3).unwrap();
+        let b = Batch::from_tokens(&[Token(7), Token(8), Token(9)], Pos(4), SeqId(3)).unwrap();
         let mut raw = b.to_raw();
         let r = raw.raw();
         assert_eq!(r.n_tokens, 3);

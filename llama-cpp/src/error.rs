@@ -144,8 +144,8 @@ mod tests {
             Error::Path(PathError::NulByte(_))
         ));
         assert!(matches!(
-            convert(BatchError::NegativePos(-1)),
-            Error::Batch(BatchError::NegativePos(-1))
+            convert(BatchError::NegativePos(crate::Pos(-1))),
+            Error::Batch(BatchError::NegativePos(crate::Pos(-1)))
         ));
         assert!(matches!(
             convert(VocabError::TooLong(3)),

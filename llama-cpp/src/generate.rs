@@ -3,17 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, BatchError, Pos, SeqId};
+use crate::batch::{Batch, BatchError, Output, Pos, SeqId};
 use crate::context::{Context, DecodeError, MemoryError};
 use crate::sampler::{SampleError, Sampler};
-use crate::vocab::{Token, Utf8Decoder, VocabError};
+use crate::vocab::{RenderSpecial, Token, Utf8Decoder, VocabError};
 
 /// Why generation stopped with an error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GenerateError {
-    /// The prompt has no token.
-    #[error("empty prompt")]
+    /// The prompt has no token and there is nothing to continue: the sequence's last
+    /// token in memory was not the last output of the context's last decode.
+    #[error("empty prompt, and the sequence has no decoded last token to continue from")]
     EmptyPrompt,
     /// The prompt does not fit in the sequence's context.
     #[error("prompt of {prompt} tokens from position {start} does not fit the context of {n_ctx} tokens")]
@@ -50,7 +51,8 @@ pub enum StopReason {
     EndOfGeneration(Token),
     /// [`GenerateParams::with_max_tokens`] tokens were generated.
     MaxTokens,
-    /// The sequence reached the context length.
+    /// The sequence reached the context length: the next token had no room in memory,
+    /// so it was not yielded.
     ContextFull,
 }
 
@@ -59,7 +61,9 @@ pub enum StopReason {
 /// ```
 /// use llama_cpp_moe::GenerateParams;
 ///
-/// let params = GenerateParams::default().with_max_tokens(64).with_seq(0);
+/// use llama_cpp_moe::SeqId;
+///
+/// let params = GenerateParams::default().with_max_tokens(64).with_seq(SeqId(0));
 /// assert_eq!(params.max_tokens(), 64);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +79,7 @@ impl Default for GenerateParams {
     fn default() -> Self {
         GenerateParams {
             max_tokens: 128,
-            seq: 0,
+            seq: SeqId(0),
             stop_at_eog: true,
             render_special: false,
         }
@@ -196,16 +200,22 @@ pub struct Completion {
 
 enum State {
     Start(Vec<Token>),
-    Running { last: Token, pos: Pos },
+    /// The last yielded token is in memory at `pos - 1`; its logits are output 0 of the
+    /// last decode.
+    Running {
+        pos: Pos,
+    },
     Done,
 }
 
 /// A streaming generation: an iterator of [`GeneratedToken`]s; see
 /// [`Context::generate`].
 ///
-/// The prompt is decoded on the first call to `next`. The last token produced is not
-/// decoded (nothing needs its logits), so it is not in the context's memory when the
-/// iterator ends.
+/// The prompt is decoded on the first call to `next`. Each token is decoded into the
+/// context's memory before it is yielded, so whenever the caller stops, the memory holds
+/// the prompt and every token the caller saw, and the last decode holds the logits that
+/// follow them: a later generation on the same sequence continues exactly where this
+/// one stopped (with an empty prompt, or with new prompt tokens).
 pub struct Generation<'a, 'm> {
     ctx: &'a mut Context<'m>,
     sampler: &'a mut Sampler<'m>,
@@ -231,14 +241,19 @@ impl std::fmt::Debug for Generation<'_, '_> {
 impl<'m> Context<'m> {
     /// Streams tokens generated after `prompt` in sequence `params.seq()`.
     ///
+    /// The prompt continues the sequence after its last position in memory. An empty
+    /// prompt continues a previous generation of the sequence from its last token (see
+    /// [`Generation`]); otherwise it is [`GenerateError::EmptyPrompt`].
+    ///
     /// ```no_run
     /// use llama_cpp_moe::{Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder};
+    /// use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
     ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let mut ctx = Context::new(&model, &ContextParams::default())?;
     /// let mut sampler = SamplerBuilder::new().greedy(&model.vocab())?;
-    /// let prompt = model.vocab().tokenize("Once upon a time", true, false)?;
+    /// let prompt = model.vocab().tokenize("Once upon a time", AddSpecial::Yes, ParseSpecial::No)?;
     /// let mut stream = ctx.generate(&mut sampler, &prompt, GenerateParams::default());
     /// for tok in &mut stream {
     ///     print!("{}", tok?.text);
@@ -277,12 +292,13 @@ impl<'m> Context<'m> {
     ///
     /// ```no_run
     /// use llama_cpp_moe::{Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder};
+    /// use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
     ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let mut ctx = Context::new(&model, &ContextParams::default())?;
-    /// let mut sampler = SamplerBuilder::new().temp(0.7).dist(&model.vocab(), 1)?;
-    /// let prompt = model.vocab().tokenize("Hello", true, false)?;
+    /// let mut sampler = SamplerBuilder::new().with_temp(0.7).dist(&model.vocab(), 1)?;
+    /// let prompt = model.vocab().tokenize("Hello", AddSpecial::Yes, ParseSpecial::No)?;
     /// let out = ctx.complete(&mut sampler, &prompt, GenerateParams::default().with_max_tokens(32))?;
     /// println!("{} ({:?} tok/s)", out.text, out.stats.decode_tokens_per_second());
     /// # Ok(())
@@ -329,14 +345,22 @@ impl Generation<'_, '_> {
         None
     }
 
-    fn prefill(&mut self, prompt: &[Token]) -> Result<Pos, GenerateError> {
-        if prompt.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
+    /// Decodes the prompt; returns the batch index whose logits give the first token,
+    /// and the position of that token.
+    fn prefill(&mut self, prompt: &[Token]) -> Result<(usize, Pos), GenerateError> {
         let seq = self.params.seq;
-        let start = self.ctx.seq_pos_max(seq)?.map_or(0, |p| p + 1);
+        let last = self.ctx.seq_pos_max(seq)?;
+        if prompt.is_empty() {
+            let pos_max = last.ok_or(GenerateError::EmptyPrompt)?;
+            let index = self
+                .ctx
+                .continuation_index(seq, pos_max)
+                .ok_or(GenerateError::EmptyPrompt)?;
+            return Ok((index, pos_max + 1));
+        }
+        let start = last.map_or(Pos(0), |p| p + 1);
         let n_ctx = self.ctx.n_ctx_seq();
-        if start as usize + prompt.len() > n_ctx as usize {
+        if start.0 as usize + prompt.len() > n_ctx as usize {
             return Err(GenerateError::PromptTooLong {
                 prompt: prompt.len(),
                 start,
@@ -348,22 +372,23 @@ impl Generation<'_, '_> {
         let mut pos = start;
         for part in prompt.chunks(chunk) {
             self.batch.clear();
-            for (i, &t) in part.iter().enumerate() {
-                self.batch.add(t, pos + i as Pos, &[seq], false)?;
+            for &t in part {
+                self.batch.add(t, pos, &[seq], Output::No)?;
+                pos += 1;
             }
-            pos += part.len() as Pos;
             let last = self.batch.len() - 1;
-            self.batch.set_output(last, true);
+            self.batch.set_output(last, Output::Yes);
             self.ctx.decode(&self.batch)?;
         }
         self.stats.prefill_time = t0.elapsed();
         self.stats.prompt_tokens = prompt.len();
-        Ok(pos)
+        Ok((self.batch.len() - 1, pos))
     }
 
-    /// Samples from the last decode's output and turns the token into an item.
-    fn produce(&mut self, pos: Pos) -> Option<Result<GeneratedToken, GenerateError>> {
-        let index = self.batch.len() - 1;
+    /// Samples from output `index` of the last decode, decodes the token into memory at
+    /// `pos` (so the caller never sees a token the memory lacks) and turns it into an
+    /// item.
+    fn produce(&mut self, index: usize, pos: Pos) -> Option<Result<GeneratedToken, GenerateError>> {
         let token = match self.sampler.sample(self.ctx, index) {
             Ok(t) => t,
             Err(e) => return self.fail(e.into()),
@@ -372,11 +397,24 @@ impl Generation<'_, '_> {
         if self.params.stop_at_eog && vocab.is_eog(token) {
             return self.stop(StopReason::EndOfGeneration(token));
         }
-        let bytes = match vocab.token_to_bytes(token, self.params.render_special) {
-            Ok(b) => b,
-            Err(e) => return self.fail(e.into()),
-        };
+        if pos.0 as usize >= self.ctx.n_ctx_seq() as usize {
+            return self.stop(StopReason::ContextFull);
+        }
+        let bytes =
+            match vocab.token_to_bytes(token, RenderSpecial::from(self.params.render_special)) {
+                Ok(b) => b,
+                Err(e) => return self.fail(e.into()),
+            };
+        // Timed at sampling: the decode that feeds the token computes the next token's
+        // logits, which belong to the next step.
         let now = Instant::now();
+        self.batch.clear();
+        if let Err(e) = self.batch.add(token, pos, &[self.params.seq], Output::Yes) {
+            return self.fail(e.into());
+        }
+        if let Err(e) = self.ctx.decode(&self.batch) {
+            return self.fail(e.into());
+        }
         let start = *self.start.get_or_insert(now);
         let prev = self.last_token_at.unwrap_or(start);
         let first = *self.first_token_at.get_or_insert(now);
@@ -384,7 +422,7 @@ impl Generation<'_, '_> {
         self.stats.ttft = Some(first - start);
         self.stats.decode_time = now - first;
         self.stats.generated_tokens += 1;
-        self.state = State::Running { last: token, pos };
+        self.state = State::Running { pos: pos + 1 };
         Some(Ok(GeneratedToken {
             token,
             text: self.decoder.push(&bytes),
@@ -413,25 +451,15 @@ impl Iterator for Generation<'_, '_> {
                 }
                 self.start = Some(Instant::now());
                 match self.prefill(&prompt) {
-                    Ok(pos) => self.produce(pos),
+                    Ok((index, pos)) => self.produce(index, pos),
                     Err(e) => self.fail(e),
                 }
             }
-            State::Running { last, pos } => {
+            State::Running { pos } => {
                 if self.stats.generated_tokens >= self.params.max_tokens {
                     return self.stop(StopReason::MaxTokens);
                 }
-                if pos as usize >= self.ctx.n_ctx_seq() as usize {
-                    return self.stop(StopReason::ContextFull);
-                }
-                self.batch.clear();
-                if let Err(e) = self.batch.add(last, pos, &[self.params.seq], true) {
-                    return self.fail(e.into());
-                }
-                if let Err(e) = self.ctx.decode(&self.batch) {
-                    return self.fail(e.into());
-                }
-                self.produce(pos + 1)
+                self.produce(0, pos)
             }
         }
     }

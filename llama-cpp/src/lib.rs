@@ -32,8 +32,10 @@
 //! # Ok::<(), llama_cpp_moe::Error>(())
 //! ```
 //!
-//! No model at hand? [`gguf::synth`] writes synthetic models with the exact tensor
-//! layout of real MoE architectures, from `tiny` up to the public models' `full` size.
+//! No model at hand? The companion crate `llama-cpp-moe-gguf`
+//! ([`llama_cpp_moe_gguf::synth`]) writes synthetic models with the exact tensor layout
+//! of real MoE architectures, from `tiny` up to the public models' `full` size, and
+//! reads any GGUF file's metadata and tensor table without loading it.
 
 pub mod backend;
 pub mod batch;
@@ -41,7 +43,6 @@ pub mod context;
 mod error;
 mod ffi;
 pub mod generate;
-pub mod gguf;
 pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]
@@ -50,13 +51,18 @@ pub mod sampler;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
-pub use batch::{Batch, Pos, SeqId};
+pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use error::{Error, PathError, Result};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
+/// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
+pub use llama_cpp_moe_gguf::GgmlType;
 pub use model::{Model, ModelParams};
 pub use sampler::{Sampler, SamplerBuilder};
-pub use vocab::{apply_chat_template, ChatMessage, Token, Utf8Decoder, Vocab};
+pub use vocab::{
+    apply_chat_template, AddAssistant, AddSpecial, ChatMessage, ParseSpecial, RemoveSpecial,
+    RenderSpecial, Token, Utf8Decoder, Vocab,
+};
 
 /// Raw bindings, for what this crate does not wrap.
 pub use llama_cpp_moe_sys as sys;

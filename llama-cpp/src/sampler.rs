@@ -72,12 +72,42 @@ enum Stage {
     MinP(f32, usize),
     Typical(f32, usize),
     Temp(f32),
-    Penalties {
-        last_n: i32,
-        repeat: f32,
-        freq: f32,
-        present: f32,
-    },
+    Penalties(Penalties),
+}
+
+/// Repetition penalties for [`SamplerBuilder::with_penalties`]: named fields, so the
+/// three factors cannot be swapped silently. The default turns every penalty off and
+/// looks at llama.cpp's default window of 64 tokens.
+///
+/// ```
+/// use llama_cpp_moe::sampler::Penalties;
+///
+/// // --repeat-penalty 1.1 --repeat-last-n 64
+/// let p = Penalties { repeat: 1.1, ..Penalties::default() };
+/// assert_eq!(p.last_n, 64);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    /// How many of the last tokens are penalised (0: none). C equivalent:
+    /// `--repeat-last-n N`.
+    pub last_n: i32,
+    /// Divides the logits of repeated tokens (1: off). C equivalent: `--repeat-penalty R`.
+    pub repeat: f32,
+    /// Subtracted once per occurrence (0: off). C equivalent: `--frequency-penalty F`.
+    pub frequency: f32,
+    /// Subtracted once for any occurrence (0: off). C equivalent: `--presence-penalty P`.
+    pub presence: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Penalties {
+            last_n: 64,
+            repeat: 1.0,
+            frequency: 0.0,
+            presence: 0.0,
+        }
+    }
 }
 
 impl Stage {
@@ -98,19 +128,20 @@ impl Stage {
 /// let a token through that the grammar forbids.
 ///
 /// ```no_run
+/// use llama_cpp_moe::sampler::Penalties;
 /// use llama_cpp_moe::{Backend, Model, ModelParams, SamplerBuilder};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let sampler = SamplerBuilder::new()
-///     .penalties(64, 1.1, 0.0, 0.0)
-///     .top_k(40)
-///     .top_p(0.95, 1)
-///     .min_p(0.05, 1)
-///     .temp(0.8)
+///     .with_penalties(Penalties { repeat: 1.1, ..Penalties::default() })
+///     .with_top_k(40)
+///     .with_top_p(0.95, 1)
+///     .with_min_p(0.05, 1)
+///     .with_temp(0.8)
 ///     .dist(&model.vocab(), 42)?;
 /// let yes_no = SamplerBuilder::new()
-///     .grammar(r#"root ::= "yes" | "no""#, "root")
+///     .with_grammar(r#"root ::= "yes" | "no""#, "root")
 ///     .greedy(&model.vocab())?;
 /// # Ok(())
 /// # }
@@ -146,55 +177,49 @@ impl SamplerBuilder {
     }
 
     /// Keep the `k` most likely tokens. C equivalent: `--top-k K`.
-    pub fn top_k(mut self, k: i32) -> Self {
+    pub fn with_top_k(mut self, k: i32) -> Self {
         self.stages.push(Stage::TopK(k));
         self
     }
 
     /// Keep the most likely tokens whose probabilities sum to `p` (at least `min_keep`).
     /// C equivalent: `--top-p P`.
-    pub fn top_p(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_top_p(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::TopP(p, min_keep));
         self
     }
 
     /// Drop tokens less likely than `p` times the most likely one (keep at least
     /// `min_keep`). C equivalent: `--min-p P`.
-    pub fn min_p(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_min_p(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::MinP(p, min_keep));
         self
     }
 
     /// Locally typical sampling with mass `p`. C equivalent: `--typical P`.
-    pub fn typical(mut self, p: f32, min_keep: usize) -> Self {
+    pub fn with_typical(mut self, p: f32, min_keep: usize) -> Self {
         self.stages.push(Stage::Typical(p, min_keep));
         self
     }
 
     /// Divide the logits by temperature `t`; `t <= 0` keeps only the most likely token.
     /// C equivalent: `--temp T`.
-    pub fn temp(mut self, t: f32) -> Self {
+    pub fn with_temp(mut self, t: f32) -> Self {
         self.stages.push(Stage::Temp(t));
         self
     }
 
-    /// Penalise the last `last_n` tokens: `repeat` divides repeated tokens' logits
-    /// (1 = off), `freq` and `present` subtract per occurrence and once (0 = off).
+    /// Penalise tokens repeated within the last [`Penalties::last_n`] tokens.
     /// C equivalent: `--repeat-last-n N --repeat-penalty R --frequency-penalty F
     /// --presence-penalty P`.
-    pub fn penalties(mut self, last_n: i32, repeat: f32, freq: f32, present: f32) -> Self {
-        self.stages.push(Stage::Penalties {
-            last_n,
-            repeat,
-            freq,
-            present,
-        });
+    pub fn with_penalties(mut self, penalties: Penalties) -> Self {
+        self.stages.push(Stage::Penalties(penalties));
         self
     }
 
     /// Constrain output to a GBNF grammar starting at rule `root`.
     /// C equivalent: `--grammar G`.
-    pub fn grammar(mut self, gbnf: impl Into<String>, root: impl Into<String>) -> Self {
+    pub fn with_grammar(mut self, gbnf: impl Into<String>, root: impl Into<String>) -> Self {
         self.grammar = Some((gbnf.into(), root.into()));
         self
     }
@@ -215,12 +240,12 @@ impl SamplerBuilder {
                     return Err(invalid("temperature", format!("must be finite, got {t}")))
                 }
                 Stage::Temp(_) => {}
-                Stage::Penalties {
+                Stage::Penalties(Penalties {
                     last_n,
                     repeat,
-                    freq,
-                    present,
-                } => {
+                    frequency,
+                    presence,
+                }) => {
                     if last_n < 0 {
                         return Err(invalid(
                             "penalties",
@@ -233,8 +258,11 @@ impl SamplerBuilder {
                             format!("repeat must be > 0, got {repeat}"),
                         ));
                     }
-                    if !(freq.is_finite() && present.is_finite()) {
-                        return Err(invalid("penalties", "freq and present must be finite"));
+                    if !(frequency.is_finite() && presence.is_finite()) {
+                        return Err(invalid(
+                            "penalties",
+                            "frequency and presence must be finite",
+                        ));
                     }
                 }
             }
@@ -316,12 +344,13 @@ impl SamplerBuilder {
                     Stage::MinP(p, m) => sys::llama_sampler_init_min_p(p, m),
                     Stage::Typical(p, m) => sys::llama_sampler_init_typical(p, m),
                     Stage::Temp(t) => sys::llama_sampler_init_temp(t),
-                    Stage::Penalties {
-                        last_n,
-                        repeat,
-                        freq,
-                        present,
-                    } => sys::llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present),
+                    Stage::Penalties(p) => sys::llama_sampler_init_penalties(
+                        n_vocab,
+                        p.last_n,
+                        p.repeat,
+                        p.frequency,
+                        p.presence,
+                    ),
                 }
             };
             sampler.push(NonNull::new(s).ok_or(SamplerError::Init(stage.name()))?);
@@ -365,14 +394,15 @@ impl Drop for Owned {
 /// ```
 ///
 /// ```no_run
-/// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, SamplerBuilder};
+/// use llama_cpp_moe::{AddSpecial, Backend, Batch, Context, ContextParams, Model, ModelParams};
+/// use llama_cpp_moe::{ParseSpecial, Pos, SamplerBuilder, SeqId};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let mut ctx = Context::new(&model, &ContextParams::default())?;
 /// let mut sampler = SamplerBuilder::new().greedy(&model.vocab())?;
-/// let prompt = model.vocab().tokenize("Once upon a time", true, false)?;
-/// ctx.decode(&Batch::from_tokens(&prompt, 0, 0)?)?;
+/// let prompt = model.vocab().tokenize("Once upon a time", AddSpecial::Yes, ParseSpecial::No)?;
+/// ctx.decode(&Batch::from_tokens(&prompt, Pos(0), SeqId(0))?)?;
 /// let next = sampler.sample(&ctx, prompt.len() - 1)?;
 /// # Ok(())
 /// # }
@@ -537,15 +567,25 @@ mod tests {
     #[test]
     fn validate_catches_every_bad_parameter() {
         let bad = [
-            SamplerBuilder::new().top_k(0),
-            SamplerBuilder::new().top_p(0.0, 1),
-            SamplerBuilder::new().top_p(1.5, 1),
-            SamplerBuilder::new().min_p(-0.1, 1),
-            SamplerBuilder::new().typical(f32::NAN, 1),
-            SamplerBuilder::new().temp(f32::INFINITY),
-            SamplerBuilder::new().penalties(-1, 1.0, 0.0, 0.0),
-            SamplerBuilder::new().penalties(64, 0.0, 0.0, 0.0),
-            SamplerBuilder::new().penalties(64, 1.1, f32::NAN, 0.0),
+            SamplerBuilder::new().with_top_k(0),
+            SamplerBuilder::new().with_top_p(0.0, 1),
+            SamplerBuilder::new().with_top_p(1.5, 1),
+            SamplerBuilder::new().with_min_p(-0.1, 1),
+            SamplerBuilder::new().with_typical(f32::NAN, 1),
+            SamplerBuilder::new().with_temp(f32::INFINITY),
+            SamplerBuilder::new().with_penalties(Penalties {
+                last_n: -1,
+                ..Penalties::default()
+            }),
+            SamplerBuilder::new().with_penalties(Penalties {
+                repeat: 0.0,
+                ..Penalties::default()
+            }),
+            SamplerBuilder::new().with_penalties(Penalties {
+                repeat: 1.1,
+                frequency: f32::NAN,
+                ..Penalties::default()
+            }),
         ];
         for b in bad {
             assert!(
@@ -555,22 +595,27 @@ mod tests {
         }
         assert_eq!(
             SamplerBuilder::new()
-                .grammar("root ::= \"a\0\"", "root")
+                .with_grammar("root ::= \"a\0\"", "root")
                 .validate(),
             Err(SamplerError::GrammarNul)
         );
         assert!(matches!(
-            SamplerBuilder::new().grammar("  ", "root").validate(),
+            SamplerBuilder::new().with_grammar("  ", "root").validate(),
             Err(SamplerError::Grammar { .. })
         ));
         SamplerBuilder::new()
-            .penalties(64, 1.1, 0.5, 0.5)
-            .top_k(40)
-            .top_p(0.9, 1)
-            .min_p(0.0, 1)
-            .typical(1.0, 1)
-            .temp(0.0)
-            .grammar("root ::= \"x\"", "root")
+            .with_penalties(Penalties {
+                repeat: 1.1,
+                frequency: 0.5,
+                presence: 0.5,
+                ..Penalties::default()
+            })
+            .with_top_k(40)
+            .with_top_p(0.9, 1)
+            .with_min_p(0.0, 1)
+            .with_typical(1.0, 1)
+            .with_temp(0.0)
+            .with_grammar("root ::= \"x\"", "root")
             .validate()
             .unwrap();
     }

@@ -29,6 +29,77 @@ impl std::fmt::Display for Token {
     }
 }
 
+macro_rules! yes_no {
+    ($(#[$doc:meta])* $name:ident { yes: $yes:literal, no: $no:literal }) => {
+        $(#[$doc])*
+        ///
+        /// An enum rather than a `bool`, so the call site says what it asks for.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            #[doc = $yes]
+            Yes,
+            #[doc = $no]
+            No,
+        }
+
+        impl From<bool> for $name {
+            fn from(yes: bool) -> Self {
+                if yes {
+                    $name::Yes
+                } else {
+                    $name::No
+                }
+            }
+        }
+
+        impl From<$name> for bool {
+            fn from(v: $name) -> bool {
+                v == $name::Yes
+            }
+        }
+    };
+}
+
+yes_no!(
+    /// Whether [`Vocab::tokenize`] adds the BOS/EOS tokens the model asks for
+    /// ([`Vocab::adds_bos`], [`Vocab::adds_eos`]).
+    AddSpecial {
+        yes: "Add them (a prompt that starts a sequence).",
+        no: "Tokenize the text alone (a continuation)."
+    }
+);
+yes_no!(
+    /// Whether [`Vocab::tokenize`] turns the texts of special tokens (e.g.
+    /// `<|im_start|>`) into those tokens.
+    ParseSpecial {
+        yes: "Parse them (text from a chat template).",
+        no: "Tokenize them as plain text (untrusted user text)."
+    }
+);
+yes_no!(
+    /// Whether special/control tokens are rendered as their text
+    /// ([`Vocab::token_to_bytes`], [`Vocab::detokenize`]).
+    RenderSpecial {
+        yes: "Render them as their text.",
+        no: "Render them as nothing."
+    }
+);
+yes_no!(
+    /// Whether [`apply_chat_template`] ends the prompt with the opening of an assistant
+    /// turn.
+    AddAssistant {
+        yes: "Open the assistant's turn (a prompt to generate the reply from).",
+        no: "Stop after the last message (e.g. to format a finished conversation)."
+    }
+);
+yes_no!(
+    /// Whether [`Vocab::detokenize`] drops the BOS/EOS tokens the model adds.
+    RemoveSpecial {
+        yes: "Drop them.",
+        no: "Keep them."
+    }
+);
+
 /// Why a vocabulary operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -57,13 +128,15 @@ pub enum VocabError {
 /// The vocabulary of a [`Model`], borrowed from it.
 ///
 /// ```no_run
+/// use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 /// use llama_cpp_moe::{Backend, Model, ModelParams};
 ///
 /// # fn main() -> llama_cpp_moe::Result<()> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let vocab = model.vocab();
-/// let tokens = vocab.tokenize("Hello 🦀", true, false)?;
-/// assert_eq!(vocab.detokenize(&tokens, true, false)?, "Hello 🦀");
+/// let tokens = vocab.tokenize("Hello 🦀", AddSpecial::Yes, ParseSpecial::No)?;
+/// let text = vocab.detokenize(&tokens, RemoveSpecial::Yes, RenderSpecial::No)?;
+/// assert_eq!(text, "Hello 🦀");
 /// # Ok(())
 /// # }
 /// ```
@@ -165,13 +238,13 @@ impl<'model> Vocab<'model> {
         opt_token(unsafe { sys::llama_vocab_pad(self.as_ptr()) })
     }
 
-    /// Whether tokenizing with `add_special` prepends BOS.
+    /// Whether tokenizing with [`AddSpecial::Yes`] prepends BOS.
     pub fn adds_bos(&self) -> bool {
         // SAFETY: valid vocab pointer.
         unsafe { sys::llama_vocab_get_add_bos(self.as_ptr()) }
     }
 
-    /// Whether tokenizing with `add_special` appends EOS.
+    /// Whether tokenizing with [`AddSpecial::Yes`] appends EOS.
     pub fn adds_eos(&self) -> bool {
         // SAFETY: valid vocab pointer.
         unsafe { sys::llama_vocab_get_add_eos(self.as_ptr()) }
@@ -191,16 +264,16 @@ impl<'model> Vocab<'model> {
 
     /// Converts text to tokens.
     ///
-    /// `add_special` adds BOS/EOS as the model asks ([`Vocab::adds_bos`]);
-    /// `parse_special` turns the texts of special tokens (e.g. `<|im_start|>`) into those
-    /// tokens instead of tokenizing them as plain text.
+    /// [`AddSpecial::Yes`] adds BOS/EOS as the model asks ([`Vocab::adds_bos`]);
+    /// [`ParseSpecial::Yes`] turns the texts of special tokens (e.g. `<|im_start|>`) into
+    /// those tokens instead of tokenizing them as plain text.
     ///
     /// C equivalent: `llama_tokenize(vocab, text, len, tokens, max, add_special, parse_special)`.
     pub fn tokenize(
         &self,
         text: &str,
-        add_special: bool,
-        parse_special: bool,
+        add_special: AddSpecial,
+        parse_special: ParseSpecial,
     ) -> Result<Vec<Token>, VocabError> {
         let len = i32::try_from(text.len()).map_err(|_| VocabError::TooLong(text.len()))?;
         let tokens = fill_growing(
@@ -218,8 +291,8 @@ impl<'model> Vocab<'model> {
                         len,
                         out.as_mut_ptr(),
                         cap,
-                        add_special,
-                        parse_special,
+                        add_special.into(),
+                        parse_special.into(),
                     )
                 };
                 if n == i32::MIN {
@@ -238,10 +311,14 @@ impl<'model> Vocab<'model> {
     /// The bytes of `token`'s text. Byte-level vocabularies split characters across
     /// tokens, so a piece may be partial UTF-8: feed pieces to a [`Utf8Decoder`].
     ///
-    /// `special` renders control tokens (otherwise they give no bytes).
+    /// [`RenderSpecial::Yes`] renders control tokens (otherwise they give no bytes).
     ///
     /// C equivalent: `llama_token_to_piece(vocab, token, buf, len, 0, special)`.
-    pub fn token_to_bytes(&self, token: Token, special: bool) -> Result<Vec<u8>, VocabError> {
+    pub fn token_to_bytes(
+        &self,
+        token: Token,
+        special: RenderSpecial,
+    ) -> Result<Vec<u8>, VocabError> {
         self.check(token)?;
         fill_growing(
             32,
@@ -255,7 +332,7 @@ impl<'model> Vocab<'model> {
                         buf.as_mut_ptr().cast::<c_char>(),
                         cap,
                         0,
-                        special,
+                        special.into(),
                     )
                 };
                 Ok(Fill::from_count_or_negated_need(n))
@@ -269,22 +346,26 @@ impl<'model> Vocab<'model> {
 
     /// `token`'s text; a partial UTF-8 piece is shown with U+FFFD. See
     /// [`Vocab::token_to_bytes`] for streaming.
-    pub fn token_to_piece(&self, token: Token, special: bool) -> Result<String, VocabError> {
+    pub fn token_to_piece(
+        &self,
+        token: Token,
+        special: RenderSpecial,
+    ) -> Result<String, VocabError> {
         let bytes = self.token_to_bytes(token, special)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Converts tokens back to text (invalid UTF-8, if any, becomes U+FFFD).
     ///
-    /// `remove_special` drops the BOS/EOS the model adds; `unparse_special` renders
-    /// special tokens as their text.
+    /// [`RemoveSpecial::Yes`] drops the BOS/EOS the model adds; [`RenderSpecial::Yes`]
+    /// renders special tokens as their text.
     ///
     /// C equivalent: `llama_detokenize(vocab, tokens, n, buf, len, remove_special, unparse_special)`.
     pub fn detokenize(
         &self,
         tokens: &[Token],
-        remove_special: bool,
-        unparse_special: bool,
+        remove_special: RemoveSpecial,
+        unparse_special: RenderSpecial,
     ) -> Result<String, VocabError> {
         for &t in tokens {
             self.check(t)?;
@@ -304,8 +385,8 @@ impl<'model> Vocab<'model> {
                         n_tokens,
                         buf.as_mut_ptr().cast::<c_char>(),
                         cap,
-                        remove_special,
-                        unparse_special,
+                        remove_special.into(),
+                        unparse_special.into(),
                     )
                 };
                 if n == i32::MIN {

@@ -6,15 +6,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ctx_support::{moe, small_ctx, small_params};
+use llama_cpp_moe::context::ClearData;
 use llama_cpp_moe::context::{
     ContextError, DecodeError, FlashAttention, KvCacheType, MemoryError, OutputError, PoolingType,
 };
-use llama_cpp_moe::{Batch, Context, Sampler, Token, Vocab};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+use llama_cpp_moe::{Batch, Context, Output, Pos, Sampler, SeqId, Token, Vocab};
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
 fn prompt_tokens() -> Vec<Token> {
-    moe().vocab().tokenize(PROMPT, true, false).unwrap()
+    moe()
+        .vocab()
+        .tokenize(PROMPT, AddSpecial::Yes, ParseSpecial::No)
+        .unwrap()
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -41,8 +46,8 @@ fn decode_prompt_gives_finite_logits_for_the_outputs_only() {
     let mut ctx = small_ctx(model);
     let tokens = prompt_tokens();
     assert!(tokens.len() > 5);
-    let mut batch = Batch::from_tokens(&tokens, 0, 0).unwrap();
-    batch.set_output(0, true);
+    let mut batch = Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap();
+    batch.set_output(0, Output::Yes);
     ctx.decode(&batch).unwrap();
 
     let last = tokens.len() - 1;
@@ -68,8 +73,8 @@ fn decode_prompt_gives_finite_logits_for_the_outputs_only() {
         ctx.embeddings(last),
         Err(OutputError::Unavailable(_))
     ));
-    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(last as i32));
-    assert_eq!(ctx.seq_pos_min(0).unwrap(), Some(0));
+    assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), Some(Pos(last as i32)));
+    assert_eq!(ctx.seq_pos_min(SeqId(0)).unwrap(), Some(Pos(0)));
 }
 
 #[test]
@@ -81,7 +86,7 @@ fn bad_batches_are_typed_errors_not_aborts() {
     assert_eq!(ctx.decode(&Batch::new()), Err(DecodeError::EmptyBatch));
 
     for bad in [Token(n_vocab as i32), Token(-1), Token(i32::MAX)] {
-        let batch = Batch::from_tokens(&[Token(1), bad], 0, 0).unwrap();
+        let batch = Batch::from_tokens(&[Token(1), bad], Pos(0), SeqId(0)).unwrap();
         assert_eq!(
             ctx.decode(&batch),
             Err(DecodeError::TokenOutOfRange {
@@ -95,7 +100,7 @@ fn bad_batches_are_typed_errors_not_aborts() {
     let n_batch = ctx.n_batch() as usize;
     let too_many = vec![Token(1); n_batch + 1];
     assert_eq!(
-        ctx.decode(&Batch::from_tokens(&too_many, 0, 0).unwrap()),
+        ctx.decode(&Batch::from_tokens(&too_many, Pos(0), SeqId(0)).unwrap()),
         Err(DecodeError::TooManyTokens {
             n_tokens: n_batch + 1,
             limit: n_batch
@@ -103,29 +108,31 @@ fn bad_batches_are_typed_errors_not_aborts() {
     );
 
     let mut other_seq = Batch::new();
-    other_seq.add(Token(1), 0, &[5], true).unwrap();
+    other_seq
+        .add(Token(1), Pos(0), &[SeqId(5)], Output::Yes)
+        .unwrap();
     assert_eq!(
         ctx.decode(&other_seq),
         Err(DecodeError::InvalidSeqId {
-            seq: 5,
+            seq: SeqId(5),
             n_seq_max: 1
         })
     );
 
     // Nothing above reached llama.cpp's memory.
-    assert_eq!(ctx.seq_pos_max(0).unwrap(), None);
+    assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), None);
 
     // Positions that skip ahead are rejected by llama.cpp itself (-1).
-    ctx.decode(&Batch::from_tokens(&[Token(1), Token(2)], 0, 0).unwrap())
+    ctx.decode(&Batch::from_tokens(&[Token(1), Token(2)], Pos(0), SeqId(0)).unwrap())
         .unwrap();
-    let gap = Batch::from_tokens(&[Token(3)], 10, 0).unwrap();
+    let gap = Batch::from_tokens(&[Token(3)], Pos(10), SeqId(0)).unwrap();
     assert!(matches!(
         ctx.decode(&gap),
         Err(DecodeError::InvalidBatch { .. })
     ));
     // A failed decode leaves no readable output behind.
     assert!(ctx.logits(0).is_err());
-    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(1));
+    assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), Some(Pos(1)));
 }
 
 #[test]
@@ -138,15 +145,15 @@ fn full_kv_cache_is_no_kv_slot() {
     while pos < n_ctx {
         let n = chunk.min(n_ctx - pos);
         let toks = vec![Token(10); n];
-        ctx.decode(&Batch::from_tokens(&toks, pos as i32, 0).unwrap())
+        ctx.decode(&Batch::from_tokens(&toks, Pos(pos as i32), SeqId(0)).unwrap())
             .unwrap();
         pos += n;
     }
-    let more = Batch::from_tokens(&[Token(10)], pos as i32, 0).unwrap();
+    let more = Batch::from_tokens(&[Token(10)], Pos(pos as i32), SeqId(0)).unwrap();
     assert_eq!(ctx.decode(&more), Err(DecodeError::NoKvSlot));
     // Freeing room makes the same position decodable again.
-    ctx.seq_rm(Some(0), Some(n_ctx as i32 - 4), None).unwrap();
-    let again = Batch::from_tokens(&[Token(10)], n_ctx as i32 - 4, 0).unwrap();
+    ctx.seq_rm(Some(SeqId(0)), Pos(n_ctx as i32 - 4)..).unwrap();
+    let again = Batch::from_tokens(&[Token(10)], Pos(n_ctx as i32 - 4), SeqId(0)).unwrap();
     ctx.decode(&again).unwrap();
 }
 
@@ -157,9 +164,9 @@ fn abort_callback_stops_decode_and_its_panic_is_resumed() {
     let flag = Arc::clone(&stop);
     let params = small_params().with_abort_callback(move || flag.load(Ordering::Relaxed));
     let mut ctx = Context::new(model, &params).unwrap();
-    let batch = Batch::from_tokens(&prompt_tokens(), 0, 0).unwrap();
+    let batch = Batch::from_tokens(&prompt_tokens(), Pos(0), SeqId(0)).unwrap();
     assert_eq!(ctx.decode(&batch), Err(DecodeError::Aborted));
-    ctx.clear_memory(false).unwrap();
+    ctx.clear_memory(ClearData::Keep).unwrap();
     stop.store(false, Ordering::Relaxed);
     ctx.decode(&batch).unwrap();
 
@@ -179,42 +186,42 @@ fn sequence_ops_copy_remove_keep_and_shift() {
     assert_eq!(ctx.n_seq_max(), 3);
     let tokens = prompt_tokens();
     let n = tokens.len() as i32;
-    ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
         .unwrap();
     let logits_seq0 = ctx.logits(tokens.len() - 1).unwrap().to_vec();
 
-    ctx.seq_cp(0, 1, None, None).unwrap();
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(n - 1));
-    assert_eq!(ctx.seq_pos_max(2).unwrap(), None);
+    ctx.seq_cp(SeqId(0), SeqId(1), ..).unwrap();
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(n - 1)));
+    assert_eq!(ctx.seq_pos_max(SeqId(2)).unwrap(), None);
 
     // Sequence 1 continues from the copied prefix exactly as sequence 0 would.
     let next = Token(argmax(&logits_seq0) as i32);
     let mut b = Batch::new();
-    b.add(next, n, &[0], true).unwrap();
-    b.add(next, n, &[1], true).unwrap();
+    b.add(next, Pos(n), &[SeqId(0)], Output::Yes).unwrap();
+    b.add(next, Pos(n), &[SeqId(1)], Output::Yes).unwrap();
     ctx.decode(&b).unwrap();
     assert_eq!(ctx.logits(0).unwrap(), ctx.logits(1).unwrap());
 
-    ctx.seq_rm(Some(1), Some(2), None).unwrap();
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(1));
-    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(n));
+    ctx.seq_rm(Some(SeqId(1)), Pos(2)..).unwrap();
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(1)));
+    assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), Some(Pos(n)));
 
     // Copied cells are shared, so shifting waits until sequence 1 owns its cells alone.
-    ctx.seq_keep(1).unwrap();
-    assert_eq!(ctx.seq_pos_max(0).unwrap(), None);
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(1));
+    ctx.seq_keep(SeqId(1)).unwrap();
+    assert_eq!(ctx.seq_pos_max(SeqId(0)).unwrap(), None);
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(1)));
 
-    ctx.seq_add(1, None, None, 5).unwrap();
-    assert_eq!(ctx.seq_pos_min(1).unwrap(), Some(5));
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(6));
-    ctx.seq_div(1, None, None, 2).unwrap();
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(3));
+    ctx.seq_add(SeqId(1), .., 5).unwrap();
+    assert_eq!(ctx.seq_pos_min(SeqId(1)).unwrap(), Some(Pos(5)));
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(6)));
+    ctx.seq_div(SeqId(1), .., 2).unwrap();
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(3)));
     assert_eq!(
-        ctx.seq_div(1, None, None, 1),
+        ctx.seq_div(SeqId(1), .., 1),
         Err(MemoryError::InvalidDivisor(1))
     );
 
-    for bad in [-1, 3, 100] {
+    for bad in [SeqId(-1), SeqId(3), SeqId(100)] {
         assert_eq!(
             ctx.seq_keep(bad),
             Err(MemoryError::InvalidSeqId {
@@ -222,13 +229,19 @@ fn sequence_ops_copy_remove_keep_and_shift() {
                 n_seq_max: 3
             })
         );
-        assert!(ctx.seq_cp(0, bad, None, None).is_err());
+        assert!(ctx.seq_cp(SeqId(0), bad, ..).is_err());
         assert!(ctx.seq_pos_max(bad).is_err());
     }
+    // A negative position would mean "the whole sequence" to llama.cpp.
+    assert_eq!(
+        ctx.seq_rm(Some(SeqId(1)), Pos(-1)..),
+        Err(MemoryError::NegativePos(Pos(-1)))
+    );
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), Some(Pos(3)));
     // None means every sequence.
-    ctx.seq_rm(None, None, None).unwrap();
-    assert_eq!(ctx.seq_pos_max(1).unwrap(), None);
-    ctx.clear_memory(true).unwrap();
+    ctx.seq_rm(None, ..).unwrap();
+    assert_eq!(ctx.seq_pos_max(SeqId(1)).unwrap(), None);
+    ctx.clear_memory(ClearData::Zero).unwrap();
 }
 
 #[test]
@@ -238,7 +251,7 @@ fn memory_breakdown_has_a_cpu_row_with_the_weights() {
     let rows = ctx.memory_breakdown().unwrap();
     let cpu = rows
         .iter()
-        .find(|r| r.buffer_type.starts_with("CPU"))
+        .find(|r| r.buffer_type_name().starts_with("CPU"))
         .unwrap_or_else(|| panic!("no CPU row in {rows:?}"));
     assert!(cpu.is_host);
     assert!(cpu.model_bytes > 0, "{rows:?}");
@@ -262,10 +275,10 @@ fn perf_counts_prompt_tokens_and_generation_steps() {
     let mut ctx = small_ctx(model);
     ctx.reset_perf();
     let tokens = prompt_tokens();
-    ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
         .unwrap();
     for i in 0..3 {
-        let b = Batch::from_tokens(&[Token(20)], (tokens.len() + i) as i32, 0).unwrap();
+        let b = Batch::from_tokens(&[Token(20)], Pos((tokens.len() + i) as i32), SeqId(0)).unwrap();
         ctx.decode(&b).unwrap();
     }
     let perf = ctx.perf();
@@ -280,7 +293,7 @@ fn every_context_option_creates_a_working_context() {
     let tokens = prompt_tokens();
     let reference = {
         let mut ctx = small_ctx(model);
-        ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+        ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
             .unwrap();
         argmax(ctx.logits(tokens.len() - 1).unwrap())
     };
@@ -303,7 +316,7 @@ fn every_context_option_creates_a_working_context() {
         assert_eq!(ctx.n_threads(), params.n_threads());
         assert_eq!(ctx.n_threads_batch(), params.n_threads_batch());
         assert!(ctx.n_ubatch() <= params.n_ubatch());
-        ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+        ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
             .unwrap();
         let logits = ctx.logits(tokens.len() - 1).unwrap();
         assert!(logits.iter().all(|x| x.is_finite()), "{params:?}");
@@ -338,9 +351,9 @@ fn embeddings_per_token_and_pooled() {
     let model = moe();
     let tokens = prompt_tokens();
     let batch = {
-        let mut b = Batch::from_tokens(&tokens, 0, 0).unwrap();
+        let mut b = Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap();
         for i in 0..tokens.len() {
-            b.set_output(i, true);
+            b.set_output(i, Output::Yes);
         }
         b
     };
@@ -357,7 +370,7 @@ fn embeddings_per_token_and_pooled() {
     assert_eq!(e0.len(), e_last.len());
     assert!(!e0.is_empty() && e0.iter().all(|x| x.is_finite()));
     assert_ne!(e0.as_slice(), e_last);
-    assert!(ctx.embeddings_seq(0).is_err());
+    assert!(ctx.embeddings_seq(SeqId(0)).is_err());
 
     let mut pooled = Context::new(
         model,
@@ -368,9 +381,9 @@ fn embeddings_per_token_and_pooled() {
     .unwrap();
     assert_eq!(pooled.pooling_type(), PoolingType::Mean);
     pooled.decode(&batch).unwrap();
-    let mean = pooled.embeddings_seq(0).unwrap();
+    let mean = pooled.embeddings_seq(SeqId(0)).unwrap();
     assert_eq!(mean.len(), e0.len());
     assert!(mean.iter().all(|x| x.is_finite()));
     assert!(pooled.embeddings(0).is_err());
-    assert!(pooled.embeddings_seq(1).is_err());
+    assert!(pooled.embeddings_seq(SeqId(1)).is_err());
 }

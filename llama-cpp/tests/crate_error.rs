@@ -11,11 +11,13 @@ use std::sync::OnceLock;
 use ctx_support::{small_params, write_tiny};
 use llama_cpp_moe::batch::BatchError;
 use llama_cpp_moe::context::{ContextError, DecodeError, OutputError};
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::LoadError;
 use llama_cpp_moe::sampler::{SampleError, SamplerError};
-use llama_cpp_moe::vocab::VocabError;
-use llama_cpp_moe::{Backend, Batch, Context, Error, Model, ModelParams, SamplerBuilder, Token};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, VocabError};
+use llama_cpp_moe::{
+    Backend, Batch, Context, Error, Model, ModelParams, Pos, SamplerBuilder, SeqId, Token,
+};
+use llama_cpp_moe_gguf::synth::Arch;
 
 /// Where [`first_token`] goes wrong on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +54,21 @@ fn first_token(fault: Fault) -> llama_cpp_moe::Result<Token> {
     };
     let mut ctx = Context::new(&model, &ctx_params)?;
     let vocab = model.vocab();
-    let mut tokens = vocab.tokenize("Once upon a time", true, false)?;
+    let mut tokens = vocab.tokenize("Once upon a time", AddSpecial::Yes, ParseSpecial::No)?;
     if fault == Fault::TokenOutOfVocab {
-        vocab.detokenize(&[Token(-1)], false, false)?;
+        vocab.detokenize(&[Token(-1)], RemoveSpecial::No, RenderSpecial::No)?;
     }
     if fault == Fault::TokenOutOfVocabInBatch {
         tokens.push(Token(vocab.n_tokens() as i32));
     }
-    let start = if fault == Fault::NegativePosition {
+    let start = Pos(if fault == Fault::NegativePosition {
         -1
     } else {
         0
-    };
-    ctx.decode(&Batch::from_tokens(&tokens, start, 0)?)?;
+    });
+    ctx.decode(&Batch::from_tokens(&tokens, start, SeqId(0))?)?;
     let chain = match fault {
-        Fault::TopPAboveOne => SamplerBuilder::new().top_p(1.5, 1),
+        Fault::TopPAboveOne => SamplerBuilder::new().with_top_p(1.5, 1),
         _ => SamplerBuilder::new(),
     };
     let mut sampler = chain.greedy(&vocab)?;
@@ -124,7 +126,7 @@ fn each_failing_step_arrives_as_its_own_variant() {
 
     let err = first_token(Fault::NegativePosition).unwrap_err();
     assert!(
-        matches!(err, Error::Batch(BatchError::NegativePos(-1))),
+        matches!(err, Error::Batch(BatchError::NegativePos(Pos(-1)))),
         "{err:?}"
     );
     assert_wraps::<BatchError>(&err);

@@ -8,8 +8,8 @@
 mod ctx_support;
 
 use ctx_support::{greedy_tokens_with, write_tiny};
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::ModelParams;
+use llama_cpp_moe_gguf::synth::Arch;
 
 fn variants() -> Vec<(&'static str, ModelParams)> {
     vec![

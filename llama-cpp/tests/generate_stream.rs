@@ -4,12 +4,19 @@ mod ctx_support;
 
 use ctx_support::{moe, small_ctx, small_params};
 use llama_cpp_moe::generate::{GenerateError, StopReason};
-use llama_cpp_moe::{Context, GenerateParams, SamplerBuilder, Token, Utf8Decoder};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RenderSpecial};
+use llama_cpp_moe::{
+    Batch, Context, GenerateParams, Output, Pos, SamplerBuilder, SeqId, Token, Utf8Decoder,
+};
 
 fn prompt() -> Vec<Token> {
     moe()
         .vocab()
-        .tokenize("A mixture of experts routes every token", true, false)
+        .tokenize(
+            "A mixture of experts routes every token",
+            AddSpecial::Yes,
+            ParseSpecial::No,
+        )
         .unwrap()
 }
 
@@ -50,20 +57,20 @@ fn stream_yields_timed_tokens_whose_text_is_the_detokenized_output() {
     let mut dec = Utf8Decoder::new();
     let mut expected: String = tokens
         .iter()
-        .map(|&t| dec.push(&vocab.token_to_bytes(t, false).unwrap()))
+        .map(|&t| dec.push(&vocab.token_to_bytes(t, RenderSpecial::No).unwrap()))
         .collect();
     expected.push_str(&dec.finish());
     assert_eq!(text, expected);
 
-    // Prompt + all generated tokens but the last are in memory.
+    // The prompt and every generated token are in memory.
     assert_eq!(
-        ctx.seq_pos_max(0).unwrap(),
-        Some((prompt.len() + tokens.len() - 2) as i32)
+        ctx.seq_pos_max(SeqId(0)).unwrap(),
+        Some(Pos((prompt.len() + tokens.len() - 1) as i32))
     );
 }
 
 #[test]
-fn complete_matches_the_stream_and_continues_the_sequence() {
+fn complete_matches_the_stream() {
     let model = moe();
     let vocab = model.vocab();
     let params = GenerateParams::default()
@@ -85,16 +92,97 @@ fn complete_matches_the_stream_and_continues_the_sequence() {
         .map(|t| t.unwrap().token)
         .collect();
     assert_eq!(streamed, out.tokens);
+}
 
-    // A second call continues after the sequence's last position.
-    let before = ctx.seq_pos_max(0).unwrap().unwrap();
-    let follow = ctx
-        .complete(&mut sampler, &out.tokens[5..], params)
-        .unwrap();
-    assert_eq!(follow.stats.prompt_tokens, 1);
+fn greedy_complete(ctx: &mut Context<'_>, prompt: &[Token], n: usize) -> Vec<Token> {
+    let vocab = ctx.vocab();
+    let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
+    let params = GenerateParams::default()
+        .with_max_tokens(n)
+        .with_stop_at_eog(false);
+    let out = ctx.complete(&mut sampler, prompt, params).unwrap();
+    assert_eq!(out.tokens.len(), n);
+    out.tokens
+}
+
+#[test]
+fn two_calls_continue_exactly_like_one_longer_generation() {
+    let model = moe();
+    let prompt = prompt();
+    let (n, m) = (5, 7);
+
+    let mut one = small_ctx(model);
+    let all = greedy_complete(&mut one, &prompt, n + m);
+    // Not a degenerate model that repeats one token whatever the context.
+    assert!(all[n..].iter().any(|t| *t != all[n - 1]), "{all:?}");
+
+    let mut two = small_ctx(model);
+    let mut split = greedy_complete(&mut two, &prompt, n);
     assert_eq!(
-        ctx.seq_pos_max(0).unwrap(),
-        Some(before + 1 + follow.tokens.len() as i32 - 1)
+        two.seq_pos_max(SeqId(0)).unwrap(),
+        Some(Pos((prompt.len() + n - 1) as i32)),
+        "the memory holds the prompt and all {n} generated tokens"
+    );
+    // An empty prompt continues from the last generated token.
+    split.extend(greedy_complete(&mut two, &[], m));
+    assert_eq!(split, all);
+    assert_eq!(
+        two.seq_pos_max(SeqId(0)).unwrap(),
+        one.seq_pos_max(SeqId(0)).unwrap()
+    );
+}
+
+#[test]
+fn a_follow_up_prompt_sees_every_generated_token() {
+    let model = moe();
+    let vocab = model.vocab();
+    let first = prompt();
+    let follow_up = vocab
+        .tokenize(" and then", AddSpecial::No, ParseSpecial::No)
+        .unwrap();
+
+    let mut chat = small_ctx(model);
+    let answer = greedy_complete(&mut chat, &first, 4);
+    let continued = greedy_complete(&mut chat, &follow_up, 6);
+
+    // The same conversation in one prompt on a fresh context.
+    let whole: Vec<Token> = [first.as_slice(), &answer, &follow_up].concat();
+    let mut fresh = small_ctx(model);
+    assert_eq!(greedy_complete(&mut fresh, &whole, 6), continued);
+    assert_eq!(
+        chat.seq_pos_max(SeqId(0)).unwrap(),
+        fresh.seq_pos_max(SeqId(0)).unwrap()
+    );
+}
+
+#[test]
+fn an_empty_prompt_needs_something_to_continue() {
+    let model = moe();
+    let mut ctx = small_ctx(model);
+    let vocab = model.vocab();
+    let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
+    let params = GenerateParams::default().with_max_tokens(2);
+    // Nothing in memory.
+    assert_eq!(
+        ctx.complete(&mut sampler, &[], params.clone()).unwrap_err(),
+        GenerateError::EmptyPrompt
+    );
+    // A prompt decoded by hand without output for its last token: no logits to go on.
+    let p = prompt();
+    let mut batch = Batch::from_tokens(&p, Pos(0), SeqId(0)).unwrap();
+    batch.set_output(p.len() - 1, Output::No);
+    ctx.decode(&batch).unwrap();
+    assert_eq!(
+        ctx.complete(&mut sampler, &[], params.clone()).unwrap_err(),
+        GenerateError::EmptyPrompt
+    );
+    // Removing the last token moves the sequence's end: the old logits no longer apply.
+    greedy_complete(&mut ctx, &[Token(10)], 1);
+    let end = ctx.seq_pos_max(SeqId(0)).unwrap().unwrap();
+    ctx.seq_rm(Some(SeqId(0)), end..).unwrap();
+    assert_eq!(
+        ctx.complete(&mut sampler, &[], params).unwrap_err(),
+        GenerateError::EmptyPrompt
     );
 }
 
@@ -104,7 +192,11 @@ fn long_prompts_are_decoded_in_batches() {
     let vocab = model.vocab();
     let mut ctx = Context::new(model, &small_params().with_n_batch(8).with_n_ubatch(8)).unwrap();
     let long = vocab
-        .tokenize(&"the of and to in is ".repeat(6), true, false)
+        .tokenize(
+            &"the of and to in is ".repeat(6),
+            AddSpecial::Yes,
+            ParseSpecial::No,
+        )
         .unwrap();
     assert!(long.len() > 16);
     let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
@@ -164,11 +256,16 @@ fn stop_conditions_and_errors() {
         )
         .unwrap();
     assert_eq!(out.stats.stop_reason, Some(StopReason::ContextFull));
-    assert_eq!(out.tokens.len(), 4);
+    // Three tokens fill the context; a fourth has no room, so it is not yielded.
+    assert_eq!(out.tokens.len(), 3);
+    assert_eq!(
+        ctx.seq_pos_max(SeqId(0)).unwrap(),
+        Some(Pos(n_ctx as i32 - 1))
+    );
 
     // An end-of-generation token forced by the grammar ends it, uncounted.
     let mut yes = SamplerBuilder::new()
-        .grammar(r#"root ::= "yes""#, "root")
+        .with_grammar(r#"root ::= "yes""#, "root")
         .greedy(&vocab)
         .unwrap();
     let mut ctx = small_ctx(model);

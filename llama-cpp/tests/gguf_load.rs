@@ -3,8 +3,8 @@
 mod gguf_support;
 
 use gguf_support::{load_and_decode, TempPath};
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe::gguf::GgmlType;
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_gguf::GgmlType;
 
 fn check(arch: Arch, ty: Option<GgmlType>) {
     let mut spec = SynthSpec::new(arch, Preset::Tiny).seed(1);

@@ -6,7 +6,7 @@ mod gguf_support;
 use std::ffi::CString;
 
 use gguf_support::{detokenize, load_vocab_only, tokenize, TempPath};
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe_sys as sys;
 
 const TEXTS: &[&str] = &[

@@ -6,9 +6,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::{KvValue, LoadError};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{Model, ModelParams, PathError};
+use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, spec, temp_dir};
 
 #[test]
@@ -148,7 +149,7 @@ fn vocab_only_loads_no_weights() {
         .placement()
         .tensors()
         .iter()
-        .all(|t| t.buffer_type.is_empty()));
+        .all(|t| t.buffer_type.is_none()));
 }
 
 #[test]
@@ -167,11 +168,15 @@ fn kv_overrides_reach_the_loaded_model() {
     assert_eq!(
         overridden
             .vocab()
-            .tokenize("hello", true, false)
+            .tokenize("hello", AddSpecial::Yes, ParseSpecial::No)
             .unwrap()
             .len()
             + 1,
-        plain.vocab().tokenize("hello", true, false).unwrap().len(),
+        plain
+            .vocab()
+            .tokenize("hello", AddSpecial::Yes, ParseSpecial::No)
+            .unwrap()
+            .len(),
         "BOS is no longer added"
     );
     let expected = spec(Arch::Qwen3Moe).hparams_ref().n_expert_used;

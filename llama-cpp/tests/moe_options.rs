@@ -5,9 +5,9 @@ mod model_support;
 
 use std::sync::{Mutex, OnceLock};
 
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::{max_tensor_overrides, LoadError, ParamsError};
 use llama_cpp_moe::{Model, ModelParams};
+use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model};
 
 /// Records this crate's own warnings (target `llama_cpp_moe`).

@@ -6,9 +6,9 @@ mod model_support;
 
 use std::collections::BTreeSet;
 
-use llama_cpp_moe::gguf::synth::Arch;
 use llama_cpp_moe::model::{is_routed_expert, LoadMode, OverrideTarget, Placement};
-use llama_cpp_moe::{Backend, Model, ModelParams};
+use llama_cpp_moe::{Backend, BufferType, Model, ModelParams};
+use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, rpc_endpoint, spec};
 
 fn layer_of(name: &str) -> Option<u32> {
@@ -54,6 +54,7 @@ const OPTIONS: [(&str, Chooser); 4] = [
 fn every_arch_and_option_moves_exactly_the_chosen_routed_experts() {
     let backend = backend();
     let rpc_buft = format!("RPC0[{}]", rpc_endpoint(&backend));
+    let rpc = backend.buffer_type_by_name(&rpc_buft).unwrap();
     for arch in Arch::ALL {
         let n_layer = spec(arch).hparams_ref().n_layer;
         let baseline = load(&backend, arch, ModelParams::default());
@@ -64,7 +65,7 @@ fn every_arch_and_option_moves_exactly_the_chosen_routed_experts() {
                 .tensors()
                 .iter()
                 .filter(|t| layer_of(&t.name).is_some())
-                .all(|t| t.buffer_type == rpc_buft),
+                .all(|t| t.buffer_type == Some(rpc)),
             "{arch}: layer weights not on {rpc_buft}: {:?}",
             baseline.totals()
         );
@@ -178,7 +179,11 @@ fn explicit_override_comes_first_and_wins() {
         .with_tensor_override(r"blk\.0\.ffn_up_exps", rpc_buft.as_str());
     let placement = load(&backend, Arch::Qwen3Moe, params);
     let up0 = placement.tensor("blk.0.ffn_up_exps.weight").unwrap();
-    assert_eq!(up0.buffer_type, rpc_buft);
+    assert_eq!(up0.buffer_type_name(), rpc_buft);
+    assert_eq!(
+        up0.buffer_type,
+        Some(backend.buffer_type_by_name(&rpc_buft).unwrap())
+    );
     let down0 = placement.tensor("blk.0.ffn_down_exps.weight").unwrap();
     assert!(down0.on_host, "{down0:?}");
     let n_routed = placement.routed_experts().count();
@@ -200,7 +205,7 @@ fn cpu_target_without_mmap_lands_in_the_cpu_buffer_type() {
             .with_tensor_override(r"blk\.1\.ffn_(up|down|gate)_exps", target.clone());
         let placement = load(&backend, Arch::Mixtral, params);
         let on_cpu: BTreeSet<&str> = placement
-            .on_buffer_type("CPU")
+            .on_buffer_type(BufferType::cpu(&backend))
             .map(|t| t.name.as_str())
             .collect();
         // The input embedding always stays on the CPU; the rest is the override.

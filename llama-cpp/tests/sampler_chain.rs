@@ -3,18 +3,19 @@
 mod ctx_support;
 
 use ctx_support::{load_tiny, moe, small_ctx};
-use llama_cpp_moe::gguf::synth::Arch;
-use llama_cpp_moe::sampler::{SampleError, SamplerError};
-use llama_cpp_moe::{Batch, Context, GenerateParams, SamplerBuilder, Token};
+use llama_cpp_moe::sampler::{Penalties, SampleError, SamplerError};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+use llama_cpp_moe::{Batch, Context, GenerateParams, Pos, SamplerBuilder, SeqId, Token};
+use llama_cpp_moe_gguf::synth::Arch;
 
 fn decoded_ctx() -> (Context<'static>, usize) {
     let model = moe();
     let mut ctx = small_ctx(model);
     let tokens = model
         .vocab()
-        .tokenize("Once upon a time", true, false)
+        .tokenize("Once upon a time", AddSpecial::Yes, ParseSpecial::No)
         .unwrap();
-    ctx.decode(&Batch::from_tokens(&tokens, 0, 0).unwrap())
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
         .unwrap();
     (ctx, tokens.len() - 1)
 }
@@ -27,7 +28,9 @@ fn generate(builder: SamplerBuilder, seed: Option<u32>, n: usize) -> Vec<Token> 
         None => builder.greedy(&vocab).unwrap(),
     };
     let mut ctx = small_ctx(model);
-    let prompt = vocab.tokenize("The router picks", true, false).unwrap();
+    let prompt = vocab
+        .tokenize("The router picks", AddSpecial::Yes, ParseSpecial::No)
+        .unwrap();
     let params = GenerateParams::default()
         .with_max_tokens(n)
         .with_stop_at_eog(false);
@@ -57,7 +60,7 @@ fn greedy_picks_the_argmax_and_is_deterministic() {
 #[test]
 fn seeded_dist_is_reproducible() {
     // A high temperature spreads the distribution so the seed matters.
-    let chain = || SamplerBuilder::new().temp(5.0);
+    let chain = || SamplerBuilder::new().with_temp(5.0);
     let a = generate(chain(), Some(42), 12);
     let b = generate(chain(), Some(42), 12);
     assert_eq!(a, b);
@@ -77,12 +80,17 @@ fn every_stage_builds_and_samples_valid_tokens() {
     let (ctx, last) = decoded_ctx();
     let vocab = ctx.vocab();
     let mut s = SamplerBuilder::new()
-        .penalties(16, 1.1, 0.1, 0.1)
-        .top_k(40)
-        .typical(0.95, 1)
-        .top_p(0.9, 1)
-        .min_p(0.05, 1)
-        .temp(0.8)
+        .with_penalties(Penalties {
+            last_n: 16,
+            repeat: 1.1,
+            frequency: 0.1,
+            presence: 0.1,
+        })
+        .with_top_k(40)
+        .with_typical(0.95, 1)
+        .with_top_p(0.9, 1)
+        .with_min_p(0.05, 1)
+        .with_temp(0.8)
         .dist(&vocab, 3)
         .unwrap();
     for _ in 0..5 {
@@ -96,7 +104,10 @@ fn every_stage_builds_and_samples_valid_tokens() {
         .sample(&ctx, last)
         .unwrap();
     for seed in 0..4 {
-        let mut k1 = SamplerBuilder::new().top_k(1).dist(&vocab, seed).unwrap();
+        let mut k1 = SamplerBuilder::new()
+            .with_top_k(1)
+            .dist(&vocab, seed)
+            .unwrap();
         assert_eq!(k1.sample(&ctx, last).unwrap(), greedy);
     }
     s.reset();
@@ -132,11 +143,13 @@ fn sampling_checks_indices_lengths_and_vocabulary() {
 fn grammar_constrains_output_to_yes_or_no() {
     let model = moe();
     let vocab = model.vocab();
-    let prompt = vocab.tokenize("Is the fox quick?", true, false).unwrap();
+    let prompt = vocab
+        .tokenize("Is the fox quick?", AddSpecial::Yes, ParseSpecial::No)
+        .unwrap();
     for seed in [None, Some(1), Some(2), Some(3)] {
         let b = SamplerBuilder::new()
-            .temp(1.5)
-            .grammar(r#"root ::= "yes" | "no""#, "root");
+            .with_temp(1.5)
+            .with_grammar(r#"root ::= "yes" | "no""#, "root");
         let mut sampler = match seed {
             Some(s) => b.dist(&vocab, s).unwrap(),
             None => b.greedy(&vocab).unwrap(),
@@ -165,11 +178,15 @@ fn grammar_constrains_output_to_yes_or_no() {
 fn grammar_refuses_forbidden_tokens_instead_of_aborting() {
     let vocab = moe().vocab();
     let mut s = SamplerBuilder::new()
-        .grammar(r#"root ::= "yes""#, "root")
+        .with_grammar(r#"root ::= "yes""#, "root")
         .greedy(&vocab)
         .unwrap();
-    let no = vocab.tokenize("no", false, false).unwrap()[0];
-    let y = vocab.tokenize("y", false, false).unwrap()[0];
+    let no = vocab
+        .tokenize("no", AddSpecial::No, ParseSpecial::No)
+        .unwrap()[0];
+    let y = vocab
+        .tokenize("y", AddSpecial::No, ParseSpecial::No)
+        .unwrap()[0];
     let eos = vocab.eos().unwrap();
     assert_eq!(s.accept(no), Err(SampleError::GrammarRejected));
     // End of generation before the grammar is complete would abort in llama.cpp.
@@ -179,8 +196,8 @@ fn grammar_refuses_forbidden_tokens_instead_of_aborting() {
     // Logits that make every allowed token impossible: the grammar masks the rest, so
     // nothing is left and the error is typed.
     let mut only_no = SamplerBuilder::new()
-        .top_k(1)
-        .grammar(r#"root ::= "yes""#, "root")
+        .with_top_k(1)
+        .with_grammar(r#"root ::= "yes""#, "root")
         .greedy(&vocab)
         .unwrap();
     let mut logits = vec![f32::NEG_INFINITY; vocab.n_tokens()];
@@ -203,7 +220,7 @@ fn invalid_grammars_are_typed_errors() {
         (r#"root ::= "unterminated"#, "root"),
     ] {
         let err = SamplerBuilder::new()
-            .grammar(gbnf, root)
+            .with_grammar(gbnf, root)
             .greedy(&vocab)
             .map(|_| ())
             .expect_err(gbnf);
@@ -213,7 +230,7 @@ fn invalid_grammars_are_typed_errors() {
         );
     }
     assert!(matches!(
-        SamplerBuilder::new().top_p(2.0, 1).greedy(&vocab),
+        SamplerBuilder::new().with_top_p(2.0, 1).greedy(&vocab),
         Err(SamplerError::InvalidParam { .. })
     ));
 }

@@ -3,6 +3,7 @@
 mod ctx_support;
 
 use ctx_support::{dense, moe, small_params};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{Context, GenerateParams, Model, SamplerBuilder};
 
 fn greedy_text(model: &Model) -> (String, Vec<llama_cpp_moe::Token>) {
@@ -10,7 +11,11 @@ fn greedy_text(model: &Model) -> (String, Vec<llama_cpp_moe::Token>) {
     let mut ctx = Context::new(model, &small_params().with_n_threads(1)).unwrap();
     let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
     let prompt = vocab
-        .tokenize("Offloading the expert tensors", true, false)
+        .tokenize(
+            "Offloading the expert tensors",
+            AddSpecial::Yes,
+            ParseSpecial::No,
+        )
         .unwrap();
     let out = ctx
         .complete(
@@ -57,7 +62,11 @@ fn a_context_moves_to_another_thread() {
             let mut ctx = ctx;
             let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
             let prompt = vocab
-                .tokenize("Offloading the expert tensors", true, false)
+                .tokenize(
+                    "Offloading the expert tensors",
+                    AddSpecial::Yes,
+                    ParseSpecial::No,
+                )
                 .unwrap();
             ctx.complete(
                 &mut sampler,

@@ -4,6 +4,7 @@
 mod ctx_support;
 
 use ctx_support::moe;
+use llama_cpp_moe::vocab::{AddAssistant, AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use llama_cpp_moe::vocab::{ChatTemplateError, VocabError};
 use llama_cpp_moe::{ChatMessage, Token, Utf8Decoder};
 
@@ -20,12 +21,22 @@ const TEXTS: &[&str] = &[
 fn tokenize_detokenize_round_trips_every_script() {
     let vocab = moe().vocab();
     for text in TEXTS {
-        let tokens = vocab.tokenize(text, false, false).unwrap();
+        let tokens = vocab
+            .tokenize(text, AddSpecial::No, ParseSpecial::No)
+            .unwrap();
         assert!(!tokens.is_empty());
         assert!(tokens.iter().all(|&t| vocab.contains(t)));
-        assert_eq!(&vocab.detokenize(&tokens, false, false).unwrap(), text);
+        assert_eq!(
+            &vocab
+                .detokenize(&tokens, RemoveSpecial::No, RenderSpecial::No)
+                .unwrap(),
+            text
+        );
     }
-    assert!(vocab.tokenize("", false, false).unwrap().is_empty());
+    assert!(vocab
+        .tokenize("", AddSpecial::No, ParseSpecial::No)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -33,13 +44,24 @@ fn add_special_prepends_bos_and_remove_special_drops_it() {
     let vocab = moe().vocab();
     assert!(vocab.adds_bos());
     let bos = vocab.bos().expect("synthetic vocab has BOS");
-    let plain = vocab.tokenize("Hello", false, false).unwrap();
-    let with_bos = vocab.tokenize("Hello", true, false).unwrap();
+    let plain = vocab
+        .tokenize("Hello", AddSpecial::No, ParseSpecial::No)
+        .unwrap();
+    let with_bos = vocab
+        .tokenize("Hello", AddSpecial::Yes, ParseSpecial::No)
+        .unwrap();
     assert_eq!(with_bos[0], bos);
     assert_eq!(&with_bos[1..], plain.as_slice());
-    assert_eq!(vocab.detokenize(&with_bos, true, false).unwrap(), "Hello");
     assert_eq!(
-        vocab.detokenize(&with_bos, false, true).unwrap(),
+        vocab
+            .detokenize(&with_bos, RemoveSpecial::Yes, RenderSpecial::No)
+            .unwrap(),
+        "Hello"
+    );
+    assert_eq!(
+        vocab
+            .detokenize(&with_bos, RemoveSpecial::No, RenderSpecial::Yes)
+            .unwrap(),
         "<|begin_of_text|>Hello"
     );
 }
@@ -48,16 +70,23 @@ fn add_special_prepends_bos_and_remove_special_drops_it() {
 fn parse_special_maps_special_texts_to_their_tokens() {
     let vocab = moe().vocab();
     let text = "<|im_start|>user";
-    let special = vocab.tokenize(text, false, true).unwrap();
-    let plain = vocab.tokenize(text, false, false).unwrap();
+    let special = vocab
+        .tokenize(text, AddSpecial::No, ParseSpecial::Yes)
+        .unwrap();
+    let plain = vocab
+        .tokenize(text, AddSpecial::No, ParseSpecial::No)
+        .unwrap();
     let im_start = special[0];
     assert!(vocab.is_control(im_start));
     assert_eq!(
-        vocab.token_to_piece(im_start, true).unwrap(),
+        vocab.token_to_piece(im_start, RenderSpecial::Yes).unwrap(),
         "<|im_start|>"
     );
     // Control tokens render as nothing unless asked for.
-    assert_eq!(vocab.token_to_piece(im_start, false).unwrap(), "");
+    assert_eq!(
+        vocab.token_to_piece(im_start, RenderSpecial::No).unwrap(),
+        ""
+    );
     assert!(!plain.contains(&im_start));
     assert!(plain.len() > special.len());
 }
@@ -70,21 +99,23 @@ fn special_tokens_and_end_of_generation() {
     assert!(vocab.is_eog(eos));
     assert!(vocab.is_eog(eot));
     assert_ne!(vocab.bos(), vocab.eos());
-    let hello = vocab.tokenize("Hello", false, false).unwrap();
+    let hello = vocab
+        .tokenize("Hello", AddSpecial::No, ParseSpecial::No)
+        .unwrap();
     assert!(!vocab.is_eog(hello[0]));
     // Out of range ids are simply not EOG/control; piece lookups are typed errors.
     let n = vocab.n_tokens();
     assert!(!vocab.is_eog(Token(n as i32)));
     assert!(!vocab.is_control(Token(-5)));
     assert_eq!(
-        vocab.token_to_bytes(Token(n as i32), false),
+        vocab.token_to_bytes(Token(n as i32), RenderSpecial::No),
         Err(VocabError::TokenOutOfRange {
             token: Token(n as i32),
             n_vocab: n
         })
     );
     assert!(matches!(
-        vocab.detokenize(&[hello[0], Token(-1)], false, false),
+        vocab.detokenize(&[hello[0], Token(-1)], RemoveSpecial::No, RenderSpecial::No),
         Err(VocabError::TokenOutOfRange { .. })
     ));
 }
@@ -93,10 +124,12 @@ fn special_tokens_and_end_of_generation() {
 fn streaming_pieces_never_emit_a_broken_character() {
     let vocab = moe().vocab();
     for text in TEXTS {
-        let tokens = vocab.tokenize(text, false, false).unwrap();
+        let tokens = vocab
+            .tokenize(text, AddSpecial::No, ParseSpecial::No)
+            .unwrap();
         let pieces: Vec<Vec<u8>> = tokens
             .iter()
-            .map(|&t| vocab.token_to_bytes(t, false).unwrap())
+            .map(|&t| vocab.token_to_bytes(t, RenderSpecial::No).unwrap())
             .collect();
         assert_eq!(pieces.concat(), text.as_bytes());
         let mut dec = Utf8Decoder::new();
@@ -111,10 +144,12 @@ fn streaming_pieces_never_emit_a_broken_character() {
     }
     // The byte-level vocabulary really splits multi-byte characters, so the decoder is
     // exercised on partial pieces above, not only on whole ones.
-    let crab = vocab.tokenize("🦀", false, false).unwrap();
-    let split = crab
-        .iter()
-        .any(|&t| std::str::from_utf8(&vocab.token_to_bytes(t, false).unwrap()).is_err());
+    let crab = vocab
+        .tokenize("🦀", AddSpecial::No, ParseSpecial::No)
+        .unwrap();
+    let split = crab.iter().any(|&t| {
+        std::str::from_utf8(&vocab.token_to_bytes(t, RenderSpecial::No).unwrap()).is_err()
+    });
     assert!(split, "expected a partial UTF-8 piece in {crab:?}");
 }
 
@@ -130,19 +165,28 @@ fn model_chat_template_formats_and_tokenizes() {
         ChatMessage::new("system", "You are terse."),
         ChatMessage::new("user", "Say 🦀!"),
     ];
-    let prompt = model.apply_chat_template(&msgs, true).unwrap();
+    let prompt = model.apply_chat_template(&msgs, AddAssistant::Yes).unwrap();
     assert_eq!(
         prompt,
         "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay 🦀!<|im_end|>\n<|im_start|>assistant\n"
     );
     let vocab = model.vocab();
-    let tokens = vocab.tokenize(&prompt, false, true).unwrap();
-    let im_end = vocab.tokenize("<|im_end|>", false, true).unwrap();
+    let tokens = vocab
+        .tokenize(&prompt, AddSpecial::No, ParseSpecial::Yes)
+        .unwrap();
+    let im_end = vocab
+        .tokenize("<|im_end|>", AddSpecial::No, ParseSpecial::Yes)
+        .unwrap();
     assert_eq!(im_end.len(), 1);
     assert_eq!(tokens.iter().filter(|&&t| t == im_end[0]).count(), 2);
-    assert_eq!(vocab.detokenize(&tokens, false, true).unwrap(), prompt);
     assert_eq!(
-        model.apply_chat_template(&[ChatMessage::new("user", "a\0b")], true),
+        vocab
+            .detokenize(&tokens, RemoveSpecial::No, RenderSpecial::Yes)
+            .unwrap(),
+        prompt
+    );
+    assert_eq!(
+        model.apply_chat_template(&[ChatMessage::new("user", "a\0b")], AddAssistant::Yes),
         Err(ChatTemplateError::NulByte)
     );
 }

@@ -93,7 +93,7 @@ impl Context<'_> {
     ///
     /// C equivalent: `llama_decode(ctx, batch)`.
     pub fn decode(&mut self, batch: &Batch) -> Result<(), DecodeError> {
-        self.outputs.clear();
+        self.forget_outputs();
         self.validate(batch)?;
         let mut raw = batch.to_raw();
         crate::log::clear_last_error();
@@ -114,6 +114,11 @@ impl Context<'_> {
                     sys::llama_get_logits(self.ptr.as_ptr());
                 }
                 self.outputs = (0..batch.len()).map(|i| batch.is_output(i)).collect();
+                let last = batch.len() - 1;
+                self.tail_output = match batch.seq_ids(last) {
+                    Some(&[seq]) if batch.is_output(last) => Some((seq, batch.positions()[last])),
+                    _ => None,
+                };
                 Ok(())
             }
             1 => Err(DecodeError::NoKvSlot),
@@ -160,7 +165,7 @@ impl Context<'_> {
             });
         }
         let n_seq_max = self.n_seq_max();
-        if let Some(seq) = batch.max_seq_id().filter(|&s| s as u32 >= n_seq_max) {
+        if let Some(seq) = batch.max_seq_id().filter(|s| s.0 as u32 >= n_seq_max) {
             return Err(DecodeError::InvalidSeqId { seq, n_seq_max });
         }
         Ok(())
@@ -190,10 +195,10 @@ impl Context<'_> {
     /// in use:
     ///
     /// ```compile_fail,E0502
-    /// # use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Token};
+    /// # use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Pos, SeqId, Token};
     /// # let model = Model::load(&Backend::init(), "m.gguf", &ModelParams::default()).unwrap();
     /// # let mut ctx = Context::new(&model, &ContextParams::default()).unwrap();
-    /// # let batch = Batch::from_tokens(&[Token(1)], 0, 0).unwrap();
+    /// # let batch = Batch::from_tokens(&[Token(1)], Pos(0), SeqId(0)).unwrap();
     /// let logits = ctx.logits(0).unwrap();
     /// ctx.decode(&batch).unwrap(); // error[E0502]: `ctx` is also borrowed as immutable
     /// println!("{}", logits[0]);
@@ -243,7 +248,7 @@ impl Context<'_> {
             return Err(OutputError::Unavailable("pooled embeddings"));
         }
         // SAFETY: valid context; a map lookup that returns NULL for unknown sequences.
-        let p = unsafe { sys::llama_get_embeddings_seq(self.ptr.as_ptr(), seq) };
+        let p = unsafe { sys::llama_get_embeddings_seq(self.ptr.as_ptr(), seq.0) };
         let len = if pooling == PoolingType::Rank {
             // SAFETY: valid model pointer; reads the classifier width from hparams.
             (unsafe { sys::llama_model_n_cls_out(self.model.as_ptr()) }) as usize

@@ -16,10 +16,11 @@ use std::time::Duration;
 use llama_cpp_moe_sys as sys;
 
 pub use decode::{DecodeError, OutputError};
-pub use memory::{MemoryBreakdownRow, MemoryError};
+pub use memory::{ClearData, MemoryBreakdownRow, MemoryError};
 pub use params::{ContextParams, FlashAttention, KvCacheType, PoolingType};
 pub use perf::PerfCounters;
 
+use crate::batch::{Pos, SeqId};
 use crate::vocab::Vocab;
 use crate::Model;
 use params::AbortFn;
@@ -99,13 +100,14 @@ pub(crate) unsafe extern "C" fn abort_trampoline(data: *mut c_void) -> bool {
 /// Decoding a prompt and reading its logits:
 ///
 /// ```no_run
-/// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams};
+/// use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+/// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Pos, SeqId};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let mut ctx = Context::new(&model, &ContextParams::default().with_n_ctx(2048))?;
-/// let tokens = model.vocab().tokenize("Hello", true, false)?;
-/// let batch = Batch::from_tokens(&tokens, 0, 0)?;
+/// let tokens = model.vocab().tokenize("Hello", AddSpecial::Yes, ParseSpecial::No)?;
+/// let batch = Batch::from_tokens(&tokens, Pos(0), SeqId(0))?;
 /// ctx.decode(&batch)?;
 /// let logits = ctx.logits(tokens.len() - 1)?;
 /// assert_eq!(logits.len(), model.vocab().n_tokens());
@@ -117,6 +119,10 @@ pub struct Context<'model> {
     model: &'model Model,
     /// Output flags of the last successful decode, by batch index.
     outputs: Vec<bool>,
+    /// Sequence and position of the last token of the last successful decode, when that
+    /// token produced output for exactly one sequence: a generation that starts with no
+    /// new prompt tokens continues from its logits.
+    tail_output: Option<(SeqId, Pos)>,
     /// Whether decodes extract embeddings (stale buffers must not be handed out).
     embeddings: bool,
     abort: Option<Box<AbortState>>,
@@ -180,6 +186,7 @@ impl<'model> Context<'model> {
             ptr,
             model,
             outputs: Vec::new(),
+            tail_output: None,
             embeddings: params.embeddings,
             abort,
             model_load_time,
@@ -265,7 +272,20 @@ impl<'model> Context<'model> {
         // SAFETY: valid context pointer.
         unsafe { sys::llama_set_embeddings(self.ptr.as_ptr(), embeddings) };
         self.embeddings = embeddings;
+        self.forget_outputs();
+    }
+
+    /// Forgets the outputs of the last decode (their buffers are stale or reused).
+    fn forget_outputs(&mut self) {
         self.outputs.clear();
+        self.tail_output = None;
+    }
+
+    /// The batch index whose logits continue sequence `seq` at its last position in
+    /// memory `pos_max`: the last decode ended with an output token of `seq` alone at
+    /// `pos_max`, and nothing moved the sequence since.
+    pub(crate) fn continuation_index(&self, seq: SeqId, pos_max: Pos) -> Option<usize> {
+        (self.tail_output == Some((seq, pos_max))).then(|| self.outputs.len() - 1)
     }
 
     /// How the context pools embeddings.

@@ -23,9 +23,11 @@ pub use placement::{
     EXPERTS_REGEX,
 };
 
+use crate::backend::BufferType;
 use crate::error::PathError;
 use crate::ffi::{fill_growing, path_to_cstring, str_from_c, string_from_c, Fill};
 use crate::Backend;
+use crate::GgmlType;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -358,10 +360,12 @@ impl Model {
             if unsafe { sys::llama_moe_model_tensor_info(self.as_ptr(), i, &mut info) } != 0 {
                 continue;
             }
-            // SAFETY: the shim returns NULL or NUL-terminated strings owned by the model
-            // or by ggml, both alive here.
-            let (name, buffer_type) =
-                unsafe { (string_from_c(info.name), string_from_c(info.buft_name)) };
+            // SAFETY: the shim returns NULL or a NUL-terminated name owned by the model,
+            // alive here.
+            let name = unsafe { string_from_c(info.name) };
+            // SAFETY: the shim hands out the tensor buffer's type, a process-lived ggml
+            // object (static, or owned by a backend registry that is never freed).
+            let buffer_type = NonNull::new(info.buft).map(|p| unsafe { BufferType::from_raw(p) });
             tensors.push(TensorPlacement {
                 routed_expert: is_routed_expert(&name),
                 // Repacked CPU weights (CPU_REPACK) are not "host" in ggml's sense (their
@@ -370,7 +374,9 @@ impl Model {
                 name,
                 bytes: info.nbytes,
                 buffer_type,
-                ggml_type: info.ggml_type,
+                ggml_type: u32::try_from(info.ggml_type)
+                    .ok()
+                    .and_then(GgmlType::from_raw),
             });
         }
         Placement { tensors }

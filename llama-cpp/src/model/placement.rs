@@ -8,6 +8,7 @@ use std::ffi::{CStr, CString};
 use llama_cpp_moe_sys as sys;
 
 use crate::backend::{BufferType, Device};
+use crate::GgmlType;
 
 /// Routed expert tensors: llama.cpp's `LLM_FFN_EXPS_REGEX`. Matches the fused
 /// `gate_up` experts and the `chexps` variants; shared experts (`_shexp`) never match.
@@ -26,11 +27,10 @@ pub fn dense_ffn_layer_pattern(layer: u32) -> String {
     format!(r"blk\.{layer}{DENSE_FFN_REGEX}")
 }
 
-/// Whether a tensor name is a routed expert tensor, decided by the same `std::regex`
-/// search llama.cpp's loader runs ([`EXPERTS_REGEX`]).
-pub fn is_routed_expert(name: &str) -> bool {
-    regex_search(EXPERTS_REGEX, name) == Some(true)
-}
+/// Whether a tensor name is a routed expert tensor: whether llama.cpp's loader would
+/// find [`EXPERTS_REGEX`] in it (a `std::regex_search`, computed in Rust without
+/// compiling a regex; the tests below check it against `std::regex` itself).
+pub use llama_cpp_moe_gguf::is_routed_expert;
 
 /// `std::regex_search(name, pattern)` through the shim: whether the loader would apply
 /// an override with `pattern` to the tensor `name`. `None` for an invalid pattern or a
@@ -163,17 +163,25 @@ pub struct TensorPlacement {
     pub name: String,
     /// Its size in bytes.
     pub bytes: usize,
-    /// The name of its buffer type (`"CPU"`, `"CPU_Mapped"`, `"CUDA0"`,
-    /// `"RPC0[127.0.0.1:50052]"`, ...); empty for tensors without a buffer
-    /// (e.g. `vocab_only` or `no_alloc` loads).
-    pub buffer_type: String,
+    /// Its buffer type (named `"CPU"`, `"CPU_Mapped"`, `"CUDA0"`,
+    /// `"RPC0[127.0.0.1:50052]"`, ...); `None` for tensors without a buffer
+    /// (e.g. `vocab_only` or `no_alloc` loads). See [`TensorPlacement::buffer_type_name`].
+    pub buffer_type: Option<BufferType>,
     /// Whether that buffer type is in host RAM: a host buffer type (`CPU`,
     /// `CPU_Mapped`, `CUDA_Host`) or one of the CPU device's own (`CPU_REPACK`).
     pub on_host: bool,
     /// Whether the name is a routed expert tensor ([`is_routed_expert`]).
     pub routed_expert: bool,
-    /// The ggml storage type (`ggml_type`).
-    pub ggml_type: i32,
+    /// The ggml storage type; `None` only if llama.cpp reports a type this ggml does
+    /// not know.
+    pub ggml_type: Option<GgmlType>,
+}
+
+impl TensorPlacement {
+    /// The buffer type's name, for display and JSON; empty when there is none.
+    pub fn buffer_type_name(&self) -> String {
+        self.buffer_type.map(|b| b.name()).unwrap_or_default()
+    }
 }
 
 /// Count and bytes of a group of tensors.
@@ -213,11 +221,12 @@ impl Placement {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// Count and bytes per buffer-type name.
+    /// Count and bytes per buffer-type name (for display: sorted by name; tensors
+    /// without a buffer count under `""`).
     pub fn totals(&self) -> BTreeMap<String, TensorTotals> {
         let mut out: BTreeMap<String, TensorTotals> = BTreeMap::new();
         for t in &self.tensors {
-            out.entry(t.buffer_type.clone()).or_default().add(t.bytes);
+            out.entry(t.buffer_type_name()).or_default().add(t.bytes);
         }
         out
     }
@@ -238,13 +247,13 @@ impl Placement {
     }
 
     /// Tensors whose buffer type is `buffer_type`.
-    pub fn on_buffer_type<'a>(
-        &'a self,
-        buffer_type: &'a str,
-    ) -> impl Iterator<Item = &'a TensorPlacement> + 'a {
+    pub fn on_buffer_type(
+        &self,
+        buffer_type: BufferType,
+    ) -> impl Iterator<Item = &TensorPlacement> + '_ {
         self.tensors
             .iter()
-            .filter(move |t| t.buffer_type == buffer_type)
+            .filter(move |t| t.buffer_type == Some(buffer_type))
     }
 }
 
@@ -273,6 +282,64 @@ mod tests {
         ] {
             assert!(!is_routed_expert(name), "{name}");
         }
+    }
+
+    /// The Rust classifier against llama.cpp's `std::regex` on every name built from the
+    /// pieces that matter (prefixes, FFN parts, expert suffixes, tails), near misses
+    /// included.
+    #[test]
+    fn classifier_agrees_with_std_regex_on_every_combination() {
+        let prefixes = ["blk.0", "blk.17", "", "x", "blk.3.ffn_up.ffn", "."];
+        let parts = [
+            "ffn_up",
+            "ffn_down",
+            "ffn_gate",
+            "ffn_gate_up",
+            "ffn_gate_inp",
+            "ffn_norm",
+            "ffn_up_gate",
+            "ffn_",
+            "ffn",
+            "ffn_upp",
+            "fn_up",
+            "ffn_UP",
+        ];
+        let suffixes = [
+            "_exps",
+            "_chexps",
+            "_shexp",
+            "_shexps",
+            "_exp",
+            "_ch_exps",
+            "exps",
+            "_chexp",
+            "_cexps",
+            "_hexps",
+            "_exps_",
+            "_chchexps",
+            "",
+            "_",
+        ];
+        let tails = ["", ".weight", ".bias", ".0", "s"];
+        let mut checked = 0;
+        for p in prefixes {
+            for part in parts {
+                for suffix in suffixes {
+                    for tail in tails {
+                        for dot in [".", "_", ""] {
+                            let name = format!("{p}{dot}{part}{suffix}{tail}");
+                            assert_eq!(
+                                is_routed_expert(&name),
+                                regex_search(EXPERTS_REGEX, &name) == Some(true),
+                                "{name:?}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 12 * 14 * 5 * 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::ffi::{c_char, CString};
 
 use llama_cpp_moe_sys as sys;
 
+use super::AddAssistant;
 use crate::ffi::{c_int_len, fill_growing, Fill};
 use crate::Model;
 
@@ -47,20 +48,21 @@ impl ChatMessage {
 
 /// Formats `messages` with `template`: a template text from a model file, or the name
 /// of one of llama.cpp's built-in templates (`"chatml"`, `"llama3"`, ...).
-/// `add_assistant` ends the prompt with the opening of an assistant turn.
+/// [`AddAssistant::Yes`] ends the prompt with the opening of an assistant turn.
 ///
 /// C equivalent: `llama_chat_apply_template(tmpl, chat, n, add_ass, buf, len)`.
 ///
 /// ```
-/// use llama_cpp_moe::{apply_chat_template, ChatMessage};
+/// use llama_cpp_moe::{apply_chat_template, AddAssistant, ChatMessage};
 ///
-/// let prompt = apply_chat_template("chatml", &[ChatMessage::new("user", "hi")], true).unwrap();
+/// let messages = [ChatMessage::new("user", "hi")];
+/// let prompt = apply_chat_template("chatml", &messages, AddAssistant::Yes).unwrap();
 /// assert_eq!(prompt, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 /// ```
 pub fn apply_chat_template(
     template: &str,
     messages: &[ChatMessage],
-    add_assistant: bool,
+    add_assistant: AddAssistant,
 ) -> Result<String, ChatTemplateError> {
     let tmpl = CString::new(template).map_err(|_| ChatTemplateError::NulByte)?;
     let owned: Vec<(CString, CString)> = messages
@@ -96,7 +98,7 @@ pub fn apply_chat_template(
                     tmpl.as_ptr(),
                     raw.as_ptr(),
                     raw.len(),
-                    add_assistant,
+                    add_assistant.into(),
                     buf.as_mut_ptr().cast::<c_char>(),
                     cap,
                 )
@@ -112,18 +114,19 @@ impl Model {
     /// Formats `messages` with the model's default chat template.
     ///
     /// ```no_run
-    /// use llama_cpp_moe::{Backend, ChatMessage, Model, ModelParams};
+    /// use llama_cpp_moe::{AddAssistant, Backend, ChatMessage, Model, ModelParams};
     ///
     /// # fn main() -> llama_cpp_moe::Result<()> {
     /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
-    /// let prompt = model.apply_chat_template(&[ChatMessage::new("user", "Hello!")], true)?;
+    /// let messages = [ChatMessage::new("user", "Hello!")];
+    /// let prompt = model.apply_chat_template(&messages, AddAssistant::Yes)?;
     /// # Ok(())
     /// # }
     /// ```
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
-        add_assistant: bool,
+        add_assistant: AddAssistant,
     ) -> Result<String, ChatTemplateError> {
         let tmpl = self
             .chat_template(None)
@@ -142,7 +145,7 @@ mod tests {
             ChatMessage::new("system", "be brief"),
             ChatMessage::new("user", "héllo 🦀"),
         ];
-        let out = apply_chat_template("chatml", &msgs, false).unwrap();
+        let out = apply_chat_template("chatml", &msgs, AddAssistant::No).unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhéllo 🦀<|im_end|>\n"
@@ -153,11 +156,15 @@ mod tests {
     fn unknown_template_and_nul_are_typed_errors() {
         let msgs = [ChatMessage::new("user", "x")];
         assert!(matches!(
-            apply_chat_template("no such template {{", &msgs, true),
+            apply_chat_template("no such template {{", &msgs, AddAssistant::Yes),
             Err(ChatTemplateError::Unsupported(_))
         ));
         assert_eq!(
-            apply_chat_template("chatml", &[ChatMessage::new("user", "a\0b")], true),
+            apply_chat_template(
+                "chatml",
+                &[ChatMessage::new("user", "a\0b")],
+                AddAssistant::Yes
+            ),
             Err(ChatTemplateError::NulByte)
         );
     }
@@ -166,7 +173,7 @@ mod tests {
     fn output_longer_than_the_first_guess_grows_the_buffer() {
         // Template overhead (~25 bytes a message) dwarfs the 1-byte messages.
         let msgs: Vec<_> = (0..100).map(|_| ChatMessage::new("u", "")).collect();
-        let out = apply_chat_template("chatml", &msgs, true).unwrap();
+        let out = apply_chat_template("chatml", &msgs, AddAssistant::Yes).unwrap();
         assert_eq!(out.matches("<|im_start|>u\n<|im_end|>\n").count(), 100);
         assert!(out.ends_with("<|im_start|>assistant\n"));
     }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder, Token,
 };
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
 /// Writes the tiny model of `arch` (seed 7) into a per-process temp dir.
 pub fn write_tiny(arch: Arch) -> PathBuf {
@@ -34,7 +35,11 @@ pub fn greedy_tokens_with(path: &std::path::Path, params: &ModelParams, n: usize
     let mut ctx = Context::new(&model, &small_params()).expect("context");
     let mut sampler = SamplerBuilder::new().greedy(&vocab).expect("greedy");
     let prompt = vocab
-        .tokenize("The router picks the top experts", true, false)
+        .tokenize(
+            "The router picks the top experts",
+            AddSpecial::Yes,
+            ParseSpecial::No,
+        )
         .expect("tokenize");
     let out = ctx
         .complete(

@@ -1,8 +1,8 @@
-//! Helpers shared by the `gguf_*` integration tests: temp paths and raw llama.cpp calls.
+//! Helpers shared by the `gguf_*` integration tests that run llama.cpp: temp paths and
+//! raw llama.cpp calls.
 #![allow(dead_code)]
 
 use std::ffi::{c_char, c_void, CString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -44,7 +44,15 @@ pub fn init() {
 }
 
 fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("path without NUL")
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        path.as_os_str().as_bytes().to_vec()
+    };
+    // Elsewhere llama.cpp takes UTF-8 paths; the tests only use temp-dir paths.
+    #[cfg(not(unix))]
+    let bytes = path.to_str().expect("UTF-8 path").as_bytes().to_vec();
+    CString::new(bytes).expect("path without NUL")
 }
 
 /// What one decode of a short prompt produced.

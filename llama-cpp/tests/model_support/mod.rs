@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::Backend;
+use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
 /// The per-process temp dir, removed by nobody: tests of one run share it and the
 /// files are a few MiB; the name carries the pid so runs never collide.

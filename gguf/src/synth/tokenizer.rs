@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::gguf::value::{MetaArray, MetaValue};
+use crate::value::{MetaArray, MetaValue};
 
 /// Special token texts, in the order they are appended after the normal tokens.
 pub(crate) const SPECIALS: [&str; 4] = [

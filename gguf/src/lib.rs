@@ -1,8 +1,14 @@
-//! GGUF files: a reader over ggml's own parser ([`GgufFile`]), a streaming writer
-//! ([`GgufWriter`]), and the synthetic model factory ([`synth`]).
+//! GGUF files in pure Rust: a reader ([`GgufFile`]), a streaming writer ([`GgufWriter`]),
+//! ggml's tensor type table ([`GgmlType`]), reference quantisers ([`quant`]) and the
+//! synthetic MoE model factory ([`synth`]).
+//!
+//! This crate needs no C library: it is what the `llama-cpp-moe` bindings use to tell
+//! routed-expert tensors from the rest, and what tests, examples and benchmarks use to
+//! inspect model files and to make small models with the exact tensor layout of real
+//! MoE architectures.
 //!
 //! ```no_run
-//! use llama_cpp_moe::gguf::{GgufFile, TensorKind};
+//! use llama_cpp_moe_gguf::{GgufFile, TensorKind};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let f = GgufFile::open("model.gguf")?;
@@ -16,12 +22,13 @@
 
 mod classify;
 mod error;
+mod parse;
 mod reader;
 mod types;
-mod validate;
 mod value;
 mod writer;
 
+pub mod quant;
 pub mod synth;
 
 pub use classify::{is_routed_expert, LayerBytes, TensorKind};

@@ -1,32 +1,32 @@
-//! A Rust pass over the GGUF header, metadata and tensor table before ggml sees them.
+//! The GGUF parser: header, metadata and tensor table, in pure Rust.
 //!
-//! ggml's `gguf_init_from_file` is defensive, but it does not check tensor data against
-//! the file size, and any check it lacks in some version would become an abort in our
-//! process. This pass reads only the structure (never tensor data) with bounded reads:
-//! every length is compared with the bytes left in the file before it is used.
+//! It applies every check ggml's `gguf_init_from_file` applies (so a file it accepts is
+//! one llama.cpp's loader can parse) and one more: tensor data must lie inside the file.
+//! It reads only the structure (never tensor data) with bounded reads: every length is
+//! compared with the bytes left in the file before it is used or sizes an allocation.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::error::GgufError;
-use super::types::GgmlType;
-use super::value::code;
-use super::writer::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_TENSOR_NAME};
+use crate::error::GgufError;
+use crate::reader::TensorInfo;
+use crate::types::GgmlType;
+use crate::value::{code, MetaArray, MetaValue};
+use crate::writer::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_TENSOR_NAME};
 
 /// ggml's `GGUF_MAX_STRING_LENGTH` and `GGUF_MAX_ARRAY_ELEMENTS`.
 const MAX_STRING: u64 = 1 << 30;
 const MAX_ARRAY: u64 = 1 << 30;
 
-struct Cursor<'p> {
-    r: BufReader<File>,
+struct Cursor<'p, R> {
+    r: BufReader<R>,
     pos: u64,
     size: u64,
     path: &'p Path,
 }
 
-impl Cursor<'_> {
+impl<R: Read> Cursor<'_, R> {
     fn truncated(&self, what: &'static str) -> GgufError {
         GgufError::Truncated {
             path: self.path.to_owned(),
@@ -64,38 +64,95 @@ impl Cursor<'_> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
 
-    fn skip(&mut self, n: u64, what: &'static str) -> Result<(), GgufError> {
+    /// Reads `n` bytes, after checking that the file has them.
+    fn vec(&mut self, n: u64, what: &'static str) -> Result<Vec<u8>, GgufError> {
         if self.size - self.pos < n {
             return Err(self.truncated(what));
         }
-        // n <= file size <= i64::MAX for any real file.
+        let mut b = vec![0u8; n as usize];
         self.r
-            .seek_relative(n as i64)
+            .read_exact(&mut b)
             .map_err(|e| io_err(self.path, e))?;
         self.pos += n;
-        Ok(())
+        Ok(b)
     }
 
-    /// Reads a string's length and checks it; returns the bytes only when `keep`.
-    fn string(&mut self, what: &'static str, keep: bool) -> Result<Option<Vec<u8>>, GgufError> {
+    /// Reads the bytes of a length-prefixed string.
+    fn string_bytes(&mut self, what: &'static str) -> Result<Vec<u8>, GgufError> {
         let at = self.pos;
         let len = self.u64(what)?;
         if len > MAX_STRING {
             return Err(self.malformed(at, format!("{what}: string length {len} exceeds 1 GiB")));
         }
-        if self.size - self.pos < len {
-            return Err(self.truncated(what));
-        }
-        if !keep {
-            self.skip(len, what)?;
+        self.vec(len, what)
+    }
+
+    /// Reads a length-prefixed string (invalid UTF-8 replaced: GGUF requires UTF-8).
+    fn string(&mut self, what: &'static str) -> Result<String, GgufError> {
+        self.string_bytes(what).map(lossy)
+    }
+
+    /// Reads a scalar value of GGUF type `ty`; `None` for strings, arrays and unknown codes.
+    fn scalar(&mut self, ty: u32) -> Result<Option<MetaValue>, GgufError> {
+        const WHAT: &str = "metadata value";
+        Ok(Some(match ty {
+            code::U8 => MetaValue::U8(u8::from_le_bytes(self.bytes(WHAT)?)),
+            code::I8 => MetaValue::I8(i8::from_le_bytes(self.bytes(WHAT)?)),
+            code::U16 => MetaValue::U16(u16::from_le_bytes(self.bytes(WHAT)?)),
+            code::I16 => MetaValue::I16(i16::from_le_bytes(self.bytes(WHAT)?)),
+            code::U32 => MetaValue::U32(u32::from_le_bytes(self.bytes(WHAT)?)),
+            code::I32 => MetaValue::I32(i32::from_le_bytes(self.bytes(WHAT)?)),
+            code::F32 => MetaValue::F32(f32::from_le_bytes(self.bytes(WHAT)?)),
+            code::BOOL => MetaValue::Bool(self.bytes::<1>(WHAT)?[0] != 0),
+            code::U64 => MetaValue::U64(u64::from_le_bytes(self.bytes(WHAT)?)),
+            code::I64 => MetaValue::I64(i64::from_le_bytes(self.bytes(WHAT)?)),
+            code::F64 => MetaValue::F64(f64::from_le_bytes(self.bytes(WHAT)?)),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Reads `n` packed little-endian scalars of GGUF type `elem` (not a string);
+    /// `None` for an unknown code.
+    fn scalar_array(&mut self, elem: u32, n: u64) -> Result<Option<MetaArray>, GgufError> {
+        let Some(size) = code::fixed_size(elem) else {
             return Ok(None);
+        };
+        // n <= MAX_ARRAY, so this cannot overflow; vec() checks it against the file.
+        let data = self.vec(n * size, "array data")?;
+        macro_rules! decode {
+            ($t:ty, $variant:ident) => {{
+                const N: usize = std::mem::size_of::<$t>();
+                MetaArray::$variant(
+                    data.chunks_exact(N)
+                        .map(|b| {
+                            let mut a = [0u8; N];
+                            a.copy_from_slice(b);
+                            <$t>::from_le_bytes(a)
+                        })
+                        .collect(),
+                )
+            }};
         }
-        let mut b = vec![0u8; len as usize];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|e| io_err(self.path, e))?;
-        self.pos += len;
-        Ok(Some(b))
+        Ok(Some(match elem {
+            code::U8 => MetaArray::U8(data),
+            code::I8 => decode!(i8, I8),
+            code::U16 => decode!(u16, U16),
+            code::I16 => decode!(i16, I16),
+            code::U32 => decode!(u32, U32),
+            code::I32 => decode!(i32, I32),
+            code::F32 => decode!(f32, F32),
+            code::BOOL => MetaArray::Bool(data.iter().map(|&b| b != 0).collect()),
+            code::U64 => decode!(u64, U64),
+            code::I64 => decode!(i64, I64),
+            _ => decode!(f64, F64),
+        }))
+    }
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
 }
 
@@ -106,8 +163,17 @@ fn io_err(path: &Path, source: std::io::Error) -> GgufError {
     }
 }
 
-/// Checks the structure of the GGUF file at `path` (of `size` bytes).
-pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufError> {
+/// What [`parse`] found: everything of a GGUF file but the tensor data.
+pub(crate) struct Parsed {
+    pub version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub metadata: Vec<(String, MetaValue)>,
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// Parses the GGUF file at `path` (of `size` bytes) read through `file`.
+pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, GgufError> {
     let mut c = Cursor {
         r: BufReader::with_capacity(1 << 16, file),
         pos: 0,
@@ -151,19 +217,21 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
 
     let mut alignment = u64::from(DEFAULT_ALIGNMENT);
     let mut keys = HashSet::new();
+    // Not sized by n_kv: a count that passed the check above can still be far more than
+    // the entries the file holds.
+    let mut metadata = Vec::new();
     for _ in 0..n_kv {
         let at = c.pos;
-        let key = c.string("metadata key", true)?.unwrap_or_default();
+        let key = c.string("metadata key")?;
         if key.is_empty() {
             return Err(c.malformed(at, "empty metadata key"));
         }
-        let key = String::from_utf8_lossy(&key).into_owned();
         if !keys.insert(key.clone()) {
             return Err(c.malformed(at, format!("duplicate metadata key {key:?}")));
         }
         let at = c.pos;
         let ty = c.u32("metadata type")?;
-        if key == "general.alignment" {
+        let value = if key == "general.alignment" {
             if ty != code::U32 {
                 return Err(c.malformed(at, "general.alignment must be a u32"));
             }
@@ -172,40 +240,43 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
                 return Err(c.malformed(at, format!("general.alignment {a} is not a power of two")));
             }
             alignment = a.into();
-            continue;
-        }
-        if ty == code::ARRAY {
+            MetaValue::U32(a)
+        } else if ty == code::ARRAY {
             let at = c.pos;
             let elem = c.u32("array type")?;
             let n = c.u64("array length")?;
             if n > MAX_ARRAY {
                 return Err(c.malformed(at, format!("array {key:?} has {n} elements")));
             }
-            if elem == code::STRING {
+            let array = if elem == code::STRING {
+                // Each string takes at least its 8-byte length: bounds the allocation.
                 if n.saturating_mul(8) > c.size - c.pos {
                     return Err(c.truncated("string array"));
                 }
+                let mut strings = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    c.string("string array element", false)?;
+                    strings.push(c.string("string array element")?);
                 }
-            } else if let Some(sz) = code::fixed_size(elem) {
-                c.skip(n * sz, "array data")?;
+                MetaArray::String(strings)
             } else {
-                return Err(
+                c.scalar_array(elem, n)?.ok_or_else(|| {
                     c.malformed(at, format!("array {key:?} has invalid element type {elem}"))
-                );
-            }
+                })?
+            };
+            MetaValue::Array(array)
         } else if ty == code::STRING {
-            c.string("string value", false)?;
-        } else if let Some(sz) = code::fixed_size(ty) {
-            c.skip(sz, "metadata value")?;
+            MetaValue::String(c.string("string value")?)
         } else {
-            return Err(c.malformed(at, format!("metadata {key:?} has invalid type {ty}")));
-        }
+            c.scalar(ty)?
+                .ok_or_else(|| c.malformed(at, format!("metadata {key:?} has invalid type {ty}")))?
+        };
+        metadata.push((key, value));
     }
 
     struct Info {
         name: String,
+        ty: GgmlType,
+        shape: [u64; 4],
         bytes: u64,
         offset: u64,
         at: u64,
@@ -214,14 +285,15 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
     let mut names = HashSet::new();
     for _ in 0..n_tensors {
         let at = c.pos;
-        let name = c.string("tensor name", true)?.unwrap_or_default();
-        let name = String::from_utf8_lossy(&name).into_owned();
+        // ggml limits the stored bytes, before any UTF-8 repair.
+        let name = c.string_bytes("tensor name")?;
         if name.len() >= MAX_TENSOR_NAME {
             return Err(c.malformed(
                 at,
                 format!("tensor name of {} bytes is too long", name.len()),
             ));
         }
+        let name = lossy(name);
         if !names.insert(name.clone()) {
             return Err(c.malformed(at, format!("duplicate tensor name {name:?}")));
         }
@@ -266,14 +338,21 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
         let offset = c.u64("tensor offset")?;
         infos.push(Info {
             name,
+            ty,
+            shape,
             bytes,
             offset,
             at,
         });
     }
 
-    let data_start = c.pos.div_ceil(alignment) * alignment;
-    if n_tensors > 0 && data_start > size {
+    // ggml pads to the alignment only when there is tensor data to align.
+    let data_start = if n_tensors > 0 {
+        c.pos.div_ceil(alignment) * alignment
+    } else {
+        c.pos
+    };
+    if data_start > size {
         return Err(GgufError::Truncated {
             path: path.to_owned(),
             offset: c.pos,
@@ -282,6 +361,7 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
         });
     }
     let mut expected = 0u64;
+    let mut tensors = Vec::with_capacity(infos.len());
     for info in infos {
         if info.offset != expected {
             let what = format!(
@@ -303,6 +383,24 @@ pub(crate) fn validate(path: &Path, file: File, size: u64) -> Result<(), GgufErr
         }
         expected =
             expected.saturating_add(info.bytes.div_ceil(alignment).saturating_mul(alignment));
+        // Like ggml_n_dims: trailing 1s dropped, at least one dimension kept.
+        let mut shape = info.shape.to_vec();
+        while shape.len() > 1 && shape.last() == Some(&1) {
+            shape.pop();
+        }
+        tensors.push(TensorInfo {
+            name: info.name,
+            ty: info.ty,
+            shape,
+            n_bytes: info.bytes,
+            offset: start,
+        });
     }
-    Ok(())
+    Ok(Parsed {
+        version,
+        alignment,
+        data_offset: data_start,
+        metadata,
+        tensors,
+    })
 }

@@ -3,8 +3,8 @@
 //! a real byte-level BPE tokenizer.
 //!
 //! ```no_run
-//! use llama_cpp_moe::gguf::synth::{Arch, Preset, SynthSpec};
-//! use llama_cpp_moe::gguf::GgmlType;
+//! use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
+//! use llama_cpp_moe_gguf::GgmlType;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let report = SynthSpec::new(Arch::Qwen3Moe, Preset::Tiny)

@@ -2,9 +2,9 @@
 
 use super::arch::{Arch, Hparams};
 use super::tokenizer::Vocab;
-use crate::gguf::types::GgmlType;
-use crate::gguf::value::MetaValue;
-use crate::gguf::writer::TensorDesc;
+use crate::types::GgmlType;
+use crate::value::MetaValue;
+use crate::writer::TensorDesc;
 
 /// How a tensor's values are drawn.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -2,32 +2,23 @@
 
 use std::io::{self, Write};
 
-use llama_cpp_moe_sys as sys;
-
 use super::plan::{Init, Planned};
 use super::rng::{fnv1a, Rng};
-use crate::gguf::types::GgmlType;
+use crate::quant::{self, f32_to_f16};
+use crate::types::GgmlType;
 
 /// How random weights are produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// Normal f32 values quantised with ggml's `ggml_quantize_chunk` (tiny/small presets).
+    /// Normal f32 values quantised like ggml's reference quantisers (tiny/small presets).
     Quantize,
     /// Random quantised blocks with valid scales written directly, for multi-GB files:
     /// the same value scale, orders of magnitude faster than quantising f32 noise.
     RandomBlocks,
 }
 
-/// The types the factory can fill; each has a case in `ggml_quantize_chunk` and needs
-/// no importance matrix.
-pub(crate) const SUPPORTED: [GgmlType; 6] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q8_0,
-    GgmlType::MXFP4,
-];
+/// The types the factory can fill: those [`quant::quantize`] handles.
+pub(crate) const SUPPORTED: [GgmlType; 6] = quant::SUPPORTED;
 
 /// Output bytes produced per chunk: bounds memory whatever the tensor size.
 const CHUNK_BYTES: u64 = 4 << 20;
@@ -69,21 +60,10 @@ pub(crate) fn fill(
                     Init::Zeros => s.f32s.fill(0.0),
                     Init::Normal(std) => s.f32s.iter_mut().for_each(|x| *x = rng.normal() * std),
                 }
-                // SAFETY: the type is one of SUPPORTED (checked when the spec is validated),
-                // so ggml_quantize_chunk has a case for it and needs no imatrix; src holds
-                // n * ne0 floats and dst n rows of row_bytes, exactly what it reads/writes.
-                let written = unsafe {
-                    sys::ggml_quantize_chunk(
-                        d.ty.raw(),
-                        s.f32s.as_ptr(),
-                        s.bytes.as_mut_ptr().cast(),
-                        0,
-                        n as i64,
-                        ne0 as i64,
-                        std::ptr::null(),
-                    )
-                };
-                debug_assert_eq!(written, nbytes);
+                // The type is one of SUPPORTED (checked when the spec is validated) and
+                // the buffers are sized for n whole rows, so this cannot fail.
+                quant::quantize(d.ty, &s.f32s, &mut s.bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             }
         }
         out.write_all(&s.bytes)?;
@@ -97,7 +77,7 @@ pub(crate) fn fill(
 fn random_blocks(ty: GgmlType, std: f32, rng: &mut Rng, buf: &mut [u8]) -> bool {
     if ty == GgmlType::Q8_0 {
         // int8 quants uniform over [-128, 127] have std ~73.9; d scales them to `std`.
-        let d = f16_bits(std / 73.9).to_le_bytes();
+        let d = f32_to_f16(std / 73.9).to_le_bytes();
         rng.fill_bytes(buf);
         for block in buf.chunks_exact_mut(34) {
             block[..2].copy_from_slice(&d);
@@ -105,7 +85,7 @@ fn random_blocks(ty: GgmlType, std: f32, rng: &mut Rng, buf: &mut [u8]) -> bool 
         true
     } else if ty == GgmlType::Q4_0 {
         // (q - 8) for q uniform in 0..16 has std ~4.61.
-        let d = f16_bits(std / 4.61).to_le_bytes();
+        let d = f32_to_f16(std / 4.61).to_le_bytes();
         rng.fill_bytes(buf);
         for block in buf.chunks_exact_mut(18) {
             block[..2].copy_from_slice(&d);
@@ -130,7 +110,7 @@ fn random_blocks(ty: GgmlType, std: f32, rng: &mut Rng, buf: &mut [u8]) -> bool 
             if ty == GgmlType::F32 {
                 x.copy_from_slice(&v.to_le_bytes());
             } else if ty == GgmlType::F16 {
-                x.copy_from_slice(&f16_bits(v).to_le_bytes());
+                x.copy_from_slice(&f32_to_f16(v).to_le_bytes());
             } else {
                 x.copy_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
             }
@@ -141,26 +121,14 @@ fn random_blocks(ty: GgmlType, std: f32, rng: &mut Rng, buf: &mut [u8]) -> bool 
     }
 }
 
-/// f32 -> IEEE half bits (round to nearest even; no NaN inputs here).
-pub(crate) fn f16_bits(v: f32) -> u16 {
-    // SAFETY: pure conversion function without preconditions.
-    unsafe { sys::ggml_fp32_to_fp16(v) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::writer::TensorDesc;
+    use crate::writer::TensorDesc;
 
     fn dequant(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
         let mut out = vec![0f32; n];
-        // SAFETY: the traits table has an entry for every valid type; to_float reads n
-        // values' worth of blocks from data (sized by the caller) and writes n floats.
-        unsafe {
-            let traits = sys::ggml_get_type_traits(ty.raw());
-            let to_float = (*traits).to_float.expect("dequantiser");
-            to_float(data.as_ptr().cast(), out.as_mut_ptr(), n as i64);
-        }
+        quant::dequantize(ty, data, &mut out).expect("dequantise");
         out
     }
 

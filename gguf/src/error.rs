@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 /// Why a GGUF file could not be opened. Every malformed input ends here, never in a
-/// ggml abort: the file is checked in Rust before ggml's parser sees it.
+/// panic or an abort: the parser bounds every read by the file's size.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GgufError {
@@ -21,12 +21,6 @@ pub enum GgufError {
         path: PathBuf,
         /// The OS error.
         source: io::Error,
-    },
-    /// The path contains a NUL byte, which C cannot represent.
-    #[error("{}: path contains a NUL byte", path.display())]
-    NulInPath {
-        /// The path given.
-        path: PathBuf,
     },
     /// The file does not start with the GGUF magic.
     #[error("{}: not a GGUF file (starts with {magic:02x?})", path.display())]
@@ -79,11 +73,5 @@ pub enum GgufError {
         end: u64,
         /// The file's size.
         file_size: u64,
-    },
-    /// ggml's `gguf_init_from_file` returned NULL for a file that passed our checks.
-    #[error("{}: ggml's GGUF parser rejected the file", path.display())]
-    Rejected {
-        /// The path given.
-        path: PathBuf,
     },
 }
