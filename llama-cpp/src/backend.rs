@@ -1,11 +1,12 @@
 //! Process-wide llama.cpp/ggml initialisation, the device list and buffer types.
 
-use std::ffi::{c_char, CStr};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 use llama_cpp_moe_sys as sys;
+
+use crate::ffi::string_from_c;
 
 /// Proof that llama.cpp's backends are initialised; needed to load models.
 ///
@@ -43,13 +44,11 @@ impl Backend {
     /// llama.cpp's description of the CPU features and backends it was built with.
     pub fn system_info(&self) -> String {
         // SAFETY: returns a pointer to a static NUL-terminated buffer.
-        unsafe { CStr::from_ptr(sys::llama_print_system_info()) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { string_from_c(sys::llama_print_system_info()) }
     }
 
     /// Every device ggml knows, in registry order (CPU, accelerators, then RPC servers
-    /// added with [`Backend::add_rpc_server`]).
+    /// added with `Backend::add_rpc_server`).
     ///
     /// C equivalent: `ggml_backend_dev_count()` / `ggml_backend_dev_get(i)`;
     /// `llama-cli --list-devices`.
@@ -107,28 +106,6 @@ impl Backend {
                 available: all.iter().map(BufferType::name).collect(),
             })
     }
-
-    /// Adds the devices of a ggml RPC server (`host:port`, as started by `rpc-server`
-    /// or [`sys::ggml_backend_rpc_start_server`]) to the registry, so models can offload
-    /// to it like to a local GPU. Adding the same endpoint again returns its devices
-    /// without registering them twice.
-    ///
-    /// ggml aborts the process when it cannot reach the server, so this first parses
-    /// the endpoint and opens (and closes) a TCP connection itself; a server that is not
-    /// listening is a typed error. A listener that accepts but is not a compatible ggml
-    /// RPC server still makes ggml abort: only add endpoints you started.
-    ///
-    /// C equivalent: `ggml_backend_register(ggml_backend_rpc_add_server(endpoint))`;
-    /// `llama-cli --rpc host:port`.
-    ///
-    /// # Errors
-    /// [`RpcError::BadEndpoint`] for a malformed endpoint, [`RpcError::Unreachable`] when
-    /// nothing accepts a connection there, [`RpcError::Failed`] when ggml reports no
-    /// devices.
-    #[cfg(feature = "rpc")]
-    pub fn add_rpc_server(&self, endpoint: &str) -> Result<Vec<Device>, RpcError> {
-        rpc::add_server(endpoint)
-    }
 }
 
 /// A ggml device: the CPU, a GPU, an accelerator or a remote RPC device.
@@ -165,14 +142,6 @@ pub enum DeviceType {
     Other(u32),
 }
 
-fn c_str_lossy(p: *const c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: ggml returns NUL-terminated strings that live as long as the object.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
 impl Device {
     /// Wraps a raw device pointer obtained from ggml's registry.
     ///
@@ -189,14 +158,15 @@ impl Device {
 
     /// Short name, e.g. `"CPU"`, `"CUDA0"`, `"RPC0"`.
     pub fn name(&self) -> String {
-        // SAFETY: registered device.
-        c_str_lossy(unsafe { sys::ggml_backend_dev_name(self.as_ptr()) })
+        // SAFETY: registered device; ggml returns NULL or a NUL-terminated name that
+        // lives as long as the device.
+        unsafe { string_from_c(sys::ggml_backend_dev_name(self.as_ptr())) }
     }
 
     /// Human-readable description (the GPU model, the CPU brand, or `host:port`).
     pub fn description(&self) -> String {
-        // SAFETY: registered device.
-        c_str_lossy(unsafe { sys::ggml_backend_dev_description(self.as_ptr()) })
+        // SAFETY: as in `name`.
+        unsafe { string_from_c(sys::ggml_backend_dev_description(self.as_ptr())) }
     }
 
     /// The kind of device.
@@ -288,8 +258,9 @@ impl BufferType {
 
     /// The name llama.cpp prints and `-ot` accepts.
     pub fn name(&self) -> String {
-        // SAFETY: a live buffer type.
-        c_str_lossy(unsafe { sys::ggml_backend_buft_name(self.as_ptr()) })
+        // SAFETY: a live buffer type; its name is NULL or a NUL-terminated string that
+        // lives as long as the buffer type.
+        unsafe { string_from_c(sys::ggml_backend_buft_name(self.as_ptr())) }
     }
 
     /// The device that owns this buffer type, if ggml knows it.
@@ -328,124 +299,4 @@ pub struct UnknownBufferType {
     pub name: String,
     /// The names that exist.
     pub available: Vec<String>,
-}
-
-/// Why an RPC server could not be added.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RpcError {
-    /// The endpoint is not `host:port`.
-    #[error("RPC endpoint {0:?} is not host:port")]
-    BadEndpoint(String),
-    /// Nothing accepted a TCP connection at the endpoint.
-    #[error("RPC server {endpoint} is unreachable: {source}")]
-    Unreachable {
-        /// The endpoint.
-        endpoint: String,
-        /// The connection error.
-        source: std::io::Error,
-    },
-    /// ggml returned no registry for the server.
-    #[error("ggml could not add RPC server {0}")]
-    Failed(String),
-}
-
-#[cfg(feature = "rpc")]
-mod rpc {
-    use std::collections::HashMap;
-    use std::ffi::CString;
-    use std::net::{TcpStream, ToSocketAddrs};
-    use std::ptr::NonNull;
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    use super::{Device, RpcError};
-    use llama_cpp_moe_sys as sys;
-
-    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// Endpoints already registered, with the address of their ggml registry; ggml must
-    /// see each registry registered exactly once or its devices appear twice.
-    static REGISTERED: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
-
-    /// Splits like ggml's `parse_endpoint` (at the first ':'), but strictly: a
-    /// non-empty host and a port that is a whole u16.
-    fn parse(endpoint: &str) -> Option<(&str, u16)> {
-        let (host, port) = endpoint.split_once(':')?;
-        if host.is_empty() || endpoint.contains('\0') {
-            return None;
-        }
-        Some((host, port.parse().ok()?))
-    }
-
-    fn probe(endpoint: &str, host: &str, port: u16) -> Result<(), RpcError> {
-        let unreachable = |source| RpcError::Unreachable {
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let addrs = (host, port).to_socket_addrs().map_err(unreachable)?;
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                // The server handles one client at a time and goes back to accept()
-                // when this probe disconnects without a HELLO.
-                Ok(_stream) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(unreachable(last))
-    }
-
-    fn devices_of(reg: sys::ggml_backend_reg_t) -> Vec<Device> {
-        // SAFETY: reg is a live RPC registry.
-        let n = unsafe { sys::ggml_backend_reg_dev_count(reg) };
-        (0..n)
-            .filter_map(|i| {
-                // SAFETY: i < count.
-                let dev = unsafe { sys::ggml_backend_reg_dev_get(reg, i) };
-                NonNull::new(dev).map(|ptr| Device { ptr })
-            })
-            .collect()
-    }
-
-    pub(super) fn add_server(endpoint: &str) -> Result<Vec<Device>, RpcError> {
-        let (host, port) =
-            parse(endpoint).ok_or_else(|| RpcError::BadEndpoint(endpoint.to_owned()))?;
-        let mut guard = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-        let registered = guard.get_or_insert_with(HashMap::new);
-        if let Some(&reg) = registered.get(endpoint) {
-            return Ok(devices_of(reg as sys::ggml_backend_reg_t));
-        }
-        probe(endpoint, host, port)?;
-        let c_endpoint =
-            CString::new(endpoint).map_err(|_| RpcError::BadEndpoint(endpoint.to_owned()))?;
-        crate::log::clear_last_error();
-        // SAFETY: NUL-terminated endpoint; the server accepted a connection just now, so
-        // ggml's connect (which aborts on failure) is expected to succeed.
-        let reg = unsafe { crate::rpc_ffi::add_server(c_endpoint.as_ptr()) }.ok_or_else(|| {
-            RpcError::Failed(format!("{endpoint} (this build has no RPC backend)"))
-        })?;
-        if reg.is_null() {
-            return Err(RpcError::Failed(endpoint.to_owned()));
-        }
-        // SAFETY: a new RPC registry, registered once (guarded by REGISTERED).
-        unsafe { sys::ggml_backend_register(reg) };
-        registered.insert(endpoint.to_owned(), reg as usize);
-        Ok(devices_of(reg))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::parse;
-
-        #[test]
-        fn endpoints_are_parsed_strictly() {
-            assert_eq!(parse("127.0.0.1:50052"), Some(("127.0.0.1", 50052)));
-            assert_eq!(parse("localhost:1"), Some(("localhost", 1)));
-            assert_eq!(parse("127.0.0.1"), None);
-            assert_eq!(parse(":50052"), None);
-            assert_eq!(parse("host:port"), None);
-            assert_eq!(parse("host:70000"), None);
-        }
-    }
 }

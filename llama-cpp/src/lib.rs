@@ -5,6 +5,10 @@
 //! a [`Batch`] into [`Context::decode`], and a [`Sampler`] picks the next token;
 //! [`generate`] wraps that loop with streaming and statistics.
 //!
+//! Each operation returns its own error type (a [`model::LoadError`], a
+//! [`context::DecodeError`], ...); all of them convert into the crate-wide [`Error`], so
+//! a function returning [`Result`] can use `?` on every call.
+//!
 //! # Mixture-of-experts offload
 //!
 //! Keep the routed experts of the first 20 layers in host RAM, put everything else on
@@ -25,7 +29,7 @@
 //! }
 //! let experts = placement.experts_on_host();
 //! println!("experts in host RAM: {} tensors, {} MiB", experts.count, experts.bytes >> 20);
-//! # Ok::<(), llama_cpp_moe::model::LoadError>(())
+//! # Ok::<(), llama_cpp_moe::Error>(())
 //! ```
 //!
 //! No model at hand? The companion crate `llama-cpp-moe-gguf`
@@ -36,19 +40,20 @@
 pub mod backend;
 pub mod batch;
 pub mod context;
+mod error;
+mod ffi;
 pub mod generate;
 pub mod log;
 pub mod model;
 #[cfg(feature = "rpc")]
 pub mod rpc;
-#[cfg(feature = "rpc")]
-mod rpc_ffi;
 pub mod sampler;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType};
 pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
+pub use error::{Error, PathError, Result};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 /// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
 pub use llama_cpp_moe_gguf::GgmlType;

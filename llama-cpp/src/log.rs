@@ -5,11 +5,13 @@
 //! record once the line ends, at the level of its first piece.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use llama_cpp_moe_sys as sys;
+
+use crate::ffi::str_from_c;
 
 /// The `log` target every llama.cpp message is emitted under.
 pub const LOG_TARGET: &str = "llama_cpp";
@@ -91,11 +93,11 @@ fn handle(level: sys::ggml_log_level, text: &str) {
 }
 
 extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
-    if text.is_null() {
+    // SAFETY: ggml passes NULL or a NUL-terminated string valid for the duration of the
+    // call, which is as long as `text` is used.
+    let Some(text) = (unsafe { str_from_c(text) }) else {
         return;
-    }
-    // SAFETY: ggml passes a NUL-terminated string valid for the duration of the call.
-    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    };
     // A panic (e.g. from a user's logger) must not unwind into C; the message is dropped.
     let _ = std::panic::catch_unwind(|| handle(level, &text));
 }

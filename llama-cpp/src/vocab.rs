@@ -12,6 +12,7 @@ use llama_cpp_moe_sys as sys;
 pub use chat::{apply_chat_template, ChatMessage, ChatTemplateError};
 pub use utf8::Utf8Decoder;
 
+use crate::ffi::{c_int_len, fill_growing, Fill};
 use crate::Model;
 
 /// A token id of a model's vocabulary.
@@ -130,7 +131,7 @@ pub enum VocabError {
 /// use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 /// use llama_cpp_moe::{Backend, Model, ModelParams};
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> llama_cpp_moe::Result<()> {
 /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
 /// let vocab = model.vocab();
 /// let tokens = vocab.tokenize("Hello 🦀", AddSpecial::Yes, ParseSpecial::No)?;
@@ -275,37 +276,36 @@ impl<'model> Vocab<'model> {
         parse_special: ParseSpecial,
     ) -> Result<Vec<Token>, VocabError> {
         let len = i32::try_from(text.len()).map_err(|_| VocabError::TooLong(text.len()))?;
-        // A first guess that fits almost always: at most one token per byte, plus specials.
-        let mut out: Vec<Token> = vec![Token(0); text.len() + 2];
-        for _ in 0..2 {
-            let cap = i32::try_from(out.len()).map_err(|_| VocabError::TooLong(out.len()))?;
-            // SAFETY: text is valid for `len` bytes (C copies it into a std::string, so no
-            // NUL terminator is needed); `out` has room for `cap` tokens, and Token is
-            // repr(transparent) over llama_token.
-            let n = unsafe {
-                sys::llama_tokenize(
-                    self.as_ptr(),
-                    text.as_ptr().cast::<c_char>(),
-                    len,
-                    out.as_mut_ptr().cast::<sys::llama_token>(),
-                    cap,
-                    add_special.into(),
-                    parse_special.into(),
-                )
-            };
-            if n == i32::MIN {
-                return Err(VocabError::TooLong(text.len()));
-            }
-            if n >= 0 {
-                out.truncate(n as usize);
-                return Ok(out);
-            }
-            out.resize(n.unsigned_abs() as usize, Token(0));
-        }
-        Err(VocabError::Failed {
-            call: "llama_tokenize",
-            code: -1,
-        })
+        let tokens = fill_growing(
+            // A first guess that fits almost always: at most one token per byte, plus
+            // specials.
+            text.len() + 2,
+            |out: &mut [sys::llama_token]| {
+                let cap = c_int_len(out, VocabError::TooLong)?;
+                // SAFETY: text is valid for `len` bytes (C copies it into a std::string,
+                // so no NUL terminator is needed); `out` has room for `cap` tokens.
+                let n = unsafe {
+                    sys::llama_tokenize(
+                        self.as_ptr(),
+                        text.as_ptr().cast::<c_char>(),
+                        len,
+                        out.as_mut_ptr(),
+                        cap,
+                        add_special.into(),
+                        parse_special.into(),
+                    )
+                };
+                if n == i32::MIN {
+                    return Err(VocabError::TooLong(text.len()));
+                }
+                Ok(Fill::from_count_or_negated_need(n))
+            },
+            || VocabError::Failed {
+                call: "llama_tokenize",
+                code: -1,
+            },
+        )?;
+        Ok(tokens.into_iter().map(Token).collect())
     }
 
     /// The bytes of `token`'s text. Byte-level vocabularies split characters across
@@ -320,30 +320,28 @@ impl<'model> Vocab<'model> {
         special: RenderSpecial,
     ) -> Result<Vec<u8>, VocabError> {
         self.check(token)?;
-        let mut buf = vec![0u8; 32];
-        for _ in 0..2 {
-            let cap = i32::try_from(buf.len()).map_err(|_| VocabError::TooLong(buf.len()))?;
-            // SAFETY: valid vocab, in-range token, `buf` has `cap` writable bytes.
-            let n = unsafe {
-                sys::llama_token_to_piece(
-                    self.as_ptr(),
-                    token.0,
-                    buf.as_mut_ptr().cast::<c_char>(),
-                    cap,
-                    0,
-                    special.into(),
-                )
-            };
-            if n >= 0 {
-                buf.truncate(n as usize);
-                return Ok(buf);
-            }
-            buf.resize(n.unsigned_abs() as usize, 0);
-        }
-        Err(VocabError::Failed {
-            call: "llama_token_to_piece",
-            code: -1,
-        })
+        fill_growing(
+            32,
+            |buf: &mut [u8]| {
+                let cap = c_int_len(buf, VocabError::TooLong)?;
+                // SAFETY: valid vocab, in-range token, `buf` has `cap` writable bytes.
+                let n = unsafe {
+                    sys::llama_token_to_piece(
+                        self.as_ptr(),
+                        token.0,
+                        buf.as_mut_ptr().cast::<c_char>(),
+                        cap,
+                        0,
+                        special.into(),
+                    )
+                };
+                Ok(Fill::from_count_or_negated_need(n))
+            },
+            || VocabError::Failed {
+                call: "llama_token_to_piece",
+                code: -1,
+            },
+        )
     }
 
     /// `token`'s text; a partial UTF-8 piece is shown with U+FFFD. See
@@ -374,35 +372,34 @@ impl<'model> Vocab<'model> {
         }
         let n_tokens =
             i32::try_from(tokens.len()).map_err(|_| VocabError::TooLong(tokens.len()))?;
-        let mut buf = vec![0u8; tokens.len() * 4 + 16];
-        for _ in 0..2 {
-            let cap = i32::try_from(buf.len()).map_err(|_| VocabError::TooLong(buf.len()))?;
-            // SAFETY: valid vocab; every token was checked to be in range; `buf` has `cap`
-            // writable bytes; Token is repr(transparent) over llama_token.
-            let n = unsafe {
-                sys::llama_detokenize(
-                    self.as_ptr(),
-                    tokens.as_ptr().cast::<sys::llama_token>(),
-                    n_tokens,
-                    buf.as_mut_ptr().cast::<c_char>(),
-                    cap,
-                    remove_special.into(),
-                    unparse_special.into(),
-                )
-            };
-            if n >= 0 {
-                buf.truncate(n as usize);
-                return Ok(String::from_utf8_lossy(&buf).into_owned());
-            }
-            if n == i32::MIN {
-                return Err(VocabError::TooLong(tokens.len()));
-            }
-            buf.resize(n.unsigned_abs() as usize, 0);
-        }
-        Err(VocabError::Failed {
-            call: "llama_detokenize",
-            code: -1,
-        })
+        let bytes = fill_growing(
+            tokens.len() * 4 + 16,
+            |buf: &mut [u8]| {
+                let cap = c_int_len(buf, VocabError::TooLong)?;
+                // SAFETY: valid vocab; every token was checked to be in range; `buf` has
+                // `cap` writable bytes; Token is repr(transparent) over llama_token.
+                let n = unsafe {
+                    sys::llama_detokenize(
+                        self.as_ptr(),
+                        tokens.as_ptr().cast::<sys::llama_token>(),
+                        n_tokens,
+                        buf.as_mut_ptr().cast::<c_char>(),
+                        cap,
+                        remove_special.into(),
+                        unparse_special.into(),
+                    )
+                };
+                if n == i32::MIN {
+                    return Err(VocabError::TooLong(tokens.len()));
+                }
+                Ok(Fill::from_count_or_negated_need(n))
+            },
+            || VocabError::Failed {
+                call: "llama_detokenize",
+                code: -1,
+            },
+        )?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 

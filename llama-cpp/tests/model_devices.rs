@@ -4,7 +4,7 @@ mod model_support;
 
 use std::net::TcpListener;
 
-use llama_cpp_moe::backend::RpcError;
+use llama_cpp_moe::rpc::RpcError;
 use llama_cpp_moe::DeviceType;
 use model_support::{backend, rpc_endpoint};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use llama_cpp_moe::model::{KvValue, LoadError};
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{Model, ModelParams};
+use llama_cpp_moe::{Model, ModelParams, PathError};
 use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, spec, temp_dir};
 
@@ -61,7 +61,7 @@ fn missing_non_gguf_and_truncated_files_are_typed_errors() {
     let nul = dir.join("a\0b.gguf");
     assert!(matches!(
         Model::load(&backend, &nul, &params),
-        Err(LoadError::NulInPath(_))
+        Err(LoadError::InvalidPath(PathError::NulByte(p))) if p == nul
     ));
 
     let text = dir.join("not-a-model.gguf");

@@ -286,7 +286,7 @@ impl Context<'_> {
     ///
     /// ```no_run
     /// # use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> llama_cpp_moe::Result<()> {
     /// # let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let ctx = Context::new(&model, &ContextParams::default())?;
     /// for row in ctx.memory_breakdown()? {

@@ -4,7 +4,8 @@ mod params;
 mod placement;
 
 use std::any::Any;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::borrow::Cow;
+use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -23,6 +24,8 @@ pub use placement::{
 };
 
 use crate::backend::BufferType;
+use crate::error::PathError;
+use crate::ffi::{fill_growing, path_to_cstring, str_from_c, string_from_c, Fill};
 use crate::Backend;
 use crate::GgmlType;
 
@@ -33,9 +36,10 @@ pub enum LoadError {
     /// The file does not exist.
     #[error("model file not found: {0}")]
     NotFound(PathBuf),
-    /// The path contains a NUL byte, which C cannot represent.
-    #[error("model path contains a NUL byte: {0:?}")]
-    NulInPath(PathBuf),
+    /// The path cannot be passed to C: it contains a NUL byte, or (outside Unix) it is
+    /// not valid Unicode.
+    #[error("invalid model path: {0}")]
+    InvalidPath(PathError),
     /// The params were rejected before llama.cpp saw them.
     #[error("invalid model params: {0}")]
     InvalidParams(#[from] ParamsError),
@@ -71,19 +75,6 @@ impl Drop for Model {
     fn drop(&mut self) {
         // SAFETY: the pointer came from llama_model_load_from_file and is freed once.
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) };
-    }
-}
-
-/// A path as C bytes: raw OS bytes on Unix, so non-UTF-8 paths work.
-pub(crate) fn path_to_cstring(path: &Path) -> Option<CString> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        CString::new(path.as_os_str().as_bytes()).ok()
-    }
-    #[cfg(not(unix))]
-    {
-        CString::new(path.to_string_lossy().as_bytes()).ok()
     }
 }
 
@@ -133,7 +124,7 @@ impl Model {
     ///
     /// ```no_run
     /// use llama_cpp_moe::{Backend, Model, ModelParams};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> llama_cpp_moe::Result<()> {
     /// let backend = Backend::init();
     /// let params = ModelParams::default().with_n_gpu_layers(99).with_cpu_moe(10);
     /// let model = Model::load(&backend, "qwen3-30b-a3b-q4_k_m.gguf", &params)?;
@@ -155,7 +146,7 @@ impl Model {
         params: &ModelParams,
     ) -> Result<Model, LoadError> {
         let path = path.as_ref();
-        let c_path = path_to_cstring(path).ok_or_else(|| LoadError::NulInPath(path.to_owned()))?;
+        let c_path = path_to_cstring(path).map_err(LoadError::InvalidPath)?;
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_owned()));
         }
@@ -332,13 +323,9 @@ impl Model {
         };
         let name_ptr = name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr());
         // SAFETY: valid model; name is NULL or NUL-terminated; the returned string is
-        // owned by the model.
-        let p = unsafe { sys::llama_model_chat_template(self.as_ptr(), name_ptr) };
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: non-null NUL-terminated string owned by the model.
-        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        // NULL or NUL-terminated and owned by the model, which outlives this call.
+        unsafe { str_from_c(sys::llama_model_chat_template(self.as_ptr(), name_ptr)) }
+            .map(Cow::into_owned)
     }
 
     /// llama.cpp's one-line description (`"qwen3moe A3B Q8_0"` style).
@@ -373,7 +360,9 @@ impl Model {
             if unsafe { sys::llama_moe_model_tensor_info(self.as_ptr(), i, &mut info) } != 0 {
                 continue;
             }
-            let name = lossy(info.name);
+            // SAFETY: the shim returns NULL or a NUL-terminated name owned by the model,
+            // alive here.
+            let name = unsafe { string_from_c(info.name) };
             // SAFETY: the shim hands out the tensor buffer's type, a process-lived ggml
             // object (static, or owned by a backend registry that is never freed).
             let buffer_type = NonNull::new(info.buft).map(|p| unsafe { BufferType::from_raw(p) });
@@ -394,24 +383,16 @@ impl Model {
     }
 }
 
-fn lossy(p: *const c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: the shim returns NUL-terminated strings owned by the model or by ggml.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// Calls a snprintf-style llama.cpp getter, growing the buffer until the value fits.
+/// Calls an `snprintf`-style llama.cpp getter, growing the buffer until the value fits;
+/// `None` when the getter reports no value (a negative return).
 fn read_c_string(mut get: impl FnMut(*mut c_char, usize) -> i32) -> Option<String> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        let n = get(buf.as_mut_ptr().cast(), buf.len());
-        let n = usize::try_from(n).ok()?;
-        if n < buf.len() {
-            buf.truncate(n);
-            return Some(String::from_utf8_lossy(&buf).into_owned());
-        }
-        buf.resize(n + 1, 0);
-    }
+    let bytes = fill_growing(
+        256,
+        |buf: &mut [u8]| {
+            Fill::from_snprintf(get(buf.as_mut_ptr().cast(), buf.len()), buf.len()).ok_or(())
+        },
+        || (),
+    )
+    .ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -54,18 +54,18 @@ pub fn regex_search(pattern: &str, name: &str) -> Option<bool> {
 
 /// Compiles `pattern` with the loader's `std::regex`; `Err(reason)` if it would throw.
 pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
-    let mut err = [0 as std::ffi::c_char; 256];
+    let mut err = [0u8; 256];
     // SAFETY: NUL-terminated pattern; err is writable for err.len() bytes and the shim
     // NUL-terminates what it writes; exceptions never leave the shim.
-    let ok =
-        unsafe { sys::llama_moe_regex_is_valid(pattern.as_ptr(), err.as_mut_ptr(), err.len()) };
+    let ok = unsafe {
+        sys::llama_moe_regex_is_valid(pattern.as_ptr(), err.as_mut_ptr().cast(), err.len())
+    };
     if ok == 1 {
-        Ok(())
-    } else {
-        // SAFETY: the shim wrote a NUL-terminated message into err.
-        let reason = unsafe { CStr::from_ptr(err.as_ptr()) };
-        Err(reason.to_string_lossy().into_owned())
+        return Ok(());
     }
+    // The shim NUL-terminates its message; should it not, the whole buffer is the message.
+    let reason = CStr::from_bytes_until_nul(&err).map_or(&err[..], CStr::to_bytes);
+    Err(String::from_utf8_lossy(reason).into_owned())
 }
 
 /// Where tensors matching an override go.

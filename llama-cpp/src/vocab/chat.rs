@@ -5,6 +5,7 @@ use std::ffi::{c_char, CString};
 use llama_cpp_moe_sys as sys;
 
 use super::AddAssistant;
+use crate::ffi::{c_int_len, fill_growing, Fill};
 use crate::Model;
 
 /// Why a chat could not be formatted.
@@ -85,33 +86,28 @@ pub fn apply_chat_template(
         .iter()
         .map(|m| m.role.len() + m.content.len())
         .sum();
-    let mut buf = vec![0u8; 2 * total + 256];
-    for _ in 0..2 {
-        let cap = i32::try_from(buf.len()).map_err(|_| ChatTemplateError::TooLong)?;
-        // SAFETY: tmpl and every role/content are NUL-terminated and owned by `tmpl` and
-        // `owned`, alive for the call; `raw` has `raw.len()` entries; `buf` has `cap`
-        // writable bytes.
-        let n = unsafe {
-            sys::llama_chat_apply_template(
-                tmpl.as_ptr(),
-                raw.as_ptr(),
-                raw.len(),
-                add_assistant.into(),
-                buf.as_mut_ptr().cast::<c_char>(),
-                cap,
-            )
-        };
-        if n < 0 {
-            return Err(ChatTemplateError::Unsupported(n));
-        }
-        let n = n as usize;
-        if n <= buf.len() {
-            buf.truncate(n);
-            return Ok(String::from_utf8_lossy(&buf).into_owned());
-        }
-        buf.resize(n, 0);
-    }
-    Err(ChatTemplateError::TooLong)
+    let bytes = fill_growing(
+        2 * total + 256,
+        |buf: &mut [u8]| {
+            let cap = c_int_len(buf, |_| ChatTemplateError::TooLong)?;
+            // SAFETY: tmpl and every role/content are NUL-terminated and owned by `tmpl`
+            // and `owned`, alive for the call; `raw` has `raw.len()` entries; `buf` has
+            // `cap` writable bytes.
+            let n = unsafe {
+                sys::llama_chat_apply_template(
+                    tmpl.as_ptr(),
+                    raw.as_ptr(),
+                    raw.len(),
+                    add_assistant.into(),
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    cap,
+                )
+            };
+            Fill::from_total_length(n, buf.len()).ok_or(ChatTemplateError::Unsupported(n))
+        },
+        || ChatTemplateError::TooLong,
+    )?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 impl Model {
@@ -120,7 +116,7 @@ impl Model {
     /// ```no_run
     /// use llama_cpp_moe::{AddAssistant, Backend, ChatMessage, Model, ModelParams};
     ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # fn main() -> llama_cpp_moe::Result<()> {
     /// let model = Model::load(&Backend::init(), "model.gguf", &ModelParams::default())?;
     /// let messages = [ChatMessage::new("user", "Hello!")];
     /// let prompt = model.apply_chat_template(&messages, AddAssistant::Yes)?;

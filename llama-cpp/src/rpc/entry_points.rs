@@ -57,7 +57,7 @@ fn start_server_fn() -> Option<StartServerFn> {
 /// # Safety
 /// `endpoint` must be NUL-terminated, and a compatible server must accept connections
 /// there: ggml aborts when it cannot connect.
-pub(crate) unsafe fn add_server(endpoint: *const c_char) -> Option<sys::ggml_backend_reg_t> {
+pub(super) unsafe fn add_server(endpoint: *const c_char) -> Option<sys::ggml_backend_reg_t> {
     let f = add_server_fn()?;
     // SAFETY: forwarded to the caller.
     Some(unsafe { f(endpoint) })
@@ -68,7 +68,7 @@ pub(crate) unsafe fn add_server(endpoint: *const c_char) -> Option<sys::ggml_bac
 /// # Safety
 /// The strings must be NUL-terminated (`cache_dir` may be NULL) and `devices` must point
 /// to `n_devices` registered devices; all must outlive the call.
-pub(crate) unsafe fn start_server(
+pub(super) unsafe fn start_server(
     endpoint: *const c_char,
     cache_dir: *const c_char,
     n_threads: usize,

@@ -1,16 +1,15 @@
-//! Serving this machine's devices to other processes over ggml's RPC protocol.
-//!
-//! The client side (using a remote device) is [`crate::Backend::add_rpc_server`]. The
-//! protocol has no authentication or encryption: serve on loopback unless the network
-//! is trusted.
+//! The server side: this machine's devices, served to other processes.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use llama_cpp_moe_sys as sys;
 
-use crate::Backend;
+use super::entry_points;
+use crate::error::PathError;
+use crate::ffi::path_to_cstring;
+use crate::{Backend, Device, DeviceType};
 
 /// Why an RPC server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +33,8 @@ pub enum RpcServeError {
         available: String,
     },
     /// The cache directory path cannot be passed to C.
-    #[error("cache directory path contains a NUL byte or is not valid: {0:?}")]
-    InvalidCacheDir(PathBuf),
+    #[error("invalid cache directory: {0}")]
+    InvalidCacheDir(PathError),
     /// The port is already taken.
     #[error("cannot bind {0}: {1}")]
     Bind(String, std::io::Error),
@@ -102,7 +101,7 @@ impl RpcServerConfig {
     /// Checks the address and resolves the devices; then blocks serving clients forever.
     ///
     /// C equivalent: `rpc-server --host H --port P -t N [-c DIR] [-d DEV]`.
-    pub fn serve(self, _backend: &Backend) -> Result<std::convert::Infallible, RpcServeError> {
+    pub fn serve(self, backend: &Backend) -> Result<std::convert::Infallible, RpcServeError> {
         let ip: IpAddr = self
             .host
             .parse()
@@ -116,19 +115,20 @@ impl RpcServerConfig {
             std::net::TcpListener::bind((ip, self.port))
                 .map_err(|e| RpcServeError::Bind(endpoint.clone(), e))?,
         );
-        let mut devices = self.resolve_devices()?;
+        let mut devices: Vec<sys::ggml_backend_dev_t> = self
+            .resolve_devices(backend)?
+            .iter()
+            .map(Device::as_ptr)
+            .collect();
         let c_endpoint = CString::new(endpoint).expect("an IP endpoint has no NUL byte");
         let c_cache = match &self.cache_dir {
-            Some(dir) => Some(
-                crate::model::path_to_cstring(dir)
-                    .ok_or_else(|| RpcServeError::InvalidCacheDir(dir.clone()))?,
-            ),
+            Some(dir) => Some(path_to_cstring(dir).map_err(RpcServeError::InvalidCacheDir)?),
             None => None,
         };
         // SAFETY: the strings and the device array outlive the call, which never returns
         // normally; the devices come from ggml's registry and live for the process.
         let started = unsafe {
-            crate::rpc_ffi::start_server(
+            entry_points::start_server(
                 c_endpoint.as_ptr(),
                 c_cache.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 self.threads,
@@ -149,57 +149,42 @@ impl RpcServerConfig {
         ))
     }
 
-    fn resolve_devices(&self) -> Result<Vec<sys::ggml_backend_dev_t>, RpcServeError> {
-        let all: Vec<(String, sys::ggml_backend_dev_t, sys::ggml_backend_dev_type)> = {
-            // SAFETY: registry queries after backend init; names are static strings.
-            let n = unsafe { sys::ggml_backend_dev_count() };
-            (0..n)
-                .map(|i| {
-                    // SAFETY: i < count.
-                    let dev = unsafe { sys::ggml_backend_dev_get(i) };
-                    // SAFETY: dev is registered; the name lives as long as the registry.
-                    let name = unsafe { CStr::from_ptr(sys::ggml_backend_dev_name(dev)) };
-                    // SAFETY: dev is registered.
-                    let kind = unsafe { sys::ggml_backend_dev_type(dev) };
-                    (name.to_string_lossy().into_owned(), dev, kind)
-                })
-                .collect()
-        };
+    /// The devices to serve: the ones named, or by default every local accelerator, or
+    /// the CPU when there is none.
+    fn resolve_devices(&self, backend: &Backend) -> Result<Vec<Device>, RpcServeError> {
+        let all = backend.devices();
         if self.devices.is_empty() {
             // Never re-serve remote devices: that would proxy another server.
-            let local = |name: &str| !name.starts_with("RPC");
-            let accelerators: Vec<_> = all
+            let accelerators: Vec<Device> = all
                 .iter()
-                .filter(|(name, _, kind)| {
-                    local(name)
-                        && (*kind == sys::GGML_BACKEND_DEVICE_TYPE_GPU
-                            || *kind == sys::GGML_BACKEND_DEVICE_TYPE_IGPU)
+                .filter(|dev| {
+                    !dev.name().starts_with("RPC")
+                        && matches!(
+                            dev.device_type(),
+                            DeviceType::Gpu | DeviceType::IntegratedGpu
+                        )
                 })
-                .map(|(_, dev, _)| *dev)
+                .copied()
                 .collect();
             if !accelerators.is_empty() {
                 return Ok(accelerators);
             }
             return Ok(all
                 .iter()
-                .filter(|(_, _, kind)| *kind == sys::GGML_BACKEND_DEVICE_TYPE_CPU)
-                .map(|(_, dev, _)| *dev)
+                .filter(|dev| dev.device_type() == DeviceType::Cpu)
                 .take(1)
+                .copied()
                 .collect());
         }
         self.devices
             .iter()
             .map(|wanted| {
                 all.iter()
-                    .find(|(name, _, _)| name.eq_ignore_ascii_case(wanted))
-                    .map(|(_, dev, _)| *dev)
+                    .find(|dev| dev.name().eq_ignore_ascii_case(wanted))
+                    .copied()
                     .ok_or_else(|| RpcServeError::UnknownDevice {
                         name: wanted.clone(),
-                        available: all
-                            .iter()
-                            .map(|(n, _, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        available: all.iter().map(Device::name).collect::<Vec<_>>().join(", "),
                     })
             })
             .collect()
