@@ -127,12 +127,33 @@ pub fn generate(
             .allowlist_recursively(false),
     };
     let what = part.backend_header.unwrap_or("wrapper.h");
-    let bindings = builder.generate().map_err(|e| {
+    let explain = |e: &dyn std::fmt::Display| {
         format!(
             "bindgen failed on {what}: {e}. Generating bindings needs libclang (Debian/Ubuntu: \
              libclang-dev, Fedora: clang-devel, macOS: the Xcode command line tools); the \
-             checked-in bindings serve the pinned llama.cpp on 64-bit Linux without it"
+             checked-in bindings serve the pinned llama.cpp on 64-bit Linux with glibc \
+             without it"
         )
-    })?;
+    };
+    // bindgen panics when it cannot load libclang: turn that into the same one-paragraph
+    // error, without the panic's backtrace.
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // AssertUnwindSafe: the builder is consumed, and nothing it touched is used after a
+    // panic; the build script only reports the error and exits.
+    let generated =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    std::panic::set_hook(quiet);
+    let bindings = match generated {
+        Ok(result) => result.map_err(|e| explain(&e))?,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("bindgen panicked");
+            return Err(explain(&message));
+        }
+    };
     Ok(format!("{}{}", file_header(inputs), bindings))
 }
