@@ -147,7 +147,10 @@ fn main() {
         None => build_with_cmake(&src, &cache_root, &features, &target),
     };
 
-    let lib_dir = install_dir.join("lib");
+    let mut lib_dir = install_dir.join("lib");
+    if features.dynamic_link {
+        lib_dir = mirror_shared_libraries(&lib_dir, &out_dir.join("lib"));
+    }
     link_libraries(&lib_dir, &features, &target);
     // For dependents' build scripts (DEP_LLAMA_*): e.g. the native C benchmark links
     // the very same libraries.
@@ -410,6 +413,46 @@ fn missing_compiler(kind: &str, tool: &cc::Tool, error: &str) -> String {
         &format!("the {kind} compiler `{}`", tool.path().display()),
         error,
     )
+}
+
+/// Links the shared libraries of `lib_dir` into `mirror` (hard links, or copies across
+/// file systems; symlinks recreated) and returns `mirror`.
+///
+/// `cargo run` and `cargo test` put a dependency's link-search directories on the
+/// run-time library path only when they lie in the profile's build output, as OUT_DIR
+/// does and the shared cache does not; the rpath below reaches only this package's own
+/// binaries. Without the mirror, the safe crate's tests could not find libllama.so.
+fn mirror_shared_libraries(lib_dir: &Path, mirror: &Path) -> PathBuf {
+    let io = |what: &str, path: &Path, e: std::io::Error| -> ! {
+        fail(&format!("cannot {what} {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(mirror).unwrap_or_else(|e| io("create", mirror, e));
+    let entries = std::fs::read_dir(lib_dir).unwrap_or_else(|e| io("read", lib_dir, e));
+    for entry in entries.filter_map(Result::ok) {
+        let from = entry.path();
+        let name = entry.file_name();
+        let shared = [".so", ".dylib", ".dll"]
+            .iter()
+            .any(|ext| name.to_string_lossy().contains(ext));
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if !shared || kind.is_dir() {
+            continue;
+        }
+        let to = mirror.join(&name);
+        let _ = std::fs::remove_file(&to);
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&from).unwrap_or_else(|e| io("read", &from, e));
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(&target, &to).unwrap_or_else(|e| io("create", &to, e));
+            #[cfg(not(unix))]
+            std::fs::copy(lib_dir.join(&target), &to).unwrap_or_else(|e| io("copy", &to, e));
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap_or_else(|e| io("copy", &from, e));
+        }
+    }
+    mirror.to_path_buf()
 }
 
 fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
