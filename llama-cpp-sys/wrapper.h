@@ -1,16 +1,9 @@
-// The one header bindgen reads. Optional backends are declared only when linked in.
+// The header bindgen reads for the base bindings. Each optional backend header
+// (ggml-rpc.h, ggml-cuda.h, ggml-vulkan.h) is its own part, appended when the feature
+// links that backend in: see build/bindings.rs.
 #include "llama.h"
 #include "ggml.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "gguf.h"
-#ifdef LLAMA_MOE_WITH_RPC
-#include "ggml-rpc.h"
-#endif
-#ifdef LLAMA_MOE_WITH_CUDA
-#include "ggml-cuda.h"
-#endif
-#ifdef LLAMA_MOE_WITH_VULKAN
-#include "ggml-vulkan.h"
-#endif
 #include "llama_moe_shim.h"

@@ -11,6 +11,9 @@ pub struct Source {
     pub dir: PathBuf,
     /// Where the tree came from, for LLAMA_CPP_VERSION and the build log.
     pub origin: String,
+    /// The tree cannot change under the same path (a registry package): a finished build
+    /// of it in the cache can be reused without asking cmake.
+    pub immutable: bool,
 }
 
 fn looks_like_llama_cpp(dir: &Path) -> bool {
@@ -36,6 +39,7 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
                 return Ok(Source {
                     origin: format!("LLAMA_CPP_SRC {}", dir.display()),
                     dir,
+                    immutable: false,
                 });
             }
             // An explicit choice that does not work is an error, never a silent fallback.
@@ -61,6 +65,7 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
         return Ok(Source {
             origin: "bundled".into(),
             dir: bundled,
+            immutable: true,
         });
     }
     tried.push(format!(
@@ -82,6 +87,7 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
             Ok(Source {
                 origin: format!("pin {PIN_PACKAGE} {version}"),
                 dir,
+                immutable: true,
             })
         }
         Err(why) => {

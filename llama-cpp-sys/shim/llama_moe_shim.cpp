@@ -10,11 +10,13 @@
 #include <vector>
 
 #include "ggml-backend.h"
+// llama.cpp's own internal declarations, from the source tree being built (its src/
+// directory is on the include path): llama_get_memory_breakdown, llama_model_n_expert
+// (llama-ext.h) and llama_internal_get_tensor_map (llama-model.h). The shim declares no
+// llama.cpp symbol itself, so an upstream signature change fails to compile here
+// instead of linking and misbehaving (tests/shim_declarations.rs keeps it that way).
 #include "llama-ext.h"
-
-// Declared in src/llama-model.h; repeated here so the shim need not depend on the
-// internal layout of llama_model.
-const std::vector<std::pair<std::string, ggml_tensor *>> & llama_internal_get_tensor_map(const llama_model * model);
+#include "llama-model.h"
 
 static void copy_message(char * dst, size_t cap, const char * msg) {
     if (dst == nullptr || cap == 0) {
