@@ -466,6 +466,7 @@ fn child_through_relay(break_it: impl FnOnce(&Relay)) -> (std::process::Child, I
 /// A server that dies mid-generation: ggml's RPC worker thread reads EOF and calls
 /// GGML_ABORT, which ends the whole client process with SIGABRT. Nothing in the safe
 /// API can catch it; this test keeps `docs/security.md` honest.
+#[cfg(unix)]
 #[test]
 fn a_server_dying_mid_generation_aborts_the_client_inside_ggml() {
     let (mut child, cut_at) = child_through_relay(Relay::cut);
