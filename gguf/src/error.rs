@@ -60,6 +60,33 @@ pub enum GgufError {
         /// What is wrong.
         what: String,
     },
+    /// A tensor has a type id ggml does not know.
+    #[error("{}: tensor {tensor:?} has unknown ggml type {type_id} (at byte {offset})", path.display())]
+    UnknownTensorType {
+        /// The path given.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The type id found.
+        type_id: u32,
+        /// Where the type field starts.
+        offset: u64,
+    },
+    /// A tensor's data offset is not where its data must be: ggml stores tensors back to
+    /// back (each padded to the alignment), in table order.
+    #[error("{}: tensor {tensor:?} claims data offset {offset}, expected {expected} (at byte {at})", path.display())]
+    TensorOffsetMismatch {
+        /// The path given.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The offset in the table, relative to the data section.
+        offset: u64,
+        /// Where its data must start, relative to the data section.
+        expected: u64,
+        /// Where its table entry starts.
+        at: u64,
+    },
     /// A tensor's data extends past the end of the file.
     #[error("{}: tensor {name:?} data [{start}, {end}) lies outside the file ({file_size} bytes)", path.display())]
     TensorDataOutOfBounds {

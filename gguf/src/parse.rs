@@ -324,10 +324,12 @@ pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, 
         let at_ty = c.pos;
         let raw = c.u32("tensor type")?;
         let Some(ty) = GgmlType::from_raw(raw) else {
-            return Err(c.malformed(
-                at_ty,
-                format!("tensor {name:?} has unknown ggml type {raw}"),
-            ));
+            return Err(GgufError::UnknownTensorType {
+                path: path.to_owned(),
+                tensor: name,
+                type_id: raw,
+                offset: at_ty,
+            });
         };
         let Some(bytes) = ty.tensor_bytes(&shape) else {
             return Err(c.malformed(
@@ -364,11 +366,13 @@ pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, 
     let mut tensors = Vec::with_capacity(infos.len());
     for info in infos {
         if info.offset != expected {
-            let what = format!(
-                "tensor {:?} at data offset {}, expected {expected}",
-                info.name, info.offset
-            );
-            return Err(c.malformed(info.at, what));
+            return Err(GgufError::TensorOffsetMismatch {
+                path: path.to_owned(),
+                tensor: info.name,
+                offset: info.offset,
+                expected,
+                at: info.at,
+            });
         }
         let start = data_start.saturating_add(info.offset);
         let end = start.saturating_add(info.bytes);

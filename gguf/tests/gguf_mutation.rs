@@ -45,7 +45,11 @@ fn category(r: &Result<GgufFile, GgufError>) -> &'static str {
         Err(GgufError::NotGguf { .. }) => "not_gguf",
         Err(GgufError::Truncated { .. }) => "truncated",
         Err(GgufError::UnsupportedVersion { .. }) => "version",
-        Err(GgufError::Malformed { .. }) => "malformed",
+        Err(
+            GgufError::Malformed { .. }
+            | GgufError::UnknownTensorType { .. }
+            | GgufError::TensorOffsetMismatch { .. },
+        ) => "malformed",
         Err(GgufError::TensorDataOutOfBounds { .. }) => "data_oob",
         Err(_) => "other",
     }

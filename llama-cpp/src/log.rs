@@ -41,11 +41,16 @@ pub(crate) fn install() {
 }
 
 /// Clears this thread's remembered llama.cpp error line.
+/// Beyond this many bytes of remembered error text, further lines are dropped (a thread
+/// that never clears must not grow it forever).
+const MAX_ERROR_TEXT: usize = 4096;
+
 pub(crate) fn clear_last_error() {
     LAST_ERROR.with(|e| e.borrow_mut().take());
 }
 
-/// The last error line llama.cpp logged on this thread since [`clear_last_error`].
+/// The error lines llama.cpp logged on this thread since [`clear_last_error`], joined
+/// with "; " (up to about [`MAX_ERROR_TEXT`] bytes).
 pub(crate) fn take_last_error() -> Option<String> {
     LAST_ERROR.with(|e| e.borrow_mut().take())
 }
@@ -66,7 +71,16 @@ fn emit(level: log::Level, line: &str) {
         return;
     }
     if level == log::Level::Error {
-        LAST_ERROR.with(|e| *e.borrow_mut() = Some(line.to_owned()));
+        // Keep every error line of the failing call: llama.cpp logs the cause first
+        // ("unknown model architecture: ...") and a generic summary last.
+        LAST_ERROR.with(|e| match &mut *e.borrow_mut() {
+            Some(all) if all.len() < MAX_ERROR_TEXT => {
+                all.push_str("; ");
+                all.push_str(line);
+            }
+            Some(_) => {}
+            slot @ None => *slot = Some(line.to_owned()),
+        });
     }
     if !SILENT.load(Ordering::Relaxed) {
         log::log!(target: LOG_TARGET, level, "{line}");
@@ -118,5 +132,10 @@ mod tests {
         );
         handle(sys::GGML_LOG_LEVEL_INFO, "fine\n");
         assert_eq!(take_last_error(), None);
+        handle(sys::GGML_LOG_LEVEL_ERROR, "the cause\n");
+        handle(sys::GGML_LOG_LEVEL_INFO, "noise\n");
+        handle(sys::GGML_LOG_LEVEL_ERROR, "failed\n");
+        handle(sys::GGML_LOG_LEVEL_INFO, "flush\n");
+        assert_eq!(take_last_error().as_deref(), Some("the cause; failed"));
     }
 }

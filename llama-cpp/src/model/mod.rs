@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use llama_cpp_moe_gguf::{GgufError, GgufFile};
 use llama_cpp_moe_sys as sys;
 
 pub use params::{
@@ -46,12 +47,79 @@ pub enum LoadError {
     /// The progress callback returned `false`.
     #[error("loading {0} was aborted by the progress callback")]
     Aborted(PathBuf),
-    /// llama.cpp refused the file; `reason` is its own error line when it logged one.
+    /// The file does not start with the GGUF magic (found before llama.cpp opened it).
+    #[error("{}: not a GGUF file (it starts with {magic:02x?})", path.display())]
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes (up to 4).
+        magic: Vec<u8>,
+    },
+    /// A GGUF version llama.cpp cannot read (found before llama.cpp opened it).
+    #[error("{}: GGUF version {version} is not supported (llama.cpp reads 2 and 3)", path.display())]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in its header.
+        version: u32,
+    },
+    /// The file ends inside a tensor's data: a truncated download or copy, or a tensor
+    /// table that declares more data than there is.
+    #[error(
+        "{}: truncated: tensor {tensor:?} needs bytes {start}..{end} but the file has \
+         {file_size} bytes ({} bytes missing)",
+        path.display(), end.saturating_sub(*file_size)
+    )]
+    TruncatedData {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor whose data is incomplete.
+        tensor: String,
+        /// First byte of its data.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// The file's size.
+        file_size: u64,
+    },
+    /// A tensor's offset points outside its place in the data section (ggml stores
+    /// tensors back to back, in table order): a damaged or forged tensor table.
+    #[error(
+        "{}: tensor {tensor:?} claims data offset {offset}, but its data must start at \
+         offset {expected}",
+        path.display()
+    )]
+    TensorOutOfBounds {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The offset in the tensor table, relative to the data section.
+        offset: u64,
+        /// Where its data must start, relative to the data section.
+        expected: u64,
+    },
+    /// A tensor's type id is not a ggml type this build knows.
+    #[error("{}: tensor {tensor:?} has unknown ggml type {type_id}", path.display())]
+    UnknownTensorType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The type id in the file.
+        type_id: u32,
+    },
+    /// Any other damage the GGUF check found in the header, metadata or tensor table
+    /// (a truncated header, an impossible length or count, a bad alignment, ...).
+    #[error("invalid GGUF file: {0}")]
+    InvalidGguf(#[source] GgufError),
+    /// llama.cpp refused a file our GGUF check accepted; `reason` is its own error
+    /// lines ("; "-joined) when it logged any.
     #[error("llama.cpp failed to load {path}: {reason}")]
     Failed {
         /// The file that failed.
         path: PathBuf,
-        /// llama.cpp's last error line, or a generic message.
+        /// llama.cpp's error lines, or a generic message.
         reason: String,
     },
 }
@@ -111,6 +179,60 @@ unsafe extern "C" fn progress_trampoline(progress: f32, user_data: *mut c_void) 
     }
 }
 
+/// Checks the file with our own GGUF reader before llama.cpp opens it, so damage gets a
+/// named, typed error instead of llama.cpp's generic "failed to load model" (or one of
+/// its parser's known crash classes; see `docs/security.md`). Reads the header,
+/// metadata and tensor table only, never tensor data; the file size comes from the
+/// file system.
+fn check_gguf(path: &Path) -> Result<(), LoadError> {
+    match GgufFile::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e {
+            GgufError::NotFound { path } => LoadError::NotFound(path),
+            GgufError::NotGguf { path, magic } => LoadError::NotGguf { path, magic },
+            GgufError::UnsupportedVersion { path, version } => {
+                LoadError::UnsupportedVersion { path, version }
+            }
+            GgufError::UnknownTensorType {
+                path,
+                tensor,
+                type_id,
+                ..
+            } => LoadError::UnknownTensorType {
+                path,
+                tensor,
+                type_id,
+            },
+            GgufError::TensorOffsetMismatch {
+                path,
+                tensor,
+                offset,
+                expected,
+                ..
+            } => LoadError::TensorOutOfBounds {
+                path,
+                tensor,
+                offset,
+                expected,
+            },
+            GgufError::TensorDataOutOfBounds {
+                path,
+                name,
+                start,
+                end,
+                file_size,
+            } => LoadError::TruncatedData {
+                path,
+                tensor: name,
+                start,
+                end,
+                file_size,
+            },
+            other => LoadError::InvalidGguf(other),
+        }),
+    }
+}
+
 impl Model {
     /// Loads a GGUF model.
     ///
@@ -135,7 +257,9 @@ impl Model {
     /// ```
     ///
     /// # Errors
-    /// [`LoadError`]: the file is missing, the params are invalid, the progress callback
+    /// [`LoadError`]: the file is missing, the params are invalid, our GGUF check found
+    /// the file damaged (bad magic, unsupported version, truncated data, a tensor out of
+    /// bounds or of an unknown type, or another header error), the progress callback
     /// aborted, or llama.cpp failed (with its own error line).
     ///
     /// # Panics
@@ -150,6 +274,7 @@ impl Model {
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_owned()));
         }
+        check_gguf(path)?;
         let mut raw = params.to_raw(backend)?;
         let state = params.progress_callback().map(|cb| ProgressState {
             callback: cb,

@@ -7,7 +7,8 @@
 
 mod client;
 mod entry_points;
+mod handshake;
 mod server;
 
-pub use client::RpcError;
+pub use client::{RpcError, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use server::{RpcServeError, RpcServerConfig};

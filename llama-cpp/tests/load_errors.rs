@@ -1,0 +1,162 @@
+//! Damaged GGUF files get a typed error that names the problem, found by our own reader
+//! before llama.cpp opens the file; what our reader accepts keeps llama.cpp's message.
+
+mod model_support;
+
+use std::path::PathBuf;
+
+use llama_cpp_moe::model::LoadError;
+use llama_cpp_moe::{Model, ModelParams};
+use llama_cpp_moe_gguf::synth::Arch;
+use llama_cpp_moe_gguf::GgufFile;
+use model_support::{backend, model, temp_dir};
+
+/// The tiny qwen3moe's bytes.
+fn good() -> Vec<u8> {
+    std::fs::read(model(Arch::Qwen3Moe)).unwrap()
+}
+
+/// Writes `bytes` as `name` in the test dir and loads it.
+fn load(name: &str, bytes: &[u8]) -> (PathBuf, LoadError) {
+    let path = temp_dir().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let err = Model::load(&backend(), &path, &ModelParams::default())
+        .expect_err("a damaged file must not load");
+    (path, err)
+}
+
+/// Position just after the length-prefixed string `s` (a key or a tensor name).
+fn after_string(file: &[u8], s: &str) -> usize {
+    let mut needle = (s.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(s.as_bytes());
+    file.windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap_or_else(|| panic!("{s:?} not in file"))
+        + needle.len()
+}
+
+/// Offset of the type field of tensor `name`'s table entry.
+fn type_field(file: &[u8], name: &str) -> usize {
+    let dims_at = after_string(file, name);
+    let n_dims = u32::from_le_bytes(file[dims_at..dims_at + 4].try_into().unwrap()) as usize;
+    dims_at + 4 + 8 * n_dims
+}
+
+#[test]
+fn bad_magic_is_named() {
+    let mut bytes = good();
+    bytes[..4].copy_from_slice(b"GGUX");
+    let (_, err) = load("bad-magic.gguf", &bytes);
+    assert!(
+        matches!(&err, LoadError::NotGguf { magic, .. } if magic == b"GGUX"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unsupported_version_is_named() {
+    let mut bytes = good();
+    bytes[4..8].copy_from_slice(&4u32.to_le_bytes());
+    let (_, err) = load("version-4.gguf", &bytes);
+    assert!(
+        matches!(err, LoadError::UnsupportedVersion { version: 4, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_data_names_the_tensor_and_the_missing_bytes() {
+    let bytes = good();
+    let table = GgufFile::open(model(Arch::Qwen3Moe)).unwrap();
+    for missing in [1u64, 1000, bytes.len() as u64 / 3] {
+        let keep = bytes.len() as u64 - missing;
+        // The first tensor (in table order) whose data the cut file lacks.
+        let victim = table
+            .tensors()
+            .iter()
+            .find(|t| t.offset + t.n_bytes > keep)
+            .unwrap();
+        let (path, err) = load(&format!("cut-{missing}.gguf"), &bytes[..keep as usize]);
+        let LoadError::TruncatedData {
+            tensor,
+            start,
+            end,
+            file_size,
+            ..
+        } = &err
+        else {
+            panic!("{missing}: {err}")
+        };
+        assert_eq!(tensor, &victim.name);
+        assert_eq!(
+            (*start, *end),
+            (victim.offset, victim.offset + victim.n_bytes)
+        );
+        assert_eq!(*file_size, keep);
+        let text = err.to_string();
+        assert!(text.contains(&victim.name), "{text}");
+        assert!(
+            text.contains(&format!("{} bytes missing", end - keep)),
+            "{text}"
+        );
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+}
+
+#[test]
+fn a_tensor_offset_out_of_bounds_is_named() {
+    let mut bytes = good();
+    let table = GgufFile::open(model(Arch::Qwen3Moe)).unwrap();
+    let second = &table.tensors()[1];
+    let offset_at = type_field(&bytes, &second.name) + 4;
+    bytes[offset_at..offset_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let (_, err) = load("offset-oob.gguf", &bytes);
+    assert!(
+        matches!(
+            &err,
+            LoadError::TensorOutOfBounds { tensor, offset, expected, .. }
+                if *tensor == second.name
+                    && *offset == 1 << 40
+                    && *expected == second.offset - table.data_offset()
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_tensor_type_is_named() {
+    let mut bytes = good();
+    let name = "token_embd.weight";
+    let at = type_field(&bytes, name);
+    bytes[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
+    let (_, err) = load("unknown-type.gguf", &bytes);
+    assert!(
+        matches!(&err, LoadError::UnknownTensorType { tensor, type_id: 99, .. } if tensor == name),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_truncated_header_is_an_invalid_gguf_error() {
+    let bytes = good();
+    let (_, err) = load("header-cut.gguf", &bytes[..40]);
+    assert!(matches!(err, LoadError::InvalidGguf(_)), "{err}");
+    assert!(err.to_string().contains("header-cut.gguf"), "{err}");
+}
+
+/// A file our reader accepts but llama.cpp refuses keeps llama.cpp's own message.
+#[test]
+fn what_our_check_accepts_keeps_llama_cpps_message() {
+    let mut bytes = good();
+    let at = after_string(&bytes, "general.architecture") + 4 + 8;
+    assert_eq!(&bytes[at..at + 8], b"qwen3moe");
+    bytes[at..at + 8].copy_from_slice(b"qwen3mox");
+    let (_, err) = load("unknown-arch.gguf", &bytes);
+    let LoadError::Failed { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        reason.contains("unknown model architecture: 'qwen3mox'"),
+        "{reason}"
+    );
+}
