@@ -118,3 +118,48 @@ fn dry_run_agrees_with_a_real_load_for_every_arch_on_rpc() {
         }
     }
 }
+
+#[test]
+fn dry_run_on_a_shape_only_gpt_oss_120b_matches_its_tensor_table() {
+    use llama_cpp_moe_gguf::synth::{PublicModel, SynthSpec};
+    use llama_cpp_moe_gguf::GgufFile;
+    let backend = backend();
+    let path = model_support::temp_dir().join("gpt-oss-120b-shape-only.gguf");
+    let report = SynthSpec::public(PublicModel::GptOss120b)
+        .write_shape_only(&path)
+        .unwrap();
+    println!(
+        "shape-only gpt-oss-120b: {} bytes apparent, written in {:.3} s",
+        report.bytes, report.seconds
+    );
+    let table: u64 = GgufFile::open(&path)
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|t| t.n_bytes)
+        .sum();
+    // All on the CPU: no weight is read, nothing is allocated.
+    let params = ModelParams::default().with_n_gpu_layers(0);
+    let start = std::time::Instant::now();
+    let dry = Model::dry_run(
+        &backend,
+        &path,
+        &params,
+        &ContextParams::default().with_n_ctx(8192),
+    )
+    .unwrap();
+    let total = dry.total();
+    println!(
+        "dry run in {:.2} s: model {} (table {table}), context {}, compute {}",
+        start.elapsed().as_secs_f64(),
+        total.model,
+        total.context,
+        total.compute
+    );
+    assert_eq!(dry.n_layer, 36);
+    assert_eq!(dry.n_expert, 128);
+    let diff = rel_diff(total.model, table as usize);
+    assert!(diff <= 0.01, "model {} vs table {table}", total.model);
+    assert!(total.context > 0 && total.compute > 0, "{total:?}");
+    std::fs::remove_file(&path).unwrap();
+}
