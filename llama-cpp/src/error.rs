@@ -22,13 +22,13 @@ use crate::vocab::{ChatTemplateError, VocabError};
 ///
 /// ```no_run
 /// use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams};
-/// use llama_cpp_moe::{SamplerBuilder, Token};
+/// use llama_cpp_moe::{AddSpecial, ParseSpecial, Pos, SamplerBuilder, SeqId, Token};
 ///
 /// fn first_token(path: &str, prompt: &str) -> llama_cpp_moe::Result<Token> {
 ///     let model = Model::load(&Backend::init(), path, &ModelParams::default())?;
 ///     let mut ctx = Context::new(&model, &ContextParams::default())?;
-///     let tokens = model.vocab().tokenize(prompt, true, false)?;
-///     ctx.decode(&Batch::from_tokens(&tokens, 0, 0)?)?;
+///     let tokens = model.vocab().tokenize(prompt, AddSpecial::Yes, ParseSpecial::No)?;
+///     ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0))?)?;
 ///     let mut sampler = SamplerBuilder::new().greedy(&model.vocab())?;
 ///     Ok(sampler.sample(&ctx, tokens.len() - 1)?)
 /// }
