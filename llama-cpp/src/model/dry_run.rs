@@ -68,11 +68,19 @@ pub enum MemoryLocation {
 }
 
 impl MemoryLocation {
-    /// Where memory of `buffer_type` lives (`None`, a row without a buffer type, counts
-    /// as host).
-    pub fn of(buffer_type: Option<BufferType>, is_host: bool) -> MemoryLocation {
-        match buffer_type.and_then(|b| b.device()) {
-            Some(dev) if !is_host && dev.device_type() != crate::DeviceType::Cpu => {
+    /// Where memory of `buffer_type` lives: on its device when that is not the CPU and
+    /// the type is not the device's pinned host type (`CUDA_Host`); in host RAM
+    /// otherwise, and for a row without a buffer type. A unified-memory GPU's own type
+    /// (Metal) counts as the device, whose budget it uses.
+    pub fn of(buffer_type: Option<BufferType>) -> MemoryLocation {
+        let Some(buft) = buffer_type else {
+            return MemoryLocation::Host;
+        };
+        match buft.device() {
+            Some(dev)
+                if dev.device_type() != crate::DeviceType::Cpu
+                    && dev.host_buffer_type() != Some(buft) =>
+            {
                 MemoryLocation::Device(dev)
             }
             _ => MemoryLocation::Host,
@@ -93,7 +101,7 @@ pub fn bytes_by_location(rows: &[MemoryBreakdownRow]) -> Vec<(MemoryLocation, Me
     let mut out: Vec<(MemoryLocation, MemoryBytes)> =
         vec![(MemoryLocation::Host, MemoryBytes::default())];
     for row in rows {
-        let loc = MemoryLocation::of(row.buffer_type, row.is_host);
+        let loc = MemoryLocation::of(row.buffer_type);
         match out.iter_mut().find(|(l, _)| *l == loc) {
             Some((_, bytes)) => bytes.add_row(row),
             None => {
