@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example gguf_synth -- --arch qwen3moe --preset tiny --type q8_0 --seed 1 -o model.gguf
 //! cargo run --release --example gguf_synth -- --list
+//! cargo run --release --example gguf_synth -- --model gpt-oss-120b --shape-only -o gpt-oss-120b.gguf
 //! ```
 
 use std::io::Write;
@@ -11,18 +12,27 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use llama_cpp_moe_examples::cli;
-use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, SynthSpec};
+use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, PublicModel, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 
 /// Write a synthetic GGUF model with the exact tensor layout of a real (MoE)
 /// architecture, list the architectures, or inspect any GGUF file.
 #[derive(Debug, clap::Parser)]
 #[command(name = "gguf_synth")]
-#[command(group(clap::ArgGroup::new("mode").args(["arch", "list", "inspect"]).required(true)))]
+#[command(group(clap::ArgGroup::new("mode").args(["arch", "model", "list", "inspect"]).required(true)))]
 struct Args {
     /// Architecture: qwen3moe, gpt-oss, phimoe, deepseek, mixtral or llama
     #[arg(long, requires = "out")]
     arch: Option<Arch>,
+    /// A public model's exact shape instead of --arch/--preset: gpt-oss-20b,
+    /// gpt-oss-120b, qwen3-30b-a3b, qwen3-235b-a22b, phi-3.5-moe, deepseek-moe-16b,
+    /// mixtral-8x7b, llama-3.1-8b
+    #[arg(long, requires = "out")]
+    model: Option<PublicModel>,
+    /// Write only the metadata and tensor table; the data region is a sparse hole
+    /// (no disk blocks, zeros when read): for dry runs and placement planning
+    #[arg(long)]
+    shape_only: bool,
     /// tiny, small or full (the public model's real shape)
     #[arg(long, default_value = "tiny")]
     preset: Preset,
@@ -109,6 +119,28 @@ fn list(ty: Option<GgmlType>) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    println!();
+    println!(
+        "{:<16} {:<9} {:>6} {:>6} {:>8} {:>12} {:>13}  (--model NAME)",
+        "public model", "arch", "layers", "embd", "experts", "params", "file size"
+    );
+    for m in PublicModel::ALL {
+        let mut spec = SynthSpec::public(m);
+        if let Some(t) = ty {
+            spec = spec.weight_type(t);
+        }
+        let h = spec.hparams_ref();
+        println!(
+            "{:<16} {:<9} {:>6} {:>6} {:>8} {:>11.2}B {:>13}",
+            m.name(),
+            m.arch().cli_name(),
+            h.n_layer,
+            h.n_embd,
+            format!("{}/{}", h.n_expert_used, h.n_expert),
+            spec.n_params()? as f64 / 1e9,
+            human(spec.file_size()?)
+        );
+    }
     Ok(())
 }
 
@@ -160,10 +192,18 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The argument group makes --arch (which requires -o) the mode when not --list or
     // --inspect.
-    let (Some(arch), Some(out)) = (a.arch, a.out) else {
-        return Err("--arch and -o OUT.gguf are required (or --list, --inspect)".into());
+    let Some(out) = a.out else {
+        return Err("-o OUT.gguf is required (or --list, --inspect)".into());
     };
-    let mut spec = SynthSpec::new(arch, a.preset).seed(a.seed);
+    let (mut spec, what) = match (a.model, a.arch) {
+        (Some(m), _) => (SynthSpec::public(m), m.to_string()),
+        (None, Some(arch)) => (
+            SynthSpec::new(arch, a.preset),
+            format!("{arch} ({})", a.preset),
+        ),
+        (None, None) => return Err("--arch or --model is required".into()),
+    };
+    spec = spec.seed(a.seed);
     if let Some(t) = a.ty {
         spec = spec.weight_type(t);
     }
@@ -174,13 +214,21 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         spec = spec.random_blocks(false);
     }
     let total = spec.file_size()?;
-    eprintln!(
-        "writing {} ({}, {}) to {}",
-        arch,
-        a.preset,
-        human(total),
-        out.display()
-    );
+    if a.shape_only {
+        let report = spec.write_shape_only(&out)?;
+        println!(
+            "wrote {} shape-only: {} bytes ({}, data region sparse), {} tensors, {:.3}B params \
+             in {:.3} s",
+            out.display(),
+            report.bytes,
+            human(report.bytes),
+            report.n_tensors,
+            report.n_params as f64 / 1e9,
+            report.seconds
+        );
+        return Ok(());
+    }
+    eprintln!("writing {what} ({}) to {}", human(total), out.display());
     let start = Instant::now();
     let mut last = Instant::now();
     let report = spec.write_with_progress(&out, |p: Progress| {

@@ -269,10 +269,24 @@ impl<'a> Report<'a> {
     fn print_json(&self) {
         let (loaded, g, model) = (self.loaded, &self.generated, &self.loaded.model);
         let experts = self.placement.experts_on_host();
-        let overrides: Vec<_> = loaded
-            .params
-            .tensor_overrides()
-            .map(|o| json!({"pattern": o.pattern(), "buft": target_name(o.target())}))
+        // One entry per override, with what it matched (first match wins, as in the
+        // loader): a pattern with `"tensors": 0` moved nothing.
+        let overrides: Vec<_> = model
+            .override_report()
+            .overrides
+            .iter()
+            .map(|o| {
+                json!({
+                    "pattern": o.pattern,
+                    "buft": o.target,
+                    "explicit": o.kind == OverrideKind::Explicit,
+                    "tensors": o.tensors.len(),
+                    "bytes": o.bytes,
+                    "landed_in": o.buffer_types.iter().map(|(buft, t)| json!({
+                        "buft": buft, "tensors": t.count, "bytes": t.bytes,
+                    })).collect::<Vec<_>>(),
+                })
+            })
             .collect();
         let out = json!({
             "model": {
@@ -370,8 +384,47 @@ impl<'a> Report<'a> {
             mib(experts.bytes),
             mib(self.device_bytes_saved as usize)
         );
+        self.print_overrides();
         if !self.accelerator {
             eprintln!("(no accelerator in use: everything is in host memory anyway; try --rpc)");
+        }
+    }
+}
+
+impl Report<'_> {
+    /// Each `-ot` pattern with what it matched; the builder-made MoE/FFN patterns (one
+    /// per layer) as one line.
+    fn print_overrides(&self) {
+        let report = self.loaded.model.override_report();
+        let mut builder = (0usize, 0usize, 0usize);
+        for o in &report.overrides {
+            if o.kind != OverrideKind::Explicit {
+                builder.0 += 1;
+                builder.1 += o.tensors.len();
+                builder.2 += o.bytes;
+                continue;
+            }
+            let landed: Vec<String> = o.buffer_types.keys().cloned().collect();
+            eprintln!(
+                "override {:?} -> {}: {} tensors, {}{}",
+                o.pattern,
+                o.target,
+                o.tensors.len(),
+                mib(o.bytes),
+                if o.is_unused() {
+                    " (matched nothing)".to_owned()
+                } else {
+                    format!(" in {}", landed.join(", "))
+                }
+            );
+        }
+        if builder.0 > 0 {
+            eprintln!(
+                "MoE/FFN options: {} patterns, {} tensors, {}",
+                builder.0,
+                builder.1,
+                mib(builder.2)
+            );
         }
     }
 }
@@ -382,16 +435,6 @@ fn ms(d: Duration) -> f64 {
 
 fn mib(bytes: usize) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn target_name(target: &OverrideTarget) -> String {
-    match target {
-        OverrideTarget::Cpu => "CPU".to_owned(),
-        OverrideTarget::Device(d) => d.name(),
-        OverrideTarget::BufferType(b) => b.name(),
-        OverrideTarget::Named(n) => n.clone(),
-        _ => format!("{target:?}"),
-    }
 }
 
 fn model_params(

@@ -223,6 +223,24 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// Writes only the header, metadata and tensor table, padded up to where the tensor
+    /// data starts; returns the bytes written. With [`std::fs::File::set_len`] to
+    /// [`GgufWriter::file_size`] afterwards this gives a complete file whose data region
+    /// is a hole (reads as zeros, occupies no disk blocks on file systems with sparse
+    /// files): enough for anything that reads only the table, such as llama.cpp's
+    /// `no_alloc` dry runs.
+    pub fn write_table<W: Write>(&self, out: W) -> Result<u64, WriteError> {
+        let mut w = CountingWriter {
+            inner: out,
+            count: 0,
+        };
+        self.write_header(&mut w)?;
+        let target = self.padded(w.count);
+        pad_to(&mut w, target)?;
+        w.flush()?;
+        Ok(w.count)
+    }
+
     /// Writes the whole file to `out`. `data(index, desc, sink)` must write exactly
     /// `desc.nbytes()` bytes of tensor data for each tensor, in table order; padding is
     /// added here. Returns the number of bytes written.

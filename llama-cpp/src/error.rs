@@ -6,7 +6,7 @@ use crate::backend::UnknownBufferType;
 use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError};
 use crate::generate::GenerateError;
-use crate::model::{LoadError, ParamsError};
+use crate::model::{DryRunError, LoadError, ParamsError};
 #[cfg(feature = "rpc")]
 use crate::rpc::{RpcError, RpcServeError};
 use crate::sampler::{SampleError, SamplerError};
@@ -78,6 +78,9 @@ pub enum Error {
     /// Generation failed.
     #[error("{0}")]
     Generate(#[from] GenerateError),
+    /// A dry run (memory measurement without allocating) failed.
+    #[error("{0}")]
+    DryRun(#[from] DryRunError),
     /// An RPC server could not be added as a device.
     #[cfg(feature = "rpc")]
     #[error("{0}")]

@@ -253,3 +253,112 @@ impl Hparams {
         self.n_expert > 0 && il >= self.n_layer_dense_lead
     }
 }
+
+/// A public model whose exact shape (layers, widths, heads, experts, vocabulary) the
+/// factory can write, with random weights. The `full` preset of each [`Arch`] is one of
+/// these; the others are larger siblings of the same architecture. Sizes and sources:
+/// `docs/synthetic-models.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublicModel {
+    /// openai/gpt-oss-20b (`gpt-oss`, the `full` preset).
+    GptOss20b,
+    /// openai/gpt-oss-120b: 36 layers, 128 experts (4 used), otherwise as gpt-oss-20b.
+    GptOss120b,
+    /// Qwen/Qwen3-30B-A3B (`qwen3moe`, the `full` preset).
+    Qwen3_30bA3b,
+    /// Qwen/Qwen3-235B-A22B: 94 layers, width 4096, 64 heads (4 KV), 128 experts (8
+    /// used) of width 1536.
+    Qwen3_235bA22b,
+    /// microsoft/Phi-3.5-MoE-instruct (`phimoe`, the `full` preset).
+    Phi35Moe,
+    /// deepseek-ai/deepseek-moe-16b-base (`deepseek`, the `full` preset).
+    DeepSeekMoe16b,
+    /// mistralai/Mixtral-8x7B-v0.1 (`llama` with experts, the `full` preset).
+    Mixtral8x7b,
+    /// meta-llama/Llama-3.1-8B (dense `llama`, the `full` preset).
+    Llama31_8b,
+}
+
+impl PublicModel {
+    /// Every public shape, in `--list` order.
+    pub const ALL: [PublicModel; 8] = [
+        PublicModel::GptOss20b,
+        PublicModel::GptOss120b,
+        PublicModel::Qwen3_30bA3b,
+        PublicModel::Qwen3_235bA22b,
+        PublicModel::Phi35Moe,
+        PublicModel::DeepSeekMoe16b,
+        PublicModel::Mixtral8x7b,
+        PublicModel::Llama31_8b,
+    ];
+
+    /// The name used on the command line (`gpt-oss-120b`, `qwen3-235b-a22b`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            PublicModel::GptOss20b => "gpt-oss-20b",
+            PublicModel::GptOss120b => "gpt-oss-120b",
+            PublicModel::Qwen3_30bA3b => "qwen3-30b-a3b",
+            PublicModel::Qwen3_235bA22b => "qwen3-235b-a22b",
+            PublicModel::Phi35Moe => "phi-3.5-moe",
+            PublicModel::DeepSeekMoe16b => "deepseek-moe-16b",
+            PublicModel::Mixtral8x7b => "mixtral-8x7b",
+            PublicModel::Llama31_8b => "llama-3.1-8b",
+        }
+    }
+
+    /// The architecture it is written as.
+    pub fn arch(self) -> Arch {
+        match self {
+            PublicModel::GptOss20b | PublicModel::GptOss120b => Arch::GptOss,
+            PublicModel::Qwen3_30bA3b | PublicModel::Qwen3_235bA22b => Arch::Qwen3Moe,
+            PublicModel::Phi35Moe => Arch::PhiMoe,
+            PublicModel::DeepSeekMoe16b => Arch::DeepSeek,
+            PublicModel::Mixtral8x7b => Arch::Mixtral,
+            PublicModel::Llama31_8b => Arch::Llama,
+        }
+    }
+
+    /// Its hyper-parameters (from the model's published `config.json`).
+    pub fn hparams(self) -> Hparams {
+        let mut h = Hparams::preset(self.arch(), Preset::Full);
+        match self {
+            PublicModel::GptOss120b => {
+                h.n_layer = 36;
+                h.n_expert = 128;
+            }
+            PublicModel::Qwen3_235bA22b => {
+                h.n_layer = 94;
+                h.n_embd = 4096;
+                h.n_head = 64;
+                h.n_head_kv = 4;
+                h.head_dim = 128;
+                h.n_ff = 12288;
+                h.n_ff_exp = 1536;
+            }
+            _ => {}
+        }
+        h
+    }
+}
+
+impl fmt::Display for PublicModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PublicModel {
+    type Err = ParseNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.to_ascii_lowercase();
+        PublicModel::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| ParseNameError {
+                what: "public model",
+                name: s,
+                expected: PublicModel::ALL.map(PublicModel::name).join(", "),
+            })
+    }
+}

@@ -27,7 +27,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
-pub use arch::{Arch, Hparams, ParseNameError, Preset};
+pub use arch::{Arch, Hparams, ParseNameError, Preset, PublicModel};
 
 use super::types::GgmlType;
 use super::value::MetaValue;
@@ -92,6 +92,7 @@ pub struct SynthSpec {
     expert_type: Option<GgmlType>,
     seed: u64,
     random_blocks: bool,
+    public: Option<PublicModel>,
 }
 
 impl SynthSpec {
@@ -110,7 +111,17 @@ impl SynthSpec {
             expert_type: None,
             seed: 0,
             random_blocks: preset == Preset::Full,
+            public: None,
         }
+    }
+
+    /// The exact shape of a public model (random weights), e.g. gpt-oss-120b; types as
+    /// in [`SynthSpec::new`]. Usually written with [`SynthSpec::write_shape_only`]: the
+    /// big ones are tens to hundreds of GB.
+    pub fn public(model: PublicModel) -> Self {
+        let mut spec = Self::new(model.arch(), Preset::Full).hparams(model.hparams());
+        spec.public = Some(model);
+        spec
     }
 
     /// Storage type of the weight matrices (embeddings, attention, FFN, experts). Norms,
@@ -226,12 +237,24 @@ impl SynthSpec {
         let tensors = plan::tensors(self.arch, &self.hparams, &types);
         // The reference model stays out of general.name: llama.cpp changes token attributes
         // by model name (a name containing "phi-3" requires `</s>`, `<s>` and `<unk>`).
-        let name = format!("synthetic {} {}", self.arch.cli_name(), self.preset);
-        let description = format!(
-            "random weights shaped like {} ({} preset), made by llama-cpp-moe; not a trained model",
-            self.arch.reference_model(),
-            self.preset
-        );
+        let (name, description) = match self.public {
+            Some(m) => (
+                format!("synthetic {}", m.name()),
+                format!(
+                    "random weights shaped like {}, made by llama-cpp-moe; not a trained model",
+                    m.name()
+                ),
+            ),
+            None => (
+                format!("synthetic {} {}", self.arch.cli_name(), self.preset),
+                format!(
+                    "random weights shaped like {} ({} preset), made by llama-cpp-moe; not a \
+                     trained model",
+                    self.arch.reference_model(),
+                    self.preset
+                ),
+            ),
+        };
         let mut w = GgufWriter::new();
         for (k, v) in plan::metadata(
             self.arch,
@@ -284,6 +307,32 @@ impl SynthSpec {
         let report = self.write_to(BufWriter::with_capacity(8 << 20, &file), progress)?;
         file.sync_all()?;
         Ok(report)
+    }
+
+    /// Writes only the metadata and tensor table and extends the file to its full size
+    /// without writing the tensor data: the data region is a hole that reads as zeros
+    /// and takes no disk blocks (on file systems with sparse files: ext4, xfs, btrfs,
+    /// APFS, tmpfs). The file is a valid GGUF of the exact size and layout of
+    /// [`SynthSpec::write`]'s, with all-zero weights; it is meant for what reads only the
+    /// table: `no_alloc` dry runs, placement planning, [`crate::GgufFile`]. A full-size
+    /// gpt-oss-120b is written in milliseconds.
+    pub fn write_shape_only(&self, path: impl AsRef<Path>) -> Result<SynthReport, SynthError> {
+        let start = Instant::now();
+        let (w, tensors) = self.plan()?;
+        let file = File::create(path.as_ref())?;
+        let mut out = BufWriter::new(&file);
+        w.write_table(&mut out)?;
+        out.flush()?;
+        drop(out);
+        // Extending with set_len allocates nothing: the OS records a hole.
+        file.set_len(w.file_size())?;
+        file.sync_all()?;
+        Ok(SynthReport {
+            bytes: w.file_size(),
+            n_tensors: tensors.len(),
+            n_params: tensors.iter().map(|p| p.desc.n_elements()).sum(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Writes the model to any sink (a `Vec<u8>` for in-memory tests).

@@ -1,5 +1,7 @@
 //! Loaded models, their load parameters and MoE tensor placement.
 
+mod dry_run;
+mod override_report;
 mod params;
 mod placement;
 
@@ -15,6 +17,8 @@ use std::sync::Mutex;
 use llama_cpp_moe_gguf::{GgufError, GgufFile};
 use llama_cpp_moe_sys as sys;
 
+pub use dry_run::{bytes_by_location, DryRun, DryRunError, MemoryBytes, MemoryLocation};
+pub use override_report::{OverrideMatch, OverrideReport};
 pub use params::{
     max_devices, max_tensor_overrides, KvValue, LoadMode, ModelParams, ParamsError, SplitMode,
 };
@@ -131,6 +135,8 @@ pub struct Model {
     /// The kv overrides it was loaded with: llama.cpp applies them to its
     /// hyper-parameters but its metadata accessors still show the file's values.
     kv_overrides: Vec<(String, KvValue)>,
+    /// What each tensor override matched, computed once after the load.
+    override_report: OverrideReport,
 }
 
 // SAFETY: llama.cpp treats a loaded llama_model as immutable; contexts only read its
@@ -310,11 +316,13 @@ impl Model {
             path: path.to_owned(),
             reason: reason.unwrap_or_else(|| "llama_model_load_from_file returned NULL".into()),
         })?;
-        let model = Model {
+        let mut model = Model {
             ptr,
             kv_overrides: params.kv_overrides().to_vec(),
+            override_report: OverrideReport::default(),
         };
         model.warn_about_unused_moe_options(params);
+        model.report_overrides(params);
         Ok(model)
     }
 
@@ -340,6 +348,34 @@ impl Model {
                 );
             }
         }
+    }
+
+    /// Matches every tensor override against the loaded tensors and warns about explicit
+    /// patterns that matched none.
+    fn report_overrides(&mut self, params: &ModelParams) {
+        if params.vocab_only() || params.tensor_overrides().next().is_none() {
+            return;
+        }
+        let placement = self.placement();
+        self.override_report = OverrideReport::build(params, &placement);
+        self.override_report.warn_unused(&placement);
+    }
+
+    /// What each tensor override of the load params did: the tensors it matched (first
+    /// match wins, as in llama.cpp's loader), their bytes and the buffer types they went
+    /// to. Empty when the model was loaded without overrides.
+    ///
+    /// ```no_run
+    /// # use llama_cpp_moe::{Backend, Model, ModelParams};
+    /// # let backend = Backend::init();
+    /// let params = ModelParams::default().with_tensor_override(r"ffn_upp_exps", "CPU");
+    /// let model = Model::load(&backend, "m.gguf", &params).unwrap(); // logs a warning
+    /// for o in &model.override_report().overrides {
+    ///     println!("{} -> {}: {} tensors, {} bytes", o.pattern, o.target, o.tensors.len(), o.bytes);
+    /// }
+    /// ```
+    pub fn override_report(&self) -> &OverrideReport {
+        &self.override_report
     }
 
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.

@@ -344,7 +344,10 @@ impl ModelParams {
     }
 
     /// Read metadata and simulate allocations without loading weights (what
-    /// `llama_params_fit` uses to size a model). C equivalent: `no_alloc = true`.
+    /// `llama_params_fit` uses to size a model). Such a load always uses plain reads
+    /// (llama.cpp aborts on `no_alloc` with mmap) and its model holds no weight data:
+    /// measure with [`crate::Model::dry_run`] rather than loading this way yourself.
+    /// C equivalent: `no_alloc = true`.
     pub fn with_no_alloc(mut self, no_alloc: bool) -> Self {
         self.no_alloc = no_alloc;
         self

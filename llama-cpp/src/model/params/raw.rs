@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 
 use llama_cpp_moe_sys as sys;
 
-use super::{max_devices, max_tensor_overrides, KvValue, ModelParams, ParamsError};
+use super::{max_devices, max_tensor_overrides, KvValue, LoadMode, ModelParams, ParamsError};
 use crate::backend::{Backend, BufferType, Device, UnknownBufferType};
 use crate::model::placement::{check_regex, OverrideKind, OverrideTarget};
 
@@ -27,7 +27,13 @@ impl ModelParams {
         raw.n_gpu_layers = self.n_gpu_layers;
         raw.split_mode = self.split_mode.raw();
         raw.main_gpu = self.main_gpu;
-        raw.load_mode = self.load_mode.raw();
+        // llama.cpp asserts (aborts) when no_alloc meets a memory-mapped load: a dry run
+        // reads nothing, so it never maps.
+        raw.load_mode = if self.no_alloc {
+            LoadMode::Read.raw()
+        } else {
+            self.load_mode.raw()
+        };
         raw.vocab_only = self.vocab_only;
         raw.check_tensors = self.check_tensors;
         raw.use_extra_bufts = self.use_extra_bufts;
