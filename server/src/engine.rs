@@ -83,6 +83,8 @@ pub struct Load {
     pub active: AtomicUsize,
     /// Jobs waiting in the queue.
     pub queued: AtomicUsize,
+    /// Jobs stopped because their client went away.
+    pub cancelled: AtomicUsize,
 }
 
 /// The HTTP side's handle on the worker.
@@ -208,6 +210,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
             };
             queue.load.queued.fetch_sub(1, Ordering::SeqCst);
             if job.events.is_closed() {
+                queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
             let sampler = match sampler(&vocab, &job.sampling) {
@@ -243,6 +246,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
         // Clients that went away: stop and free their sequences.
         for slot in &mut slots {
             if slot.as_ref().is_some_and(|s| s.events.is_closed()) {
+                queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
                 free_slot(ctx, slot, &queue.load);
             }
         }

@@ -86,6 +86,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 "status": "ok",
                 "active": load.active.load(Ordering::SeqCst),
                 "queued": load.queued.load(Ordering::SeqCst),
+                "cancelled": load.cancelled.load(Ordering::SeqCst),
             }))
             .into_response()
         }
@@ -190,14 +191,16 @@ async fn start(
                 Some("max_tokens"),
             ))
         }
-        Some(n) if n as usize > room => return Err(ApiError::invalid(
-            format!(
+        Some(n) if n as usize > room => {
+            return Err(ApiError::invalid(
+                format!(
                 "max_tokens {n} + {} prompt tokens exceed the {} tokens of a sequence's context",
                 prompt.len(),
                 ready.n_ctx_seq
             ),
-            Some("max_tokens"),
-        )),
+                Some("max_tokens"),
+            ))
+        }
         Some(n) => n as usize,
     };
     let sampling = sampling(&params, max_tokens)?;

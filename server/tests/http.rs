@@ -439,9 +439,11 @@ async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences(
         let mut second = SseReader::new(second);
         second.next().await.expect("the second request streams");
         drop(second);
-        server
+        let health = server
             .wait_health("every sequence freed", |h| h["active"] == 0)
             .await;
+        // Both ended because their clients left, not because they ran out of tokens.
+        assert_eq!(health["cancelled"], 2, "{health}");
 
         // The freed sequence serves the next request from a clean cache: the same text
         // as a fresh server's first answer would be (greedy).
@@ -549,4 +551,10 @@ async fn bad_requests_get_openai_error_objects() {
         assert_eq!(status, 200);
     })
     .await;
+}
+
+#[test]
+fn command_line_conventions() {
+    llama_cpp_moe_examples::assert_cli_conventions("moe_server", true);
+    llama_cpp_moe_examples::assert_cli_conventions("bench_http", false);
 }
