@@ -2,7 +2,7 @@
 //! behaves under concurrent load.
 //!
 //! ```text
-//! cargo run --release -p llama-cpp-moe-server --example bench_http -- --help
+//! cargo build --release -p llama-cpp-moe-server --examples   # bench_http starts moe_server
 //! cargo run --release -p llama-cpp-moe-server --example bench_http            # tiny synthetic model
 //! ```
 //!
@@ -383,6 +383,7 @@ async fn load_run(args: &Args, model_path: &Path) -> Result<(), BoxError> {
     );
     println!("| clients | requests | req/s | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | latency p50 ms | latency p99 ms | errors | server RSS before → after |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut total_errors = 0;
     for &clients in &args.clients {
         let rss_before = rss_kib(server.pid());
         let deadline = Instant::now() + Duration::from_secs_f64(args.load_seconds);
@@ -434,6 +435,10 @@ async fn load_run(args: &Args, model_path: &Path) -> Result<(), BoxError> {
                 errors.len()
             );
         }
+        total_errors += errors.len();
+    }
+    if total_errors > 0 {
+        return Err(format!("{total_errors} failed requests in the load run").into());
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use llama_cpp_moe_examples::simple_moe_args::{
 
 use crate::engine::{self, run_worker};
 use crate::http::{router, AppState, Ready};
+use crate::template::ChatTemplate;
 
 /// Serve a (MoE) GGUF model over OpenAI's HTTP API, with simple_moe's model and
 /// placement flags. Without -m it serves a cached synthetic MoE model (random text).
@@ -118,14 +119,14 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                 report.print_model(loaded);
                 report.print_placement();
                 eprintln!();
-                let chat_template = loaded.model.chat_template(None);
+                let chat_template = ChatTemplate::of(&loaded.model);
                 match &chat_template {
                     None => eprintln!(
                         "moe_server: the model has no chat template: /v1/chat/completions answers 400"
                     ),
-                    Some(t) if !crate::template::is_supported(t) => eprintln!(
-                        "moe_server: llama.cpp does not recognise the model's chat template: \
-                         /v1/chat/completions answers 500"
+                    Some(t) if !t.builtin => eprintln!(
+                        "moe_server: llama.cpp does not recognise the model's chat template; \
+                         minijinja renders it"
                     ),
                     Some(_) => {}
                 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
-use llama_cpp_moe::{AddAssistant, AddSpecial, ChatMessage, Model, ParseSpecial, Token};
+use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, Token};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -28,7 +28,7 @@ pub struct Ready {
     /// Tokens one sequence can hold: prompt + generated.
     pub n_ctx_seq: usize,
     /// The model's chat template, if it has one.
-    pub chat_template: Option<String>,
+    pub chat_template: Option<crate::template::ChatTemplate>,
 }
 
 /// The server's shared state.
@@ -137,7 +137,13 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             .into_iter()
             .map(|m| Ok(ChatMessage::new(m.role, m.content.into_text()?)))
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let text = crate::template::render(ready, &messages, AddAssistant::Yes)?;
+        let Some(template) = &ready.chat_template else {
+            return Err(ApiError::invalid(
+                "the model has no chat template; use /v1/completions",
+                Some("messages"),
+            ));
+        };
+        let text = template.render(&messages)?;
         let prompt = tokenize(ready.model, &text)?;
         start(&state, ready, Api::Chat, prompt, request.common).await
     };
