@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use llama_cpp_moe_examples::cli::{self, Spellings};
 use llama_cpp_moe_examples::model_setup::{
@@ -157,6 +158,13 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
 }
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    // Without TCP_NODELAY, Nagle's algorithm holds each small SSE chunk until the client
+    // acknowledges the previous one, and delayed ACKs make that ~40 ms per chunk.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            log::warn!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
