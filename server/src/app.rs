@@ -80,6 +80,11 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
         return Ok(());
     }
     let file = model_file(&args.model, std::io::stderr().is_terminal())?;
+    if file.synthetic {
+        eprintln!(
+            "note: synthetic model with random weights: its text is gibberish; the serving is real"
+        );
+    }
     let model_id = file
         .path
         .file_stem()
