@@ -240,7 +240,7 @@ async fn start(
         Ok(Sse::new(sse_stream(meta, rx, include_usage)).into_response())
     } else {
         // If the client goes away, hyper drops this future and with it `rx`, which stops
-        // the worker (hyper notices when it next touches the connection).
+        // the worker (the disconnect test checks it).
         Ok(collect(meta, rx).await?.into_response())
     }
 }

@@ -413,8 +413,9 @@ async fn concurrent_clients_all_finish_with_the_single_client_output() {
 #[tokio::test]
 async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "1", "--queue", "1", "-c", "4096"]).await;
-        let mut long = completion("Once upon a time", 4000, true);
+        let server = Server::start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
+        // Long enough (over a second even on a fast machine) to be cut off.
+        let mut long = completion("Once upon a time", 16000, true);
         long["ignore_eos"] = json!(true);
         // The first client generates, the second waits, the third is turned away.
         let mut first = SseReader::new(server.post("/v1/completions", &long).await);
@@ -444,6 +445,23 @@ async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences(
             .await;
         // Both ended because their clients left, not because they ran out of tokens.
         assert_eq!(health["cancelled"], 2, "{health}");
+
+        // A client waiting for a whole answer that gives up stops its generation too.
+        long["stream"] = json!(false);
+        let gave_up = server
+            .http
+            .post(server.url("/v1/completions"))
+            .header("content-type", "application/json")
+            .body(long.to_string())
+            .timeout(Duration::from_millis(150))
+            .send()
+            .await;
+        assert!(gave_up.is_err_and(|e| e.is_timeout()));
+        server
+            .wait_health("the whole-answer request cancelled", |h| {
+                h["cancelled"] == 3 && h["active"] == 0
+            })
+            .await;
 
         // The freed sequence serves the next request from a clean cache: the same text
         // as a fresh server's first answer would be (greedy).
