@@ -186,7 +186,10 @@ async fn start(
                 prompt.len(),
                 ready.n_ctx_seq
             ),
-            Some("messages"),
+            Some(match api {
+                Api::Chat => "messages",
+                Api::Completions => "prompt",
+            }),
         ));
     }
     let max_tokens = match params.max_completion_tokens.or(params.max_tokens) {

@@ -562,6 +562,7 @@ async fn bad_requests_get_openai_error_objects() {
                 .contains("tokens"),
             "{value}"
         );
+        assert_eq!(value["error"]["param"], "prompt", "{value}");
         // Still serving.
         let (status, _) = server
             .post_json("/v1/completions", &completion("Still there?", 4, false))
