@@ -23,20 +23,14 @@ use llama_cpp_moe::{
     Backend, Context, ContextParams, GenerateParams, GenerationStats, Model, ModelParams,
     SamplerBuilder, Token,
 };
-use llama_cpp_moe_benches::{geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE};
+use llama_cpp_moe_benches::{
+    geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE, PROMPTS,
+};
 use llama_cpp_moe_examples::cli::{self, GpuLayers, LayerList, Spellings};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use serde_json::{json, Value};
 
 type BoxError = Box<dyn std::error::Error>;
-
-/// Prompt sizes: minimum token counts; the real count (reported) comes from the tokenizer.
-const PROMPTS: &[(&str, usize)] = &[
-    ("short", 16),
-    ("medium", 128),
-    ("long", 512),
-    ("very-long", 2048),
-];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Placement {

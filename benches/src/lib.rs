@@ -56,6 +56,15 @@ pub fn synthetic_model(arch: Arch, preset: Preset) -> Result<PathBuf, SynthError
     Ok(path)
 }
 
+/// The benchmark prompts (`bench_moe`, `bench_http`): names and minimum token counts;
+/// the real count (reported) comes from the tokenizer ([`prompt_with_tokens`]).
+pub const PROMPTS: &[(&str, usize)] = &[
+    ("short", 16),
+    ("medium", 128),
+    ("long", 512),
+    ("very-long", 2048),
+];
+
 const SENTENCES: &[&str] = &[
     "A mixture-of-experts layer sends every token to a few of its many feed-forward experts.",
     "The router scores all experts and keeps the best ones, so most weights stay idle for a given token.",

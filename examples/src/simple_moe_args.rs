@@ -73,18 +73,8 @@ pub struct GenerationArgs {
     /// Tokens to generate
     #[arg(short = 'n', long, value_name = "N", default_value_t = 64)]
     pub n_predict: u32,
-    /// Context size
-    #[arg(short = 'c', long, value_name = "N", default_value_t = 2048)]
-    pub ctx_size: u32,
-    /// CPU threads (default: llama.cpp's choice)
-    #[arg(short = 't', long, value_name = "N")]
-    pub threads: Option<i32>,
-    /// Logical batch size
-    #[arg(short = 'b', long, value_name = "N", default_value_t = 2048)]
-    pub batch_size: u32,
-    /// Physical batch size (-ub)
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    pub ubatch_size: u32,
+    #[command(flatten)]
+    pub context: ContextArgs,
     /// Sampling seed
     #[arg(short = 's', long, value_name = "N", default_value_t = 42)]
     pub seed: u32,
@@ -100,6 +90,23 @@ pub struct GenerationArgs {
     /// Min-p sampling
     #[arg(long, value_name = "P")]
     pub min_p: Option<f32>,
+}
+
+/// The context's size, batches and threads: shared by `simple_moe` and `moe_server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContextArgs {
+    /// Context size
+    #[arg(short = 'c', long, value_name = "N", default_value_t = 2048)]
+    pub ctx_size: u32,
+    /// CPU threads (default: llama.cpp's choice)
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<i32>,
+    /// Logical batch size
+    #[arg(short = 'b', long, value_name = "N", default_value_t = 2048)]
+    pub batch_size: u32,
+    /// Physical batch size (-ub)
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub ubatch_size: u32,
     /// Flash attention (-fa): on, off or auto
     #[arg(long, value_name = "on|off|auto", default_value = "auto")]
     #[arg(value_parser = parse_flash_attn)]
@@ -229,11 +236,11 @@ mod tests {
             .unwrap();
         assert_eq!(a.model.path, Some(PathBuf::from("x.gguf")));
         assert_eq!(a.placement.n_gpu_layers, Some(GpuLayers::All));
-        assert_eq!(a.generation.ubatch_size, 128);
+        assert_eq!(a.generation.context.ubatch_size, 128);
         assert_eq!(a.placement.overrides.len(), 3);
         assert_eq!(a.placement.overrides[1].buft, "RPC0");
         assert_eq!(a.placement.n_cpu_moe, Some(3));
-        assert_eq!(a.generation.flash_attn, FlashAttention::Enabled);
+        assert_eq!(a.generation.context.flash_attn, FlashAttention::Enabled);
         let b = args("-cmoe -ncmoe 2 -dev A,B --rpc h:1 -c 256 -t 2 -n 8 --cpu-moe-layers 2-3")
             .unwrap();
         assert_eq!(b.placement.cpu_moe_layers.unwrap().layers, [2, 3]);
@@ -243,8 +250,8 @@ mod tests {
         assert_eq!(b.placement.rpc, ["h:1"]);
         assert_eq!(
             (
-                b.generation.ctx_size,
-                b.generation.threads,
+                b.generation.context.ctx_size,
+                b.generation.context.threads,
                 b.generation.n_predict
             ),
             (256, Some(2), 8)
@@ -264,12 +271,12 @@ mod tests {
         assert_eq!(
             (
                 a.generation.n_predict,
-                a.generation.ctx_size,
+                a.generation.context.ctx_size,
                 a.generation.seed
             ),
             (64, 2048, 42)
         );
-        assert_eq!(a.generation.flash_attn, FlashAttention::Auto);
+        assert_eq!(a.generation.context.flash_attn, FlashAttention::Auto);
         assert_eq!(a.placement.cpu_moe_layers, None);
     }
 

@@ -1,0 +1,189 @@
+//! The `moe_server` program: its flags, the startup (placement report, URL) and the
+//! serving loop.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use clap::Parser;
+use llama_cpp_moe_examples::cli::{self, Spellings};
+use llama_cpp_moe_examples::model_setup::{
+    backend_with_rpc_servers, load, model_file, new_context, print_devices, Loaded, PlacementReport,
+};
+use llama_cpp_moe_examples::simple_moe_args::{
+    ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS,
+};
+
+use crate::engine::{self, run_worker};
+use crate::http::{router, AppState, Ready};
+use crate::template::ChatTemplate;
+
+/// Serve a (MoE) GGUF model over OpenAI's HTTP API, with simple_moe's model and
+/// placement flags. Without -m it serves a cached synthetic MoE model (random text).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "moe_server")]
+pub struct ServerArgs {
+    #[command(flatten, next_help_heading = "Model")]
+    pub model: ModelArgs,
+    #[command(flatten, next_help_heading = "Context")]
+    pub context: ContextArgs,
+    #[command(flatten, next_help_heading = "Placement")]
+    pub placement: PlacementArgs,
+    #[command(flatten, next_help_heading = "Server")]
+    pub server: ServeArgs,
+}
+
+/// Where and how much to serve.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default: no authentication here)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port; the URL is printed)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests decoded together (-np), each in its own sequence of -c / N tokens
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parallel: u32,
+    /// Requests that may wait for a free sequence; beyond that, 503 with Retry-After
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// Show llama.cpp's log
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+impl ServerArgs {
+    /// Parses this process's command line (simple_moe's llama.cpp spellings plus `-np`);
+    /// exits on `--help` or a bad one.
+    pub fn from_env() -> ServerArgs {
+        cli::parse(spellings())
+    }
+}
+
+/// simple_moe's spellings and `-np`.
+pub fn spellings() -> Spellings {
+    let mut all = LLAMA_SPELLINGS.to_vec();
+    all.push(("-np", "--parallel"));
+    // Parsed once per process: the leak is the program's lifetime.
+    Box::leak(all.into_boxed_slice())
+}
+
+/// Loads the model in a worker thread while the listener already answers (`/health`
+/// says `loading`), prints the placement report and the URL, and serves until Ctrl-C.
+pub fn run(args: ServerArgs) -> Result<(), String> {
+    let backend = backend_with_rpc_servers(&args.placement)?;
+    if args.placement.list_devices {
+        print_devices(&backend);
+        return Ok(());
+    }
+    let file = model_file(&args.model, std::io::stderr().is_terminal())?;
+    if file.synthetic {
+        eprintln!(
+            "note: synthetic model with random weights: its text is gibberish; the serving is real"
+        );
+    }
+    let model_id = file
+        .path
+        .file_stem()
+        .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let host_port = format!("{}:{}", args.server.host, args.server.port);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&host_port))
+        .map_err(|e| format!("listening on {host_port}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("listening on {host_port}: {e}"))?;
+    eprintln!("moe_server: listening on http://{addr} (loading the model; /health answers 503 until it is ready)");
+
+    let state = AppState::loading(model_id);
+    let (handle, queue) = engine::queue(args.server.queue);
+    let worker_state = Arc::clone(&state);
+    std::thread::Builder::new()
+        .name("decode".into())
+        .spawn(move || {
+            let loaded = load(&args.placement, &backend, file, false).map(|l| {
+                // The model lives as long as the process: requests borrow it.
+                &*Box::leak(Box::new(l))
+            });
+            let result = loaded.and_then(|loaded: &'static Loaded| {
+                let mut ctx = new_context(
+                    &args.context,
+                    &args.placement,
+                    args.server.parallel,
+                    &loaded.model,
+                )?;
+                let report = PlacementReport::collect(&args.placement, &backend, loaded, &ctx)?;
+                eprintln!();
+                report.print_model(loaded);
+                report.print_placement();
+                eprintln!();
+                let chat_template = ChatTemplate::of(&loaded.model);
+                match &chat_template {
+                    None => eprintln!(
+                        "moe_server: the model has no chat template: /v1/chat/completions answers 400"
+                    ),
+                    Some(t) if !t.builtin => eprintln!(
+                        "moe_server: llama.cpp does not recognise the model's chat template; \
+                         minijinja renders it"
+                    ),
+                    Some(_) => {}
+                }
+                let n_ctx_seq = ctx.n_ctx_seq() as usize;
+                worker_state.set_ready(Ready {
+                    model: &loaded.model,
+                    engine: handle,
+                    n_ctx_seq,
+                    chat_template,
+                });
+                eprintln!(
+                    "moe_server: ready: http://{addr}/v1 ({} sequences of {n_ctx_seq} tokens)",
+                    args.server.parallel
+                );
+                run_worker(&mut ctx, queue);
+                Ok(())
+            });
+            if let Err(e) = result {
+                eprintln!("moe_server: error: {e}");
+                std::process::exit(1);
+            }
+        })
+        .map_err(|e| format!("starting the decoding thread: {e}"))?;
+
+    runtime
+        .block_on(serve(listener, state))
+        .map_err(|e| format!("serving: {e}"))
+}
+
+async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    // Without TCP_NODELAY, Nagle's algorithm holds each small SSE chunk until the client
+    // acknowledges the previous one, and delayed ACKs make that ~40 ms per chunk.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            log::warn!("TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+/// The address a `moe_server` on `host:port` prints; for tests and tools that parse its
+/// first line.
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    line.split("listening on http://")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,20 @@
+//! `moe_server`: an OpenAI-compatible HTTP server on llama-cpp-moe.
+//!
+//! - `POST /v1/chat/completions` (through the model's chat template) and
+//!   `POST /v1/completions`, streamed with Server-Sent Events or answered whole, with the
+//!   real token counts in `usage`;
+//! - `GET /v1/models`, and `GET /health`, which says `ok` only once the model is loaded.
+//!
+//! Concurrency: one worker thread owns the llama.cpp context and decodes up to
+//! `--parallel` requests together, one sequence each, in one batch per step
+//! ([`engine`]). Requests beyond that wait in a bounded queue; when it is full the
+//! answer is 503 with `Retry-After`. A client that disconnects frees its sequence.
+//!
+//! The model flags are `simple_moe`'s ([`llama_cpp_moe_examples::simple_moe_args`]), and
+//! so is the placement report printed at startup.
+
+pub mod api;
+pub mod app;
+pub mod engine;
+pub mod http;
+pub mod template;

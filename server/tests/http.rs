@@ -1,0 +1,580 @@
+//! The real `moe_server` (the built example, as a child process on a free port) serving a
+//! synthetic MoE model, driven over HTTP: whole and streamed answers, concurrent clients,
+//! the queue limit, disconnects and bad requests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_gguf::synth::{Arch, Preset};
+use llama_cpp_moe_server::app::parse_listening_line;
+use serde_json::{json, Value};
+
+/// Every test's upper bound: a hung server fails the test instead of the CI job.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn model() -> PathBuf {
+    static PATH: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let mut path = PATH.get_or_init(|| Mutex::new(None)).lock().unwrap();
+    path.get_or_insert_with(|| {
+        llama_cpp_moe_benches::synthetic_model(Arch::Qwen3Moe, Preset::Tiny)
+            .expect("synthetic model")
+    })
+    .clone()
+}
+
+/// A running server; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `moe_server` on the synthetic model with `extra` flags and waits (bounded)
+    /// until `/health` says ok.
+    async fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(built_example("moe_server"))
+            .arg("-m")
+            .arg(model())
+            .args(["--port", "0", "-t", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting moe_server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = parse_listening_line(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr: SocketAddr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moe_server printed no URL");
+        let server = Server {
+            child,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health = server.http.get(server.url("/health")).send().await;
+            if health.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "moe_server never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .body(body.to_string())
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.post(path, body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, value)
+    }
+
+    async fn health(&self) -> Value {
+        self.http
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await
+    }
+
+    /// Waits (bounded) until `/health` satisfies `ok`.
+    async fn wait_health(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = self.health().await;
+            if ok(&health) {
+                return health;
+            }
+            assert!(Instant::now() < deadline, "{what}: last /health {health}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        let text = self.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+/// Reads SSE `data:` payloads as they arrive.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new(response: reqwest::Response) -> SseReader {
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's data, `None` at the end of the body.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() {
+                    return Some(data.join("\n"));
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.expect("reading the stream")?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Every remaining payload, checking that the stream ends with `[DONE]`.
+    async fn rest(mut self) -> Vec<Value> {
+        let mut values = Vec::new();
+        while let Some(data) = self.next().await {
+            if data == "[DONE]" {
+                assert_eq!(self.next().await, None, "data after [DONE]");
+                return values;
+            }
+            values.push(serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}")));
+        }
+        panic!("the stream ended without [DONE]");
+    }
+}
+
+/// Text of a streamed answer, its finish reason and its usage chunk.
+fn streamed(chunks: &[Value], chat: bool) -> (String, String, Option<Value>) {
+    let mut text = String::new();
+    let mut finish = String::new();
+    let mut usage = None;
+    for chunk in chunks {
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            assert_eq!(chunk["choices"], json!([]));
+            usage = Some(u.clone());
+            continue;
+        }
+        let choice = &chunk["choices"][0];
+        let piece = if chat {
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            &choice["delta"]["content"]
+        } else {
+            assert_eq!(chunk["object"], "text_completion");
+            &choice["text"]
+        };
+        text.push_str(piece.as_str().unwrap_or(""));
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish = reason.to_owned();
+        }
+    }
+    (text, finish, usage)
+}
+
+fn completion(prompt: &str, max_tokens: u32, stream: bool) -> Value {
+    json!({
+        "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "stream": stream, "stream_options": {"include_usage": true},
+    })
+}
+
+async fn within_timeout(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test timed out");
+}
+
+#[tokio::test]
+async fn whole_and_streamed_answers_agree_and_count_real_tokens() {
+    within_timeout(async {
+        let server = Server::start(&["--parallel", "2", "-c", "1024"]).await;
+        let health = server.health().await;
+        assert_eq!(health["status"], "ok");
+        let models = server
+            .http
+            .get(server.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await;
+        let id = models["data"][0]["id"].as_str().unwrap().to_owned();
+        assert!(id.contains("tiny"), "{models}");
+
+        // Completions, whole.
+        let (status, whole) = server
+            .post_json(
+                "/v1/completions",
+                &completion("Once upon a time", 12, false),
+            )
+            .await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(whole["object"], "text_completion");
+        assert_eq!(whole["model"], id.as_str());
+        let usage = &whole["usage"];
+        let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
+        assert!((1..=12).contains(&completion_tokens), "{usage}");
+        assert!(usage["prompt_tokens"].as_u64().unwrap() >= 3, "{usage}");
+        assert_eq!(
+            usage["total_tokens"].as_u64().unwrap(),
+            usage["prompt_tokens"].as_u64().unwrap() + completion_tokens
+        );
+        let reason = whole["choices"][0]["finish_reason"].as_str().unwrap();
+        assert_eq!(reason == "length", completion_tokens == 12, "{whole}");
+
+        // The same, streamed: the same text, the same usage, then [DONE].
+        let response = server
+            .post("/v1/completions", &completion("Once upon a time", 12, true))
+            .await;
+        let chunks = SseReader::new(response).rest().await;
+        let (text, finish, stream_usage) = streamed(&chunks, false);
+        assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+        assert_eq!(finish, reason);
+        assert_eq!(stream_usage.as_ref(), Some(usage));
+
+        // Chat through the model's template, whole and streamed.
+        let chat = json!({
+            "messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Say hi"}],
+            "max_tokens": 10, "temperature": 0, "seed": 7,
+        });
+        let (status, whole) = server.post_json("/v1/chat/completions", &chat).await;
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(whole["object"], "chat.completion");
+        assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+        // The template wraps the messages: more prompt tokens than the bare texts.
+        assert!(
+            whole["usage"]["prompt_tokens"].as_u64().unwrap() > 8,
+            "{whole}"
+        );
+        let mut streaming = chat.clone();
+        streaming["stream"] = json!(true);
+        let chunks = SseReader::new(server.post("/v1/chat/completions", &streaming).await)
+            .rest()
+            .await;
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let (text, finish, no_usage) = streamed(&chunks, true);
+        assert_eq!(
+            text,
+            whole["choices"][0]["message"]["content"].as_str().unwrap()
+        );
+        assert_eq!(
+            finish,
+            whole["choices"][0]["finish_reason"].as_str().unwrap()
+        );
+        assert_eq!(
+            no_usage, None,
+            "usage only with stream_options.include_usage"
+        );
+
+        // Sampling parameters are taken (a seeded random pick is reproducible), and a
+        // stop text ends the answer before it.
+        let sampled = json!({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.9,
+                             "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 3});
+        let (_, a) = server.post_json("/v1/completions", &sampled).await;
+        let (_, b) = server.post_json("/v1/completions", &sampled).await;
+        assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"], "{a} {b}");
+        let full = whole_text(&server, "Once upon a time", 12).await;
+        let middle = (full.len() / 2..full.len())
+            .find(|&i| full.is_char_boundary(i))
+            .unwrap_or(full.len());
+        let stop: String = full[middle..].chars().take(2).collect();
+        if !stop.is_empty() {
+            let mut stopped = completion("Once upon a time", 12, false);
+            stopped["stop"] = json!([stop.clone(), "never-generated"]);
+            let (_, value) = server.post_json("/v1/completions", &stopped).await;
+            let expected = &full[..full.find(&stop).unwrap()];
+            assert_eq!(
+                value["choices"][0]["text"], expected,
+                "stop {stop:?}: {value}"
+            );
+            assert_eq!(value["choices"][0]["finish_reason"], "stop");
+        }
+    })
+    .await;
+}
+
+async fn whole_text(server: &Server, prompt: &str, max_tokens: u32) -> String {
+    let (status, value) = server
+        .post_json("/v1/completions", &completion(prompt, max_tokens, false))
+        .await;
+    assert_eq!(status, 200, "{value}");
+    value["choices"][0]["text"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn concurrent_clients_all_finish_with_the_single_client_output() {
+    within_timeout(async {
+        let server = Server::start(&["--parallel", "4", "-c", "2048"]).await;
+        let prompts = [
+            "The clockwork birds",
+            "A mixture of experts routes each token",
+            "Once upon a time, in a valley",
+        ];
+        let mut alone = Vec::new();
+        for p in prompts {
+            alone.push(whole_text(&server, p, 24).await);
+        }
+        // Nine clients at once on four sequences: some wait in the queue; half stream.
+        let mut clients = Vec::new();
+        for i in 0..9 {
+            let prompt = prompts[i % prompts.len()];
+            let stream = i % 2 == 0;
+            let body = completion(prompt, 24, stream);
+            let http = server.http.clone();
+            let url = server.url("/v1/completions");
+            clients.push(tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                if stream {
+                    streamed(&SseReader::new(response).rest().await, false).0
+                } else {
+                    response.json_value().await["choices"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                }
+            }));
+        }
+        for (i, client) in clients.into_iter().enumerate() {
+            let text = client.await.unwrap();
+            assert_eq!(text, alone[i % prompts.len()], "client {i}");
+        }
+        // The worker frees a sequence just after sending its last event: wait for it.
+        server
+            .wait_health("every sequence freed", |h| {
+                h["active"] == 0 && h["queued"] == 0 && h["cancelled"] == 0
+            })
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences() {
+    within_timeout(async {
+        let server = Server::start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
+        // Long enough (over a second even on a fast machine) to be cut off.
+        let mut long = completion("Once upon a time", 16000, true);
+        long["ignore_eos"] = json!(true);
+        // The first client generates, the second waits, the third is turned away.
+        let mut first = SseReader::new(server.post("/v1/completions", &long).await);
+        first.next().await.expect("a first chunk");
+        let second = server.post("/v1/completions", &long).await;
+        server
+            .wait_health("the second request queued", |h| h["queued"] == 1)
+            .await;
+        let third = server.post("/v1/completions", &long).await;
+        assert_eq!(third.status(), 503);
+        assert_eq!(third.headers()["retry-after"], "1");
+        let error = third.json_value().await;
+        assert_eq!(error["error"]["type"], "server_overloaded", "{error}");
+
+        // Hanging up stops the generation; the waiting request takes the sequence.
+        drop(first);
+        server
+            .wait_health("the queued request started", |h| {
+                h["queued"] == 0 && h["active"] == 1
+            })
+            .await;
+        let mut second = SseReader::new(second);
+        second.next().await.expect("the second request streams");
+        drop(second);
+        let health = server
+            .wait_health("every sequence freed", |h| h["active"] == 0)
+            .await;
+        // Both ended because their clients left, not because they ran out of tokens.
+        assert_eq!(health["cancelled"], 2, "{health}");
+
+        // A client waiting for a whole answer that gives up stops its generation too.
+        long["stream"] = json!(false);
+        let gave_up = server
+            .http
+            .post(server.url("/v1/completions"))
+            .header("content-type", "application/json")
+            .body(long.to_string())
+            .timeout(Duration::from_millis(150))
+            .send()
+            .await;
+        assert!(gave_up.is_err_and(|e| e.is_timeout()));
+        server
+            .wait_health("the whole-answer request cancelled", |h| {
+                h["cancelled"] == 3 && h["active"] == 0
+            })
+            .await;
+
+        // The freed sequence serves the next request from a clean cache: the same text
+        // as a fresh server's first answer would be (greedy).
+        let after = whole_text(&server, "The clockwork birds", 16).await;
+        let again = whole_text(&server, "The clockwork birds", 16).await;
+        assert_eq!(after, again);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_error_objects() {
+    within_timeout(async {
+        let server = Server::start(&["--parallel", "2", "-c", "256"]).await;
+        let bad = |body: String| {
+            let http = server.http.clone();
+            let url = server.url("/v1/chat/completions");
+            async move {
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status().as_u16(), response.json_value().await)
+            }
+        };
+        let user = r#"[{"role":"user","content":"hi"}]"#;
+        let cases = [
+            ("{not json".to_owned(), 400, None),
+            (
+                format!(r#"{{"messages":{user},"max_tokens":"many"}}"#),
+                400,
+                None,
+            ),
+            (r#"{"max_tokens":3}"#.to_owned(), 400, None),
+            (r#"{"messages":[]}"#.to_owned(), 400, Some("messages")),
+            (
+                format!(r#"{{"messages":{user},"max_tokens":100000}}"#),
+                400,
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"max_tokens":0}}"#),
+                400,
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"temperature":7}}"#),
+                400,
+                Some("temperature"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"top_p":0}}"#),
+                400,
+                Some("top_p"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"seed":-1}}"#),
+                400,
+                Some("seed"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"stop":["","x"]}}"#),
+                400,
+                Some("stop"),
+            ),
+            (
+                format!(r#"{{"messages":{user},"model":"gpt-9"}}"#),
+                404,
+                Some("model"),
+            ),
+        ];
+        for (body, status, param) in cases {
+            let (got, value) = bad(body.clone()).await;
+            assert_eq!(got, status, "{body}: {value}");
+            let error = &value["error"];
+            assert!(
+                error["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{value}"
+            );
+            assert!(error["type"].is_string(), "{value}");
+            if let Some(param) = param {
+                assert_eq!(error["param"], param, "{body}: {value}");
+            }
+        }
+        // A prompt longer than a sequence's context (256 / 2 tokens).
+        let long = "word ".repeat(400);
+        let (status, value) = server
+            .post_json("/v1/completions", &json!({"prompt": long, "max_tokens": 1}))
+            .await;
+        assert_eq!(status, 400, "{value}");
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tokens"),
+            "{value}"
+        );
+        assert_eq!(value["error"]["param"], "prompt", "{value}");
+        // Still serving.
+        let (status, _) = server
+            .post_json("/v1/completions", &completion("Still there?", 4, false))
+            .await;
+        assert_eq!(status, 200);
+    })
+    .await;
+}
+
+#[test]
+fn command_line_conventions() {
+    llama_cpp_moe_examples::assert_cli_conventions("moe_server", true);
+    llama_cpp_moe_examples::assert_cli_conventions("bench_http", false);
+}
