@@ -528,9 +528,10 @@ fn synthetic_model(choice: SyntheticChoice, progress: bool) -> Result<PathBuf, S
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!(
-        "synthetic-{}-{}-seed1.gguf",
+        "synthetic-{}-{}-seed1-r{}.gguf",
         arch.cli_name(),
-        preset.name()
+        preset.name(),
+        llama_cpp_moe_gguf::synth::FACTORY_REVISION
     ));
     eprintln!("synthetic model cache: {}", dir.display());
     if path.exists() {

@@ -22,6 +22,11 @@ pub(crate) enum Init {
 pub(crate) struct Planned {
     pub desc: TensorDesc,
     pub init: Init,
+    /// Rows (indexed by row number) written as zeros whatever `init` says; empty for
+    /// all-random tensors. The output head zeroes the rows of unreadable tokens, so
+    /// their logits are exactly 0 while a readable token's are random around 0: the
+    /// largest logit is then almost surely a readable token's.
+    pub silent_rows: Vec<bool>,
 }
 
 /// What a matrix is, to pick its storage type.
@@ -62,6 +67,7 @@ impl Builder<'_> {
         self.out.push(Planned {
             desc: TensorDesc { name, ty, shape },
             init,
+            silent_rows: Vec::new(),
         });
     }
 
