@@ -2,6 +2,7 @@
 //! unit tests run under `cargo test`).
 
 pub mod cli;
+pub mod quality;
 pub mod simple_moe_args;
 
 use std::path::{Path, PathBuf};
