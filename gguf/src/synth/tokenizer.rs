@@ -117,18 +117,23 @@ impl Vocab {
             }
             push(c, v, &mut tokens, &mut merges);
         }
-        // Words of one more syllable each round, all with a leading space.
+        // Words of one more syllable each round, all with a leading space. A round is
+        // visited in a scattered order (a stride coprime with its size), so a vocabulary
+        // that ends mid-round holds words of every initial, not only those in `b`.
         let mut words: Vec<String> = vec![space];
         'words: while tokens.len() < n_normal {
-            let mut longer = Vec::with_capacity(words.len() * syllables.len());
-            for word in &words {
-                for syllable in &syllables {
-                    if tokens.len() >= n_normal {
-                        break 'words;
-                    }
-                    push(word, syllable, &mut tokens, &mut merges);
-                    longer.push(format!("{word}{syllable}"));
+            let n = (words.len() * syllables.len()) as u64;
+            let stride = scatter_stride(n);
+            let mut longer = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                if tokens.len() >= n_normal {
+                    break 'words;
                 }
+                let k = (i * stride % n) as usize;
+                let word = &words[k / syllables.len()];
+                let syllable = &syllables[k % syllables.len()];
+                push(word, syllable, &mut tokens, &mut merges);
+                longer.push(format!("{word}{syllable}"));
             }
             words = longer;
         }
@@ -244,6 +249,22 @@ fn learn_merges(b2c: &[char; 256], n: usize) -> Vec<(String, String)> {
     merges
 }
 
+/// A step near `n` times the golden ratio's fraction that is coprime with `n`, so
+/// `i * step % n` visits every index below `n` once, spread evenly.
+fn scatter_stride(n: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut step = (n as f64 * 0.618_033_988_75) as u64 | 1;
+    while gcd(step, n) != 1 {
+        step += 1;
+    }
+    step
+}
+
 fn encode(word: &str, b2c: &[char; 256]) -> Vec<String> {
     word.bytes()
         .map(|b| b2c[usize::from(b)].to_string())
@@ -296,6 +317,19 @@ mod tests {
                     .all(|c| CONSONANTS.contains(c) || VOWELS.contains(c)),
             "{last}"
         );
+    }
+
+    #[test]
+    fn scatter_stride_visits_every_index_once() {
+        for n in [1u64, 2, 70, 4_900, 343_000] {
+            let step = scatter_stride(n);
+            let mut seen = vec![false; n as usize];
+            for i in 0..n {
+                let k = (i * step % n) as usize;
+                assert!(!seen[k], "n={n}: {k} twice");
+                seen[k] = true;
+            }
+        }
     }
 
     #[test]
