@@ -9,12 +9,13 @@
 //! repetition metrics (distinct-2, the longest repeated n-gram, a loop flag). The
 //! perplexity of a fixed English text is computed from the logits. All of it runs once
 //! per placement, every layer on an RPC device (`--rpc`, or a loopback server this
-//! program starts): no offload, `--cpu-moe`, `--n-cpu-moe` half, the last half of the
-//! layers. It exits 1 when the tokens or the perplexity change with the placement.
+//! program starts as a child process): no offload, `--cpu-moe`, `--n-cpu-moe` half, the
+//! last half of the layers. It exits 1 when the tokens or the perplexity change with the
+//! placement.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use llama_cpp_moe::rpc::RpcServerConfig;
@@ -31,8 +32,13 @@ use llama_cpp_moe_gguf::GgufFile;
 #[command(name = "quality")]
 struct Args {
     /// GGUF model
-    #[arg(short = 'm', long = "model", value_name = "FILE")]
-    model: PathBuf,
+    #[arg(
+        short = 'm',
+        long = "model",
+        value_name = "FILE",
+        required_unless_present = "serve_rpc_port"
+    )]
+    model: Option<PathBuf>,
     /// RPC server to put the layers on (default: start one on loopback in this process)
     #[arg(long, value_name = "HOST:PORT")]
     rpc: Option<String>,
@@ -51,6 +57,9 @@ struct Args {
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Internal: be the loopback RPC server on this port (how `quality` starts its own)
+    #[arg(long, value_name = "PORT", hide = true)]
+    serve_rpc_port: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +67,9 @@ fn main() -> ExitCode {
     cli::init_logging(args.verbose);
     if !args.verbose {
         llama_cpp_moe::log::set_silent(true);
+    }
+    if let Some(port) = args.serve_rpc_port {
+        return serve_rpc(port, args.threads);
     }
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
@@ -74,10 +86,16 @@ fn main() -> ExitCode {
 
 /// Runs every placement and prints the report; returns whether the placements agree.
 fn run(a: &Args) -> Result<bool, String> {
+    let model_path = a.model.as_ref().ok_or("no model (-m)")?;
     let backend = Backend::init();
-    let endpoint = match &a.rpc {
-        Some(endpoint) => endpoint.clone(),
-        None => start_loopback_server(a.threads)?,
+    let server = match &a.rpc {
+        Some(_) => None,
+        None => Some(LoopbackServer::start(a.threads)?),
+    };
+    let endpoint = match (&a.rpc, &server) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(server)) => server.endpoint.clone(),
+        (None, None) => unreachable!("a server is started when --rpc is absent"),
     };
     let devices = backend
         .add_rpc_server(&endpoint)
@@ -85,11 +103,11 @@ fn run(a: &Args) -> Result<bool, String> {
     let device = *devices
         .first()
         .ok_or_else(|| format!("the RPC server at {endpoint} serves no device"))?;
-    let n_layer = GgufFile::open(&a.model)
-        .map_err(|e| format!("reading {}: {e}", a.model.display()))?
+    let n_layer = GgufFile::open(model_path)
+        .map_err(|e| format!("reading {}: {e}", model_path.display()))?
         .block_count()
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| format!("{} has no block count", a.model.display()))?;
+        .ok_or_else(|| format!("{} has no block count", model_path.display()))?;
     let mut runs = Vec::new();
     for (name, params) in quality::placements(n_layer, device) {
         if !a.json {
@@ -97,7 +115,7 @@ fn run(a: &Args) -> Result<bool, String> {
         }
         let run = quality::run_placement(
             &backend,
-            &a.model,
+            model_path,
             name.clone(),
             &params,
             a.n_predict,
@@ -106,7 +124,7 @@ fn run(a: &Args) -> Result<bool, String> {
         .map_err(|e| format!("{name}: {e}"))?;
         runs.push(run);
     }
-    let model = a.model.display().to_string();
+    let model = model_path.display().to_string();
     if a.json {
         println!("{}", quality::to_json(&model, &runs));
     } else if a.markdown {
@@ -117,36 +135,73 @@ fn run(a: &Args) -> Result<bool, String> {
     Ok(quality::compare(&runs).holds())
 }
 
-/// Serves this process's CPU over RPC on a free loopback port, in a thread that lives
-/// as long as the process, with `threads` CPU threads (default 1); returns the endpoint
-/// once it accepts connections.
-fn start_loopback_server(threads: Option<i32>) -> Result<String, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port();
-    // One thread unless told otherwise: this process computes too, and two thread pools
+/// The RPC server half: serves this machine's CPU on loopback `port` until killed.
+/// A separate process, so the server's own prints stay off the report's stdout.
+fn serve_rpc(port: u16, threads: Option<i32>) -> ExitCode {
+    // One thread unless told otherwise: the client computes too, and two thread pools
     // spinning on the same cores slow each other down badly.
     let threads = threads.and_then(|t| usize::try_from(t).ok()).unwrap_or(1);
     let config = RpcServerConfig::new("127.0.0.1", port)
         .device("CPU")
         .threads(threads);
-    let endpoint = config.endpoint();
-    let server = std::thread::spawn(move || config.serve(&Backend::init()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&endpoint).is_err() {
-        if server.is_finished() {
-            return match server.join() {
-                Ok(Err(e)) => Err(format!("loopback RPC server: {e}")),
-                _ => Err("loopback RPC server stopped".into()),
-            };
+    match config.serve(&Backend::init()) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("quality: loopback RPC server: {e}");
+            ExitCode::FAILURE
         }
-        if Instant::now() > deadline {
-            return Err(format!("loopback RPC server never listened on {endpoint}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(endpoint)
+}
+
+/// This program again, as a loopback RPC server on a free port; killed on drop.
+struct LoopbackServer {
+    child: Child,
+    endpoint: String,
+}
+
+impl LoopbackServer {
+    fn start(threads: Option<i32>) -> Result<LoopbackServer, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
+            .port();
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let mut command = Command::new(exe);
+        command.args(["--serve-rpc-port", &port.to_string()]);
+        if let Some(t) = threads {
+            command.args(["--threads", &t.to_string()]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the loopback RPC server: {e}"))?;
+        let mut server = LoopbackServer {
+            child,
+            endpoint: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&server.endpoint).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("the loopback RPC server exited: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the loopback RPC server never listened on {}",
+                    server.endpoint
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn print_text(model: &str, runs: &[PlacementRun]) {
