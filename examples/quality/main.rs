@@ -270,8 +270,9 @@ fn print_markdown(runs: &[PlacementRun]) {
         );
     }
     for (s, (_, prompt)) in first.samples.iter().zip(PROMPTS) {
+        // Four backticks: an answer may hold a code block of its own.
         println!(
-            "\n### {}\n\n> {prompt}\n\n```text\n{}\n```",
+            "\n### {}\n\n> {prompt}\n\n````text\n{}\n````",
             s.prompt,
             s.text.trim_end()
         );
