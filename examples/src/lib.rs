@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod model_setup;
+pub mod quality;
 pub mod simple_moe_args;
 
 use std::path::{Path, PathBuf};

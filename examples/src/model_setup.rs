@@ -245,9 +245,10 @@ pub fn synthetic_model(choice: SyntheticChoice, progress: bool) -> Result<PathBu
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!(
-        "synthetic-{}-{}-seed1.gguf",
+        "synthetic-{}-{}-seed1-r{}.gguf",
         arch.cli_name(),
-        preset.name()
+        preset.name(),
+        llama_cpp_moe_gguf::synth::FACTORY_REVISION
     ));
     eprintln!("synthetic model cache: {}", dir.display());
     if path.exists() {

@@ -8,7 +8,7 @@ use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
 #[test]
 fn help_exits_0_and_bad_flags_exit_2() {
-    for name in ["simple_moe", "rpc_server", "gguf_synth"] {
+    for name in ["simple_moe", "rpc_server", "gguf_synth", "quality"] {
         assert_cli_conventions(name, true);
     }
     // What people copy uses plain clap: its errors are clap's own, several lines.

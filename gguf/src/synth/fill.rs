@@ -66,6 +66,12 @@ pub(crate) fn fill(
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             }
         }
+        // Zero bytes are zero values in every supported type (the scales are zero too).
+        for (i, row) in s.bytes.chunks_exact_mut(row_bytes as usize).enumerate() {
+            if p.silent_rows.get(done as usize + i) == Some(&true) {
+                row.fill(0);
+            }
+        }
         out.write_all(&s.bytes)?;
         done += n;
     }
@@ -149,6 +155,7 @@ mod tests {
                         shape: vec![64, 256],
                     },
                     init: Init::Normal(std),
+                    silent_rows: Vec::new(),
                 };
                 let mut buf = Vec::new();
                 fill(&p, 1, mode, &mut buf, &mut Scratch::default()).unwrap();

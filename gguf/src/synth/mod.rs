@@ -29,6 +29,13 @@ use std::time::Instant;
 
 pub use arch::{Arch, Hparams, ParseNameError, Preset, PublicModel};
 
+/// Revision of what the factory writes: raised whenever the same [`SynthSpec`] starts
+/// producing different bytes, so caches keyed by it (simple_moe's) regenerate.
+///
+/// 2: the tokenizer pads with made-up words and the output head never picks pieces
+/// that are not readable text.
+pub const FACTORY_REVISION: u32 = 2;
+
 use super::types::GgmlType;
 use super::value::MetaValue;
 use super::writer::{GgufWriter, TensorDesc, WriteError};
@@ -234,7 +241,12 @@ impl SynthSpec {
         self.validate()?;
         let types = self.types();
         let vocab = tokenizer::Vocab::build(self.hparams.n_vocab);
-        let tensors = plan::tensors(self.arch, &self.hparams, &types);
+        let mut tensors = plan::tensors(self.arch, &self.hparams, &types);
+        // Random weights should print random words, not bytes that are half a character.
+        let readable = vocab.readable();
+        if let Some(head) = tensors.iter_mut().find(|p| p.desc.name == "output.weight") {
+            head.silent_rows = readable.iter().map(|r| !r).collect();
+        }
         // The reference model stays out of general.name: llama.cpp changes token attributes
         // by model name (a name containing "phi-3" requires `</s>`, `<s>` and `<unk>`).
         let (name, description) = match self.public {

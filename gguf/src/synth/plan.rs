@@ -22,6 +22,11 @@ pub(crate) enum Init {
 pub(crate) struct Planned {
     pub desc: TensorDesc,
     pub init: Init,
+    /// Rows (indexed by row number) written as zeros whatever `init` says; empty for
+    /// all-random tensors. The output head zeroes the rows of unreadable tokens, so
+    /// their logits are exactly 0 while a readable token's are random around 0: the
+    /// largest logit is then almost surely a readable token's.
+    pub silent_rows: Vec<bool>,
 }
 
 /// What a matrix is, to pick its storage type.
@@ -62,6 +67,7 @@ impl Builder<'_> {
         self.out.push(Planned {
             desc: TensorDesc { name, ty, shape },
             init,
+            silent_rows: Vec::new(),
         });
     }
 
@@ -97,7 +103,18 @@ pub(crate) fn tensors(arch: Arch, h: &Hparams, types: &Types) -> Vec<Planned> {
     };
     let x = h.n_expert;
 
-    b.matrix("token_embd.weight".into(), &[e, v], Role::Matrix);
+    // Embeddings are looked up, not multiplied: each row is the residual stream's start.
+    // Every layer adds about unit scale per element, so rows of std 2·sqrt(n_layer) keep
+    // the current token the largest part of the last hidden state. Then what comes next
+    // depends on the token (a random walk through the vocabulary); with unit-scale rows,
+    // depth washed the token out and greedy decoding repeated one token forever.
+    let embd_std = 2.0 * (h.n_layer.max(1) as f32).sqrt();
+    b.add(
+        "token_embd.weight".into(),
+        &[e, v],
+        Role::Matrix,
+        Init::Normal(embd_std),
+    );
     for il in 0..h.n_layer {
         let p = |s: &str| format!("blk.{il}.{s}");
         b.ones(p("attn_norm.weight"), e);

@@ -1,10 +1,16 @@
 //! A real byte-level BPE tokenizer for synthetic models.
 //!
 //! 256 byte tokens (GPT-2's byte-to-unicode alphabet, so any UTF-8 text round-trips),
-//! merges learnt deterministically from a small built-in corpus, then systematic merges
-//! (every byte pair, then pair + byte) to pad up to the requested vocabulary size, and
-//! the special tokens at the end. llama.cpp loads it as `tokenizer.ggml.model = "gpt2"`
-//! with the `qwen2` pre-tokenizer, which keeps spaces exactly as written.
+//! merges learnt deterministically from a small built-in corpus, then made-up
+//! pronounceable words (consonant-vowel syllables, most with a leading space) to pad up
+//! to the requested vocabulary size, and the special tokens at the end. llama.cpp loads
+//! it as `tokenizer.ggml.model = "gpt2"` with the `qwen2` pre-tokenizer, which keeps
+//! spaces exactly as written.
+//!
+//! The padding is words, not byte pairs, so that a model with random weights prints
+//! random but readable words; [`Vocab::readable`] marks the tokens a reader can see
+//! (valid UTF-8, no control characters, not special), and the factory silences the
+//! output rows of the others (see `SynthSpec::write_to`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,7 +23,10 @@ pub(crate) const SPECIALS: [&str; 4] = [
     "<|im_start|>",
     "<|im_end|>",
 ];
-/// Number of merges learnt from the corpus before systematic padding.
+/// The letters of the made-up padding words: each consonant before each vowel.
+const CONSONANTS: &str = "bdfgklmnprstvz";
+const VOWELS: &str = "aeiou";
+/// Number of merges learnt from the corpus before the padding words.
 const LEARNT_MERGES: usize = 240;
 /// Smallest vocabulary this tokenizer can build.
 pub(crate) const MIN_VOCAB: u32 = 256 + SPECIALS.len() as u32 + 16;
@@ -94,30 +103,39 @@ impl Vocab {
         for (a, b) in learn_merges(&b2c, LEARNT_MERGES.min(n_normal - 256)) {
             push(&a, &b, &mut tokens, &mut merges);
         }
-        // Pad with every byte pair, then pair + byte: each merge's parts already exist.
-        'pairs: for a in 0..256 {
-            for b in 0..256 {
-                if tokens.len() >= n_normal {
-                    break 'pairs;
-                }
-                push(
-                    &b2c[a].to_string(),
-                    &b2c[b].to_string(),
-                    &mut tokens,
-                    &mut merges,
-                );
+        // Pad with made-up words: syllables, then " syllable", then " syllable syllable"
+        // run together, and so on. Each merge joins two tokens that already exist.
+        let space = b2c[usize::from(b' ')].to_string();
+        let syllables: Vec<String> = CONSONANTS
+            .chars()
+            .flat_map(|c| VOWELS.chars().map(move |v| format!("{c}{v}")))
+            .collect();
+        for syllable in &syllables {
+            let (c, v) = syllable.split_at(1);
+            if tokens.len() >= n_normal {
+                break;
             }
+            push(c, v, &mut tokens, &mut merges);
         }
-        'triples: for a in 0..256 {
-            for b in 0..256 {
-                for c in 0..256 {
-                    if tokens.len() >= n_normal {
-                        break 'triples;
-                    }
-                    let ab = format!("{}{}", b2c[a], b2c[b]);
-                    push(&ab, &b2c[c].to_string(), &mut tokens, &mut merges);
+        // Words of one more syllable each round, all with a leading space. A round is
+        // visited in a scattered order (a stride coprime with its size), so a vocabulary
+        // that ends mid-round holds words of every initial, not only those in `b`.
+        let mut words: Vec<String> = vec![space];
+        'words: while tokens.len() < n_normal {
+            let n = (words.len() * syllables.len()) as u64;
+            let stride = scatter_stride(n);
+            let mut longer = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                if tokens.len() >= n_normal {
+                    break 'words;
                 }
+                let k = (i * stride % n) as usize;
+                let word = &words[k / syllables.len()];
+                let syllable = &syllables[k % syllables.len()];
+                push(word, syllable, &mut tokens, &mut merges);
+                longer.push(format!("{word}{syllable}"));
             }
+            words = longer;
         }
         let mut types = vec![TOKEN_NORMAL; tokens.len()];
         let first_special = tokens.len() as u32;
@@ -133,6 +151,27 @@ impl Vocab {
             eos: first_special + 1,
             eot: first_special + 3,
         }
+    }
+
+    /// For each token, whether it shows as text on its own: normal (not special), its
+    /// bytes valid UTF-8, and no control characters. Byte tokens of multi-byte
+    /// characters and pieces that split a character are not.
+    pub(crate) fn readable(&self) -> Vec<bool> {
+        let mut char_to_byte = [0u8; 0x180];
+        for (b, c) in byte_to_char().iter().enumerate() {
+            char_to_byte[*c as usize] = b as u8;
+        }
+        self.tokens
+            .iter()
+            .zip(&self.types)
+            .map(|(token, &ty)| {
+                if ty != TOKEN_NORMAL {
+                    return false;
+                }
+                let bytes: Vec<u8> = token.chars().map(|c| char_to_byte[c as usize]).collect();
+                std::str::from_utf8(&bytes).is_ok_and(|text| !text.chars().any(char::is_control))
+            })
+            .collect()
     }
 
     /// The `tokenizer.*` metadata entries.
@@ -210,6 +249,22 @@ fn learn_merges(b2c: &[char; 256], n: usize) -> Vec<(String, String)> {
     merges
 }
 
+/// A step near `n` times the golden ratio's fraction that is coprime with `n`, so
+/// `i * step % n` visits every index below `n` once, spread evenly.
+fn scatter_stride(n: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut step = (n as f64 * 0.618_033_988_75) as u64 | 1;
+    while gcd(step, n) != 1 {
+        step += 1;
+    }
+    step
+}
+
 fn encode(word: &str, b2c: &[char; 256]) -> Vec<String> {
     word.bytes()
         .map(|b| b2c[usize::from(b)].to_string())
@@ -236,6 +291,44 @@ mod tests {
                 assert!(set.contains(&format!("{a}{b}")), "{m}");
             }
             assert_eq!(v.tokens[v.eot as usize], "<|im_end|>");
+        }
+    }
+
+    #[test]
+    fn padding_is_readable_words() {
+        let v = Vocab::build(32_000);
+        let readable = v.readable();
+        let n_readable = readable.iter().filter(|r| **r).count();
+        // Only the 256 byte tokens and a few learnt pieces may be unreadable.
+        assert!(n_readable > 31_600, "{n_readable} readable tokens");
+        assert!(!readable[usize::from(0xC3u8)], "a lone UTF-8 lead byte");
+        assert!(!readable[usize::from(b'\n')], "a control character");
+        assert!(readable[usize::from(b'a')]);
+        assert!(!readable[v.eos as usize], "special tokens");
+        let space = byte_to_char()[usize::from(b' ')];
+        let last = &v.tokens[v.tokens.len() - SPECIALS.len() - 1];
+        let word = last
+            .strip_prefix(space)
+            .expect("padding words start with a space");
+        assert!(
+            word.len() >= 4
+                && word
+                    .chars()
+                    .all(|c| CONSONANTS.contains(c) || VOWELS.contains(c)),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn scatter_stride_visits_every_index_once() {
+        for n in [1u64, 2, 70, 4_900, 343_000] {
+            let step = scatter_stride(n);
+            let mut seen = vec![false; n as usize];
+            for i in 0..n {
+                let k = (i * step % n) as usize;
+                assert!(!seen[k], "n={n}: {k} twice");
+                seen[k] = true;
+            }
         }
     }
 
