@@ -1,0 +1,69 @@
+//! Writes the seed corpus of every fuzz target into `fuzz/seeds/TARGET/`: the smallest
+//! synthetic GGUF files llama.cpp still loads (one dense, one MoE), and typical override
+//! patterns and command lines. Run: `cargo run --manifest-path fuzz/Cargo.toml
+//! --no-default-features --bin make_seeds` (scripts/fuzz.sh does).
+
+use std::path::Path;
+
+use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
+
+/// One layer, 32-wide, the factory's smallest vocabulary: a few tens of KiB.
+fn smallest(arch: Arch) -> SynthSpec {
+    let mut h = Hparams::preset(arch, Preset::Tiny);
+    h.n_layer = 1;
+    h.n_embd = 32;
+    h.n_head = 2;
+    h.n_head_kv = 1;
+    h.head_dim = 16;
+    h.n_ff = 32;
+    h.n_vocab = 276; // the synthetic tokenizer's minimum: 256 bytes, 4 specials, 16 merges
+    if h.n_expert > 0 {
+        h.n_expert = 4;
+        h.n_expert_used = 2;
+        h.n_ff_exp = 32;
+    }
+    h.n_ctx_train = 64;
+    SynthSpec::new(arch, Preset::Tiny).hparams(h).seed(1)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::create_dir_all(dir).expect("seed dir");
+    std::fs::write(dir.join(name), bytes).expect("seed file");
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let tmp = std::env::temp_dir().join(format!("make-seeds-{}.gguf", std::process::id()));
+    for (arch, name) in [(Arch::Llama, "llama"), (Arch::Qwen3Moe, "qwen3moe")] {
+        smallest(arch).write(&tmp).expect("synthetic model");
+        let bytes = std::fs::read(&tmp).expect("read model");
+        println!("{name}: {} bytes", bytes.len());
+        write(&root.join("gguf_open"), &format!("{name}-seed"), &bytes);
+        write(&root.join("model_load"), &format!("{name}-seed"), &bytes);
+    }
+    let _ = std::fs::remove_file(&tmp);
+
+    // control byte, then pattern \n target \n tensor name \n layer bytes.
+    let overrides: [&[u8]; 5] = [
+        b"\x01blk\\.(2|3)\\.ffn_.*_exps\nCPU\nblk.2.ffn_up_exps.weight\n\x00\x01",
+        b"\x00ffn_(up|down)_exps\nCPU\nblk.10.ffn_down_exps.weight\n",
+        b"\x3dexps$\nRPC0[127.0.0.1:50052]\nblk.0.ffn_gate_exps.weight\n\x02\x03\x07",
+        b"\xe6((\nNoSuchGPU\nx\n\x05",
+        b"\x02[a-z]+\\d{1,3}\n.*\\.weight\ntoken_embd.weight\n",
+    ];
+    for (i, seed) in overrides.iter().enumerate() {
+        write(&root.join("override_patterns"), &format!("seed-{i}"), seed);
+    }
+
+    let lines = [
+        "-m\0x.gguf\0-ngl\0all\0-ub\0128\0-ot\0a=CPU,b=RPC0\0--n-cpu-moe\x003\0-fa\0on",
+        "-cmoe\0-ncmoe\x002\0-dev\0A,B\0--rpc\0h:1\0-c\x00256\0-t\x002\0-n\x008\0--cpu-moe-layers\x002-3",
+        "--synthetic\0qwen3moe:tiny\0--no-stream\0-p\0hello",
+        "--synthetic\0deepseek:full",
+        "-ngl\x00-1\0-ot\0=CPU\0--",
+        "--help",
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        write(&root.join("example_args"), &format!("seed-{i}"), line.as_bytes());
+    }
+}
