@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
+use llama_cpp_moe_gguf::{GgmlType, GgufWriter, MetaArray, MetaValue, TensorDesc};
 
 /// One layer, 32-wide, the factory's smallest vocabulary: a few tens of KiB.
 fn smallest(arch: Arch) -> SynthSpec {
@@ -26,6 +27,54 @@ fn smallest(arch: Arch) -> SynthSpec {
     SynthSpec::new(arch, Preset::Tiny).hparams(h).seed(1)
 }
 
+/// A few hundred bytes that reach every branch of the reader: each metadata value type,
+/// arrays of each, tensors of 1 to 4 dimensions in plain and block-quantised types.
+fn every_value_type() -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    let values = [
+        ("general.architecture", MetaValue::String("qwen3moe".into())),
+        ("qwen3moe.block_count", MetaValue::U32(2)),
+        ("qwen3moe.expert_count", MetaValue::U64(4)),
+        ("qwen3moe.rope.freq_base", MetaValue::F32(1e6)),
+        ("t.u8", MetaValue::U8(1)),
+        ("t.i8", MetaValue::I8(-1)),
+        ("t.u16", MetaValue::U16(2)),
+        ("t.i16", MetaValue::I16(-2)),
+        ("t.i32", MetaValue::I32(-3)),
+        ("t.bool", MetaValue::Bool(true)),
+        ("t.i64", MetaValue::I64(-4)),
+        ("t.f64", MetaValue::F64(0.5)),
+        ("t.a_u8", MetaValue::Array(MetaArray::U8(vec![1, 2]))),
+        ("t.a_i32", MetaValue::Array(MetaArray::I32(vec![-1]))),
+        ("t.a_f32", MetaValue::Array(MetaArray::F32(vec![0.25]))),
+        ("t.a_bool", MetaValue::Array(MetaArray::Bool(vec![false]))),
+        ("t.a_str", MetaValue::Array(MetaArray::String(vec!["a".into(), "".into()]))),
+        ("t.a_u64", MetaValue::Array(MetaArray::U64(vec![7]))),
+    ];
+    for (key, value) in values {
+        w.add_kv(key, value).expect("seed metadata");
+    }
+    let tensors = [
+        ("token_embd.weight", GgmlType::F32, vec![4, 2]),
+        ("blk.0.ffn_up_exps.weight", GgmlType::Q8_0, vec![32, 1, 2]),
+        ("blk.1.ffn_down_shexp.weight", GgmlType::F16, vec![2, 1, 1, 2]),
+        ("blk.1.attn_q.weight", GgmlType::Q4_0, vec![64]),
+    ];
+    for (name, ty, shape) in tensors {
+        w.add_tensor(TensorDesc {
+            name: name.into(),
+            ty,
+            shape,
+        })
+        .expect("seed tensor");
+    }
+    w.set_alignment(8).expect("alignment");
+    let mut bytes = Vec::new();
+    w.write(&mut bytes, |_, t, out| out.write_all(&vec![0x11; t.nbytes() as usize]))
+        .expect("write seed");
+    bytes
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("seed dir");
     std::fs::write(dir.join(name), bytes).expect("seed file");
@@ -42,6 +91,9 @@ fn main() {
         write(&root.join("model_load"), &format!("{name}-seed"), &bytes);
     }
     let _ = std::fs::remove_file(&tmp);
+    let small = every_value_type();
+    println!("every-value-type: {} bytes", small.len());
+    write(&root.join("gguf_open"), "every-value-type-seed", &small);
 
     // control byte, then pattern \n target \n tensor name \n layer bytes.
     let overrides: [&[u8]; 5] = [
