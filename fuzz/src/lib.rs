@@ -15,7 +15,7 @@ use llama_cpp_moe::model::{regex_search, OverrideTarget};
 use llama_cpp_moe::{Backend, Model, ModelParams};
 use llama_cpp_moe_examples::cli::{one_line, try_parse_from};
 use llama_cpp_moe_examples::simple_moe_args::{Args, LLAMA_SPELLINGS};
-use llama_cpp_moe_gguf::GgufFile;
+use llama_cpp_moe_gguf::{GgufFile, MetaArray, MetaValue};
 
 /// A per-process scratch file for the targets whose entry point takes a path. It lives
 /// in `/dev/shm` when that exists, so a million iterations never touch a disk.
@@ -23,16 +23,24 @@ fn scratch_file(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let shm = PathBuf::from("/dev/shm");
-        let base = if shm.is_dir() {
+        if shm.is_dir() {
             shm
         } else {
             std::env::temp_dir()
-        };
-        let dir = base.join(format!("llama-cpp-moe-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fuzz scratch dir");
-        dir
+        }
     });
-    dir.join(name)
+    dir.join(format!("llama-cpp-moe-fuzz-{}-{name}", std::process::id()))
+}
+
+/// Removes the scratch file of `target`, if it has one (an aborted run leaves it behind
+/// for inspection: it holds the input that aborted).
+pub fn remove_scratch_file(target: &str) {
+    let name = match target {
+        "gguf_open" => "reader.gguf",
+        "model_load" => "model.gguf",
+        _ => return,
+    };
+    let _ = std::fs::remove_file(scratch_file(name));
 }
 
 fn backend() -> &'static Backend {
@@ -93,6 +101,43 @@ pub fn check_gguf_open(data: &[u8]) {
     }
 }
 
+/// Known bug classes this fuzzing found and that are not fixed yet (fuzz/README.md,
+/// "Known crashes"; their inputs are in `fuzz/known-crashes/`). The checks skip them so
+/// that a campaign explores past them instead of stopping at the first; the ignored
+/// test `known_crashes_are_fixed` replays them. Delete a skip once that test passes.
+pub mod known {
+    use super::*;
+
+    /// A quantifier applied to a quantifier (`[a-z]+**`): libstdc++'s `std::regex`
+    /// accepts it and then backtracks exponentially in `regex_search` on a name that
+    /// does not match, so validation passes and the load never finishes.
+    pub fn nested_quantifier(pattern: &str) -> bool {
+        let mut previous_was_quantifier = false;
+        let mut escaped = false;
+        for c in pattern.chars() {
+            let quantifier = !escaped && matches!(c, '*' | '+' | '?' | '}');
+            if quantifier && previous_was_quantifier && c != '?' {
+                return true;
+            }
+            previous_was_quantifier = quantifier;
+            escaped = !escaped && c == '\\';
+        }
+        false
+    }
+
+    /// A vocabulary with the same token text twice: llama.cpp's vocab loader
+    /// `GGML_ASSERT`s (`id_to_token.size() == token_to_id.size()`, llama-vocab.cpp) and
+    /// aborts the process.
+    pub fn duplicate_token(file: &GgufFile) -> bool {
+        let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens")
+        else {
+            return false;
+        };
+        let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+        distinct.len() != tokens.len()
+    }
+}
+
 /// Splits fuzz input into `n` text fields on `\n` (the last one takes the rest).
 fn fields(data: &[u8], n: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(data);
@@ -107,7 +152,12 @@ fn fields(data: &[u8], n: usize) -> Vec<String> {
 pub fn check_override_patterns(data: &[u8]) {
     let (control, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
     let f = fields(rest, 4);
-    let (pattern, target, name, layers) = (&f[0], &f[1], &f[2], &f[3]);
+    let (pattern, target, layers) = (&f[0], &f[1], &f[3]);
+    // Tensor names are C strings: they never hold a NUL.
+    let name = &f[2].replace('\0', "");
+    if known::nested_quantifier(pattern) || known::nested_quantifier(target) {
+        return;
+    }
     let mut params = ModelParams::default();
     params = match control & 3 {
         0 => params.with_tensor_override(pattern.as_str(), OverrideTarget::Cpu),
@@ -170,6 +220,9 @@ pub fn check_example_args(data: &[u8]) {
 pub fn check_model_load(data: &[u8]) {
     let path = scratch_file("model.gguf");
     std::fs::write(&path, data).expect("write scratch file");
+    if GgufFile::open(&path).is_ok_and(|f| known::duplicate_token(&f)) {
+        return;
+    }
     let params = ModelParams::default().with_n_gpu_layers(0);
     match Model::load(backend(), &path, &params) {
         Err(e) => assert!(!e.to_string().is_empty()),
@@ -178,5 +231,95 @@ pub fn check_model_load(data: &[u8]) {
             let _ = (model.arch(), model.description(), model.size(), model.n_params());
             let _ = model.placement();
         }
+    }
+}
+
+/// A seeded, deterministic mutator for the stable short run (`tests/replay.rs`): not
+/// coverage-guided like libFuzzer, but it needs neither nightly nor cargo-fuzz, so CI
+/// can afford it on every run. Each call applies 1 to 4 of libFuzzer's basic
+/// mutations (bit flip, interesting byte or u32/u64, truncation, insertion, erasure,
+/// copy of a chunk within the input) to a copy of `input`.
+pub struct Mutator {
+    state: u64,
+}
+
+impl Mutator {
+    /// A mutator whose sequence depends only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A mutated copy of `input`.
+    pub fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        const INTERESTING: [u64; 8] = [
+            0,
+            1,
+            0x7f,
+            0xff,
+            0x7fff_ffff,
+            0xffff_ffff,
+            0x7fff_ffff_ffff_ffff,
+            u64::MAX,
+        ];
+        let mut out = input.to_vec();
+        for _ in 0..=self.below(4) {
+            let len = out.len();
+            match self.below(7) {
+                0 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] ^= 1 << self.below(8);
+                }
+                1 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] = INTERESTING[self.below(INTERESTING.len())] as u8;
+                }
+                2 if len >= 8 => {
+                    // GGUF counts and sizes are little-endian u32/u64.
+                    let value = INTERESTING[self.below(INTERESTING.len())].to_le_bytes();
+                    let width = if self.below(2) == 0 { 4 } else { 8 };
+                    let i = self.below(len - width + 1);
+                    out[i..i + width].copy_from_slice(&value[..width]);
+                }
+                3 => out.truncate(self.below(len + 1)),
+                4 => {
+                    let i = self.below(len + 1);
+                    let n = 1 + self.below(16);
+                    let byte = self.next() as u8;
+                    out.splice(i..i, std::iter::repeat_n(byte, n));
+                }
+                5 if len > 0 => {
+                    let i = self.below(len);
+                    let n = 1 + self.below((len - i).min(64));
+                    out.drain(i..i + n);
+                }
+                6 if len > 1 => {
+                    let from = self.below(len);
+                    let n = 1 + self.below((len - from).min(32));
+                    let to = self.below(len - n + 1);
+                    let chunk = out[from..from + n].to_vec();
+                    out[to..to + n].copy_from_slice(&chunk);
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
