@@ -62,13 +62,20 @@ pub fn check_gguf_open(data: &[u8]) {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(file) => {
             assert_eq!(file.file_size(), data.len() as u64);
-            assert!(matches!(file.version(), 2 | 3), "version {}", file.version());
+            assert!(
+                matches!(file.version(), 2 | 3),
+                "version {}",
+                file.version()
+            );
             assert!(file.alignment() > 0 && file.alignment().is_power_of_two());
             assert!(file.data_offset() <= file.file_size());
             assert_eq!(file.data_offset() % file.alignment(), 0);
             for t in file.tensors() {
                 // The reader's promise: every tensor's data lies inside the file.
-                let end = t.offset.checked_add(t.n_bytes).expect("offset + size overflows");
+                let end = t
+                    .offset
+                    .checked_add(t.n_bytes)
+                    .expect("offset + size overflows");
                 assert!(t.offset >= file.data_offset() && end <= file.file_size());
                 assert!(t.shape.len() <= 4);
                 let _ = (t.n_elements(), t.kind(), t.layer());
@@ -227,8 +234,18 @@ pub fn check_model_load(data: &[u8]) {
     match Model::load(backend(), &path, &params) {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(model) => {
-            let _ = (model.n_layer(), model.n_embd(), model.n_vocab(), model.n_expert());
-            let _ = (model.arch(), model.description(), model.size(), model.n_params());
+            let _ = (
+                model.n_layer(),
+                model.n_embd(),
+                model.n_vocab(),
+                model.n_expert(),
+            );
+            let _ = (
+                model.arch(),
+                model.description(),
+                model.size(),
+                model.n_params(),
+            );
             let _ = model.placement();
         }
     }

@@ -53,7 +53,10 @@ fn short_run(target: &str, check: fn(&[u8]), runs: usize) {
         if let Err(payload) = outcome {
             let file = failures.join(format!("{target}-{run}"));
             std::fs::write(&file, &data).expect("save failing input");
-            eprintln!("{target}: run {run} failed; input saved to {}", file.display());
+            eprintln!(
+                "{target}: run {run} failed; input saved to {}",
+                file.display()
+            );
             std::panic::resume_unwind(payload);
         }
     }
@@ -76,26 +79,45 @@ fn replay(target: &str, check: fn(&[u8])) {
 #[test]
 fn gguf_open_corpus() {
     replay("gguf_open", llama_cpp_moe_fuzz::check_gguf_open);
-    short_run("gguf_open", llama_cpp_moe_fuzz::check_gguf_open, short_runs());
+    short_run(
+        "gguf_open",
+        llama_cpp_moe_fuzz::check_gguf_open,
+        short_runs(),
+    );
 }
 
 #[test]
 fn override_patterns_corpus() {
-    replay("override_patterns", llama_cpp_moe_fuzz::check_override_patterns);
-    short_run("override_patterns", llama_cpp_moe_fuzz::check_override_patterns, short_runs());
+    replay(
+        "override_patterns",
+        llama_cpp_moe_fuzz::check_override_patterns,
+    );
+    short_run(
+        "override_patterns",
+        llama_cpp_moe_fuzz::check_override_patterns,
+        short_runs(),
+    );
 }
 
 #[test]
 fn example_args_corpus() {
     replay("example_args", llama_cpp_moe_fuzz::check_example_args);
     // clap builds the whole command per parse (~1 ms in a debug build).
-    short_run("example_args", llama_cpp_moe_fuzz::check_example_args, short_runs() / 10);
+    short_run(
+        "example_args",
+        llama_cpp_moe_fuzz::check_example_args,
+        short_runs() / 10,
+    );
 }
 
 #[test]
 fn model_load_corpus() {
     replay("model_load", llama_cpp_moe_fuzz::check_model_load);
-    short_run("model_load", llama_cpp_moe_fuzz::check_model_load, short_runs() / 40);
+    short_run(
+        "model_load",
+        llama_cpp_moe_fuzz::check_model_load,
+        short_runs() / 40,
+    );
 }
 
 /// The load seeds must load, or the load target would only ever explore rejections.

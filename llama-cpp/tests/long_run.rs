@@ -58,7 +58,9 @@ fn open_fds() -> usize {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+            std::fs::read_dir("/proc/self/fd")
+                .expect("/proc/self/fd")
+                .count()
         })
         .min()
         .expect("25 readings")
@@ -76,9 +78,15 @@ fn ctx_params() -> ContextParams {
 fn greedy(model: &Model, params: &ContextParams, n: usize) -> Vec<Token> {
     let vocab = model.vocab();
     let mut ctx = Context::new(model, params).expect("context");
-    let mut sampler = SamplerBuilder::new().greedy(&vocab).expect("greedy sampler");
+    let mut sampler = SamplerBuilder::new()
+        .greedy(&vocab)
+        .expect("greedy sampler");
     let prompt = vocab
-        .tokenize("The experts stay in host memory", AddSpecial::Yes, ParseSpecial::No)
+        .tokenize(
+            "The experts stay in host memory",
+            AddSpecial::Yes,
+            ParseSpecial::No,
+        )
         .expect("tokenize");
     let out = ctx
         .complete(
@@ -158,7 +166,10 @@ fn report_and_check(label: &str, f: &CycleFigures) {
         "{label}: RSS grew {growth} bytes over {} cycles",
         f.cycles - f.warm_up
     );
-    assert_eq!(f.fds_end, f.fds_after_warm_up, "{label}: file descriptors leaked");
+    assert_eq!(
+        f.fds_end, f.fds_after_warm_up,
+        "{label}: file descriptors leaked"
+    );
 }
 
 #[test]
@@ -189,7 +200,10 @@ fn rpc_cycles_do_not_leak() {
         .with_devices([rpc])
         .with_all_gpu_layers()
         .with_cpu_moe_all();
-    report_and_check(&format!("rpc {endpoint} + cpu_moe_all"), &cycles(&backend, &params));
+    report_and_check(
+        &format!("rpc {endpoint} + cpu_moe_all"),
+        &cycles(&backend, &params),
+    );
 }
 
 #[test]
@@ -201,7 +215,9 @@ fn eight_threads_share_one_model() {
     let model = Model::load(
         &backend,
         model(Arch::Qwen3Moe),
-        &ModelParams::default().with_n_gpu_layers(0).with_cpu_moe_all(),
+        &ModelParams::default()
+            .with_n_gpu_layers(0)
+            .with_cpu_moe_all(),
     )
     .expect("load");
     let duration = Duration::from_secs(env_number("LLAMA_CPP_MOE_SOAK_SECS", 2));
@@ -224,7 +240,10 @@ fn eight_threads_share_one_model() {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("worker")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
     });
     println!(
         "long_run: {THREADS} threads x own contexts on one model for {:.1} s: {} generations \

@@ -48,7 +48,10 @@ fn every_value_type() -> Vec<u8> {
         ("t.a_i32", MetaValue::Array(MetaArray::I32(vec![-1]))),
         ("t.a_f32", MetaValue::Array(MetaArray::F32(vec![0.25]))),
         ("t.a_bool", MetaValue::Array(MetaArray::Bool(vec![false]))),
-        ("t.a_str", MetaValue::Array(MetaArray::String(vec!["a".into(), "".into()]))),
+        (
+            "t.a_str",
+            MetaValue::Array(MetaArray::String(vec!["a".into(), "".into()])),
+        ),
         ("t.a_u64", MetaValue::Array(MetaArray::U64(vec![7]))),
     ];
     for (key, value) in values {
@@ -57,7 +60,11 @@ fn every_value_type() -> Vec<u8> {
     let tensors = [
         ("token_embd.weight", GgmlType::F32, vec![4, 2]),
         ("blk.0.ffn_up_exps.weight", GgmlType::Q8_0, vec![32, 1, 2]),
-        ("blk.1.ffn_down_shexp.weight", GgmlType::F16, vec![2, 1, 1, 2]),
+        (
+            "blk.1.ffn_down_shexp.weight",
+            GgmlType::F16,
+            vec![2, 1, 1, 2],
+        ),
         ("blk.1.attn_q.weight", GgmlType::Q4_0, vec![64]),
     ];
     for (name, ty, shape) in tensors {
@@ -70,8 +77,10 @@ fn every_value_type() -> Vec<u8> {
     }
     w.set_alignment(8).expect("alignment");
     let mut bytes = Vec::new();
-    w.write(&mut bytes, |_, t, out| out.write_all(&vec![0x11; t.nbytes() as usize]))
-        .expect("write seed");
+    w.write(&mut bytes, |_, t, out| {
+        out.write_all(&vec![0x11; t.nbytes() as usize])
+    })
+    .expect("write seed");
     bytes
 }
 
@@ -107,15 +116,48 @@ fn main() {
         write(&root.join("override_patterns"), &format!("seed-{i}"), seed);
     }
 
-    let lines = [
-        "-m\0x.gguf\0-ngl\0all\0-ub\0128\0-ot\0a=CPU,b=RPC0\0--n-cpu-moe\x003\0-fa\0on",
-        "-cmoe\0-ncmoe\x002\0-dev\0A,B\0--rpc\0h:1\0-c\x00256\0-t\x002\0-n\x008\0--cpu-moe-layers\x002-3",
-        "--synthetic\0qwen3moe:tiny\0--no-stream\0-p\0hello",
-        "--synthetic\0deepseek:full",
-        "-ngl\x00-1\0-ot\0=CPU\0--",
-        "--help",
+    let lines: [&[&str]; 6] = [
+        &[
+            "-m",
+            "x.gguf",
+            "-ngl",
+            "all",
+            "-ub",
+            "128",
+            "-ot",
+            "a=CPU,b=RPC0",
+            "--n-cpu-moe",
+            "3",
+            "-fa",
+            "on",
+        ],
+        &[
+            "-cmoe",
+            "-ncmoe",
+            "2",
+            "-dev",
+            "A,B",
+            "--rpc",
+            "h:1",
+            "-c",
+            "256",
+            "-t",
+            "2",
+            "-n",
+            "8",
+            "--cpu-moe-layers",
+            "2-3",
+        ],
+        &["--synthetic", "qwen3moe:tiny", "--no-stream", "-p", "hello"],
+        &["--synthetic", "deepseek:full"],
+        &["-ngl", "-1", "-ot", "=CPU", "--"],
+        &["--help"],
     ];
     for (i, line) in lines.iter().enumerate() {
-        write(&root.join("example_args"), &format!("seed-{i}"), line.as_bytes());
+        write(
+            &root.join("example_args"),
+            &format!("seed-{i}"),
+            line.join("\0").as_bytes(),
+        );
     }
 }
