@@ -5,7 +5,8 @@
 #
 #   scripts/fuzz.sh replay      stable: every seed, corpus entry and regression, once
 #   scripts/fuzz.sh short [S]   nightly: each target S seconds (default 15) from the corpus
-#   scripts/fuzz.sh campaign    nightly: 1,000,000 runs per parser target and 100,000
+#   scripts/fuzz.sh campaign [TARGET...]
+#                               nightly: 1,000,000 runs per parser target and 100,000
 #                               loads, then merge what found new coverage into fuzz/corpus
 #   scripts/fuzz.sh seeds       stable: rewrite fuzz/seeds from the synthetic factory
 #
@@ -60,12 +61,13 @@ case "${1:-short}" in
         done
         ;;
     campaign)
-        for t in "${parser_targets[@]}"; do
-            fuzz_run "$t" -runs=1000000
+        shift
+        for t in "${@:-${parser_targets[@]} model_load}"; do
+            runs=1000000
+            [ "$t" = model_load ] && runs=100000
+            fuzz_run "$t" -runs="$runs" -timeout=30
             merge_into_corpus "$t"
         done
-        fuzz_run model_load -runs=100000
-        merge_into_corpus model_load
         ;;
     *)
         echo "usage: $0 [replay|short [SECONDS]|campaign|seeds]" >&2
