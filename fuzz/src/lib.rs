@@ -146,6 +146,12 @@ pub mod known {
         let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
         distinct.len() != tokens.len()
     }
+
+    /// An MoE model whose `expert_used_count` is 0: llama.cpp's hparams loader
+    /// `GGML_ASSERT(n_expert_used_max > 0)` (llama-model.cpp) aborts the process.
+    pub fn no_expert_used(file: &GgufFile) -> bool {
+        file.expert_count().is_some_and(|n| n > 0) && file.expert_used_count().unwrap_or(0) == 0
+    }
 }
 
 /// Splits fuzz input into `n` text fields on `\n` (the last one takes the rest).
@@ -230,7 +236,8 @@ pub fn check_example_args(data: &[u8]) {
 pub fn check_model_load(data: &[u8]) {
     let path = scratch_file("model.gguf");
     std::fs::write(&path, data).expect("write scratch file");
-    if GgufFile::open(&path).is_ok_and(|f| known::duplicate_token(&f)) {
+    if GgufFile::open(&path).is_ok_and(|f| known::duplicate_token(&f) || known::no_expert_used(&f))
+    {
         return;
     }
     let params = ModelParams::default().with_n_gpu_layers(0);

@@ -143,7 +143,7 @@ fn model_load_seeds_are_loadable_models() {
 /// `cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test replay
 /// -- --ignored known_crashes_are_fixed`.
 #[test]
-#[ignore = "fails until Model::load rejects duplicate tokens and nested quantifiers"]
+#[ignore = "fails until Model::load rejects these three inputs (fuzz/README.md)"]
 fn known_crashes_are_fixed() {
     llama_cpp_moe::log::set_silent(true);
     let backend = llama_cpp_moe::Backend::init();
@@ -151,6 +151,8 @@ fn known_crashes_are_fixed() {
     let params = llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0);
     let dup = root.join("known-crashes/model_load/vocab-duplicate-token");
     assert!(llama_cpp_moe::Model::load(&backend, &dup, &params).is_err());
+    let no_expert_used = root.join("known-crashes/model_load/expert-used-count-zero");
+    assert!(llama_cpp_moe::Model::load(&backend, &no_expert_used, &params).is_err());
 
     let input = std::fs::read(root.join("known-crashes/override_patterns/nested-quantifier-redos"))
         .expect("known crash");
@@ -169,4 +171,26 @@ fn known_crashes_are_fixed() {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("a nested-quantifier pattern hangs the load");
     assert!(rejected, "a nested-quantifier pattern is accepted");
+}
+
+/// Each known crash is recognised by its skip in `llama_cpp_moe_fuzz::known`, so
+/// campaigns and the short run never stop at it again.
+#[test]
+fn known_crash_classes_are_recognised() {
+    use llama_cpp_moe_fuzz::known;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-crashes");
+    let open = |name: &str| {
+        llama_cpp_moe_gguf::GgufFile::open(root.join("model_load").join(name))
+            .expect("our reader accepts the file llama.cpp aborts on")
+    };
+    assert!(known::duplicate_token(&open("vocab-duplicate-token")));
+    assert!(known::no_expert_used(&open("expert-used-count-zero")));
+    let input =
+        std::fs::read(root.join("override_patterns/nested-quantifier-redos")).expect("known crash");
+    let text = String::from_utf8_lossy(&input[1..]).into_owned();
+    assert!(known::nested_quantifier(
+        text.split('\n').next().expect("pattern")
+    ));
+    assert!(!known::nested_quantifier(r"blk\.(2|3)\.ffn_.*_exps"));
+    assert!(!known::nested_quantifier(r"a+?b{1,3}?\*+"));
 }
