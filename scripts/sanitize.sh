@@ -34,7 +34,9 @@ fi
 export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes"
 export RUSTDOCFLAGS="$RUSTFLAGS"
 # Leaks are errors; the suppressions file lists third-party noise, each with its reason.
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=0"
+# fast_unwind_on_malloc=0: llama.cpp has no frame pointers; without DWARF unwinding a
+# leak stack ends in operator new and no suppression could name its real origin.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:fast_unwind_on_malloc=0"
 export LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=1"
 # long_run is left out: ASan's quarantine holds freed memory, so its RSS budget means
 # nothing here; every test below frees what it loads, and LeakSanitizer checks at exit.
