@@ -62,7 +62,9 @@ case "${1:-short}" in
         ;;
     campaign)
         shift
-        for t in "${@:-${parser_targets[@]} model_load}"; do
+        targets=("$@")
+        [ "${#targets[@]}" -gt 0 ] || targets=("${parser_targets[@]}" model_load)
+        for t in "${targets[@]}"; do
             runs=1000000
             [ "$t" = model_load ] && runs=100000
             fuzz_run "$t" -runs="$runs" -timeout=30
