@@ -1,0 +1,352 @@
+//! The checks behind each fuzz target, shared by the libFuzzer entry points
+//! (`fuzz_targets/`, nightly) and the corpus replay (`tests/replay.rs`, stable).
+//!
+//! Every check takes arbitrary bytes, drives one public entry point with them, and
+//! panics only when that entry point breaks its contract: a panic, an abort, an `Ok`
+//! that contradicts what the API documents, or an error that cannot be displayed.
+//! Rejecting the input with a typed error is the expected outcome for most inputs.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use llama_cpp_moe::model::{regex_search, OverrideTarget};
+use llama_cpp_moe::{Backend, Model, ModelParams};
+use llama_cpp_moe_examples::cli::{one_line, try_parse_from};
+use llama_cpp_moe_examples::simple_moe_args::{Args, LLAMA_SPELLINGS};
+use llama_cpp_moe_gguf::{GgufFile, MetaArray, MetaValue};
+
+/// A per-process scratch file for the targets whose entry point takes a path. It lives
+/// in `/dev/shm` when that exists, so a million iterations never touch a disk.
+fn scratch_file(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    dir.join(format!("llama-cpp-moe-fuzz-{}-{name}", std::process::id()))
+}
+
+/// Removes the scratch file of `target`, if it has one (an aborted run leaves it behind
+/// for inspection: it holds the input that aborted).
+pub fn remove_scratch_file(target: &str) {
+    let name = match target {
+        "gguf_open" => "reader.gguf",
+        "model_load" => "model.gguf",
+        _ => return,
+    };
+    let _ = std::fs::remove_file(scratch_file(name));
+}
+
+fn backend() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        // llama.cpp's log for a million rejected files would drown libFuzzer's output;
+        // errors are still captured for the typed error.
+        llama_cpp_moe::log::set_silent(true);
+        Backend::init()
+    })
+}
+
+/// `GgufFile::open` on `data` written to a file: either a typed error or a file whose
+/// tensor table is consistent with what the reader promises.
+pub fn check_gguf_open(data: &[u8]) {
+    let path = scratch_file("reader.gguf");
+    std::fs::write(&path, data).expect("write scratch file");
+    match GgufFile::open(&path) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(file) => {
+            assert_eq!(file.file_size(), data.len() as u64);
+            assert!(
+                matches!(file.version(), 2 | 3),
+                "version {}",
+                file.version()
+            );
+            assert!(file.alignment() > 0 && file.alignment().is_power_of_two());
+            assert!(file.data_offset() <= file.file_size());
+            // ggml pads the header to the alignment only when tensor data follows.
+            if !file.tensors().is_empty() {
+                assert_eq!(file.data_offset() % file.alignment(), 0);
+            }
+            for t in file.tensors() {
+                // The reader's promise: every tensor's data lies inside the file.
+                let end = t
+                    .offset
+                    .checked_add(t.n_bytes)
+                    .expect("offset + size overflows");
+                assert!(t.offset >= file.data_offset() && end <= file.file_size());
+                assert!(t.shape.len() <= 4);
+                let _ = (t.n_elements(), t.kind(), t.layer());
+                assert_eq!(file.tensor(&t.name).map(|f| &f.name), Some(&t.name));
+            }
+            let _ = (
+                file.architecture(),
+                file.block_count(),
+                file.expert_count(),
+                file.expert_used_count(),
+                file.expert_shared_count(),
+                file.context_length(),
+                file.embedding_length(),
+                file.feed_forward_length(),
+                file.expert_feed_forward_length(),
+                file.head_count(),
+                file.head_count_kv(),
+                file.vocab_size(),
+            );
+            for (key, value) in file.metadata() {
+                assert!(file.get(key).is_some());
+                let _ = format!("{value:?}");
+            }
+            let by_layer: u64 = file.bytes_by_layer().iter().map(|l| l.total()).sum();
+            let total: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
+            assert_eq!(by_layer, total, "bytes_by_layer loses tensors");
+            let _ = file.expert_tensors().count() + file.shared_expert_tensors().count();
+            let _ = file.global_tensors().count();
+        }
+    }
+}
+
+/// Known bug classes this fuzzing found and that are not fixed yet (fuzz/README.md,
+/// "Known crashes"; their inputs are in `fuzz/known-crashes/`). The checks skip them so
+/// that a campaign explores past them instead of stopping at the first; the ignored
+/// test `known_crashes_are_fixed` replays them. Delete a skip once that test passes.
+pub mod known {
+    use super::*;
+
+    /// A quantifier applied to a quantifier (`[a-z]+**`): libstdc++'s `std::regex`
+    /// accepts it and then backtracks exponentially in `regex_search` on a name that
+    /// does not match, so validation passes and the load never finishes.
+    pub fn nested_quantifier(pattern: &str) -> bool {
+        let mut previous_was_quantifier = false;
+        let mut escaped = false;
+        for c in pattern.chars() {
+            let quantifier = !escaped && matches!(c, '*' | '+' | '?' | '}');
+            if quantifier && previous_was_quantifier && c != '?' {
+                return true;
+            }
+            previous_was_quantifier = quantifier;
+            escaped = !escaped && c == '\\';
+        }
+        false
+    }
+
+    /// A vocabulary with the same token text twice: llama.cpp's vocab loader
+    /// `GGML_ASSERT`s (`id_to_token.size() == token_to_id.size()`, llama-vocab.cpp) and
+    /// aborts the process.
+    pub fn duplicate_token(file: &GgufFile) -> bool {
+        let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens")
+        else {
+            return false;
+        };
+        let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+        distinct.len() != tokens.len()
+    }
+
+    /// An MoE model whose `expert_used_count` is 0: llama.cpp's hparams loader
+    /// `GGML_ASSERT(n_expert_used_max > 0)` (llama-model.cpp) aborts the process.
+    pub fn no_expert_used(file: &GgufFile) -> bool {
+        file.expert_count().is_some_and(|n| n > 0) && file.expert_used_count().unwrap_or(0) == 0
+    }
+}
+
+/// Splits fuzz input into `n` text fields on `\n` (the last one takes the rest).
+fn fields(data: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(data);
+    let mut out: Vec<String> = text.splitn(n, '\n').map(str::to_owned).collect();
+    out.resize(n, String::new());
+    out
+}
+
+/// The override-pattern validation: explicit `-ot` patterns and targets, plus the MoE
+/// and FFN layer builders, through `ModelParams::validate`. An accepted pattern must be
+/// one the loader's `std::regex` can search with; a rejected one is a typed error.
+pub fn check_override_patterns(data: &[u8]) {
+    let (control, rest) = data.split_first().map_or((0, &[][..]), |(c, r)| (*c, r));
+    let f = fields(rest, 4);
+    let (pattern, target, layers) = (&f[0], &f[1], &f[3]);
+    // Tensor names are C strings: they never hold a NUL.
+    let name = &f[2].replace('\0', "");
+    if known::nested_quantifier(pattern) || known::nested_quantifier(target) {
+        return;
+    }
+    let mut params = ModelParams::default();
+    params = match control & 3 {
+        0 => params.with_tensor_override(pattern.as_str(), OverrideTarget::Cpu),
+        1 => params.with_tensor_override(pattern.as_str(), target.as_str()),
+        2 => params
+            .with_tensor_override(pattern.as_str(), "CPU")
+            .with_tensor_override(target.as_str(), OverrideTarget::Cpu),
+        _ => params,
+    };
+    let layer_list: Vec<u32> = layers.bytes().map(u32::from).collect();
+    let n = u32::from(control >> 4);
+    if control & 4 != 0 {
+        params = params.with_cpu_moe(n);
+    }
+    if control & 8 != 0 {
+        params = params.with_cpu_moe_layers(layer_list.iter().copied());
+    }
+    if n > 12 {
+        params = params.with_cpu_ffn(n - 12);
+    }
+    let patterns: Vec<String> = params
+        .tensor_overrides()
+        .map(|o| o.pattern().to_owned())
+        .collect();
+    match params.validate(backend()) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(()) => {
+            for p in &patterns {
+                assert!(
+                    regex_search(p, name).is_some(),
+                    "validated pattern {p:?} cannot be searched"
+                );
+            }
+        }
+    }
+    // The classifier's own entry point, on arbitrary pattern/name pairs.
+    let _ = regex_search(pattern, name);
+}
+
+/// `simple_moe`'s command line (clap plus llama.cpp's `-ngl`-style spellings): `Ok`, or
+/// an error that renders as the one line the examples print.
+pub fn check_example_args(data: &[u8]) {
+    let argv = std::iter::once(OsString::from("simple_moe")).chain(
+        data.split(|b| *b == 0)
+            .map(|arg| OsString::from_vec(arg.to_vec())),
+    );
+    match try_parse_from::<Args>(argv, LLAMA_SPELLINGS) {
+        Ok(args) => {
+            let _ = format!("{args:?}");
+        }
+        Err(e) => {
+            let line = one_line(&e);
+            assert!(!line.contains('\n'), "not one line: {line:?}");
+        }
+    }
+}
+
+/// `Model::load` (CPU) on `data` written to a file: a typed error, or a model whose
+/// basic queries answer.
+pub fn check_model_load(data: &[u8]) {
+    let path = scratch_file("model.gguf");
+    std::fs::write(&path, data).expect("write scratch file");
+    if GgufFile::open(&path).is_ok_and(|f| known::duplicate_token(&f) || known::no_expert_used(&f))
+    {
+        return;
+    }
+    let params = ModelParams::default().with_n_gpu_layers(0);
+    match Model::load(backend(), &path, &params) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(model) => {
+            let _ = (
+                model.n_layer(),
+                model.n_embd(),
+                model.n_vocab(),
+                model.n_expert(),
+            );
+            let _ = (
+                model.arch(),
+                model.description(),
+                model.size(),
+                model.n_params(),
+            );
+            let _ = model.placement();
+        }
+    }
+}
+
+/// A seeded, deterministic mutator for the stable short run (`tests/replay.rs`): not
+/// coverage-guided like libFuzzer, but it needs neither nightly nor cargo-fuzz, so CI
+/// can afford it on every run. Each call applies 1 to 4 of libFuzzer's basic
+/// mutations (bit flip, interesting byte or u32/u64, truncation, insertion, erasure,
+/// copy of a chunk within the input) to a copy of `input`.
+pub struct Mutator {
+    state: u64,
+}
+
+impl Mutator {
+    /// A mutator whose sequence depends only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A mutated copy of `input`.
+    pub fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        const INTERESTING: [u64; 8] = [
+            0,
+            1,
+            0x7f,
+            0xff,
+            0x7fff_ffff,
+            0xffff_ffff,
+            0x7fff_ffff_ffff_ffff,
+            u64::MAX,
+        ];
+        let mut out = input.to_vec();
+        for _ in 0..=self.below(4) {
+            let len = out.len();
+            match self.below(7) {
+                0 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] ^= 1 << self.below(8);
+                }
+                1 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] = INTERESTING[self.below(INTERESTING.len())] as u8;
+                }
+                2 if len >= 8 => {
+                    // GGUF counts and sizes are little-endian u32/u64.
+                    let value = INTERESTING[self.below(INTERESTING.len())].to_le_bytes();
+                    let width = if self.below(2) == 0 { 4 } else { 8 };
+                    let i = self.below(len - width + 1);
+                    out[i..i + width].copy_from_slice(&value[..width]);
+                }
+                3 => out.truncate(self.below(len + 1)),
+                4 => {
+                    let i = self.below(len + 1);
+                    let n = 1 + self.below(16);
+                    let byte = self.next() as u8;
+                    out.splice(i..i, std::iter::repeat_n(byte, n));
+                }
+                5 if len > 0 => {
+                    let i = self.below(len);
+                    let n = 1 + self.below((len - i).min(64));
+                    out.drain(i..i + n);
+                }
+                6 if len > 1 => {
+                    let from = self.below(len);
+                    let n = 1 + self.below((len - from).min(32));
+                    let to = self.below(len - n + 1);
+                    let chunk = out[from..from + n].to_vec();
+                    out[to..to + n].copy_from_slice(&chunk);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

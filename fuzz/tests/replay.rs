@@ -1,0 +1,196 @@
+//! Replays every committed input of every fuzz target on stable Rust: the seeds
+//! (`fuzz/seeds/`), the coverage-minimised corpus the campaigns left
+//! (`fuzz/corpus/`) and each crash ever found (`fuzz/regressions/`). A regression
+//! that comes back fails here, in `.ci/run`, without nightly or cargo-fuzz.
+//!
+//! It also runs a short seeded mutation run per target (`llama_cpp_moe_fuzz::Mutator`),
+//! sized by `FUZZ_SHORT_RUNS` (default 20,000 per parser target, 1/40 of that for loads).
+//!
+//! Run: `cargo test --manifest-path fuzz/Cargo.toml --no-default-features`.
+
+use std::path::{Path, PathBuf};
+
+fn inputs(target: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for set in ["seeds", "corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(set).join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("corpus entry").path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn short_runs() -> usize {
+    std::env::var("FUZZ_SHORT_RUNS")
+        .map(|v| v.parse().expect("FUZZ_SHORT_RUNS is a number"))
+        .unwrap_or(20_000)
+}
+
+/// `runs` mutations of the target's inputs, seeded: the same inputs every time.
+fn short_run(target: &str, check: fn(&[u8]), runs: usize) {
+    let inputs: Vec<Vec<u8>> = inputs(target)
+        .iter()
+        .map(|p| std::fs::read(p).expect("read corpus file"))
+        .collect();
+    let mut mutator = llama_cpp_moe_fuzz::Mutator::new(runs as u64);
+    let failures = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/short-run-failures");
+    std::fs::create_dir_all(&failures).expect("failure dir");
+    for run in 0..runs {
+        let data = mutator.mutate(&inputs[run % inputs.len()]);
+        if target != "gguf_open" {
+            // An abort or a hang inside C++ cannot be caught: keep the input where it is found.
+            std::fs::write(failures.join(format!("{target}-last")), &data).expect("save input");
+        }
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        if let Err(payload) = outcome {
+            let file = failures.join(format!("{target}-{run}"));
+            std::fs::write(&file, &data).expect("save failing input");
+            eprintln!(
+                "{target}: run {run} failed; input saved to {}",
+                file.display()
+            );
+            std::panic::resume_unwind(payload);
+        }
+    }
+    llama_cpp_moe_fuzz::remove_scratch_file(target);
+    println!("{target}: {runs} seeded mutations, no failure");
+}
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let files = inputs(target);
+    assert!(!files.is_empty(), "no seeds for {target}: run make_seeds");
+    for path in &files {
+        let data = std::fs::read(path).expect("read corpus file");
+        // A failing input names itself before the check's own panic message.
+        eprintln!("{target}: {}", path.display());
+        check(&data);
+    }
+    println!("{target}: {} inputs replayed", files.len());
+}
+
+#[test]
+fn gguf_open_corpus() {
+    replay("gguf_open", llama_cpp_moe_fuzz::check_gguf_open);
+    short_run(
+        "gguf_open",
+        llama_cpp_moe_fuzz::check_gguf_open,
+        short_runs(),
+    );
+}
+
+#[test]
+fn override_patterns_corpus() {
+    replay(
+        "override_patterns",
+        llama_cpp_moe_fuzz::check_override_patterns,
+    );
+    short_run(
+        "override_patterns",
+        llama_cpp_moe_fuzz::check_override_patterns,
+        short_runs(),
+    );
+}
+
+#[test]
+fn example_args_corpus() {
+    replay("example_args", llama_cpp_moe_fuzz::check_example_args);
+    // clap builds the whole command per parse (~1 ms in a debug build).
+    short_run(
+        "example_args",
+        llama_cpp_moe_fuzz::check_example_args,
+        short_runs() / 10,
+    );
+}
+
+#[test]
+fn model_load_corpus() {
+    replay("model_load", llama_cpp_moe_fuzz::check_model_load);
+    short_run(
+        "model_load",
+        llama_cpp_moe_fuzz::check_model_load,
+        short_runs() / 40,
+    );
+}
+
+/// The load seeds must load, or the load target would only ever explore rejections.
+#[test]
+fn model_load_seeds_are_loadable_models() {
+    llama_cpp_moe::log::set_silent(true);
+    let backend = llama_cpp_moe::Backend::init();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/model_load");
+    for entry in std::fs::read_dir(dir).expect("seed dir") {
+        let path = entry.expect("seed").path();
+        let params = llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0);
+        let model = llama_cpp_moe::Model::load(&backend, &path, &params)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(model.n_layer(), 1, "{}", path.display());
+        assert!(llama_cpp_moe_gguf::GgufFile::open(&path).is_ok());
+    }
+}
+
+/// The crashes and hangs this fuzzing found that the crate does not prevent yet (see
+/// fuzz/README.md, "Known crashes"), run against the real entry points without the
+/// skips in `llama_cpp_moe_fuzz::known`. Ignored until they are fixed, because today the
+/// first one aborts the process and the second never returns:
+/// `cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test replay
+/// -- --ignored known_crashes_are_fixed`.
+#[test]
+#[ignore = "fails until Model::load rejects these three inputs (fuzz/README.md)"]
+fn known_crashes_are_fixed() {
+    llama_cpp_moe::log::set_silent(true);
+    let backend = llama_cpp_moe::Backend::init();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let params = llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0);
+    let dup = root.join("known-crashes/model_load/vocab-duplicate-token");
+    assert!(llama_cpp_moe::Model::load(&backend, &dup, &params).is_err());
+    let no_expert_used = root.join("known-crashes/model_load/expert-used-count-zero");
+    assert!(llama_cpp_moe::Model::load(&backend, &no_expert_used, &params).is_err());
+
+    let input = std::fs::read(root.join("known-crashes/override_patterns/nested-quantifier-redos"))
+        .expect("known crash");
+    let text = String::from_utf8_lossy(&input[1..]).into_owned();
+    let pattern = text.split('\n').next().expect("pattern").to_owned();
+    let model = root.join("seeds/model_load/qwen3moe-seed");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let params = llama_cpp_moe::ModelParams::default()
+            .with_n_gpu_layers(0)
+            .with_tensor_override(pattern, "CPU");
+        let result = llama_cpp_moe::Model::load(&llama_cpp_moe::Backend::init(), model, &params);
+        let _ = done_tx.send(result.is_err());
+    });
+    let rejected = done_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a nested-quantifier pattern hangs the load");
+    assert!(rejected, "a nested-quantifier pattern is accepted");
+}
+
+/// Each known crash is recognised by its skip in `llama_cpp_moe_fuzz::known`, so
+/// campaigns and the short run never stop at it again.
+#[test]
+fn known_crash_classes_are_recognised() {
+    use llama_cpp_moe_fuzz::known;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-crashes");
+    let open = |name: &str| {
+        llama_cpp_moe_gguf::GgufFile::open(root.join("model_load").join(name))
+            .expect("our reader accepts the file llama.cpp aborts on")
+    };
+    assert!(known::duplicate_token(&open("vocab-duplicate-token")));
+    assert!(known::no_expert_used(&open("expert-used-count-zero")));
+    let input =
+        std::fs::read(root.join("override_patterns/nested-quantifier-redos")).expect("known crash");
+    let text = String::from_utf8_lossy(&input[1..]).into_owned();
+    assert!(known::nested_quantifier(
+        text.split('\n').next().expect("pattern")
+    ));
+    assert!(!known::nested_quantifier(r"blk\.(2|3)\.ffn_.*_exps"));
+    assert!(!known::nested_quantifier(r"a+?b{1,3}?\*+"));
+}
