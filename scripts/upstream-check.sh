@@ -96,8 +96,11 @@ GIT=(git -C "$WORK/llama-cpp-2" -c user.name=upstream-check -c user.email=upstre
 "${GIT[@]}" init -q
 "${GIT[@]}" add -A
 "${GIT[@]}" commit -q -m "llama-cpp-2 $LLAMA_CPP_2_VERSION as published on crates.io"
-"${GIT[@]}" apply --check "$PATCHES"/*.patch
-"${GIT[@]}" am -q "$PATCHES"/*.patch
+# One at a time: every patch of the series must apply to the tree its predecessors left.
+for patch in "$PATCHES"/*.patch; do
+    "${GIT[@]}" apply --check "$patch"
+    "${GIT[@]}" am -q "$patch"
+done
 "${GIT[@]}" log --oneline
 
 step "workspace: patched llama-cpp-2 + the check program"

@@ -33,46 +33,22 @@ unsafe fn copy_kv(
     // SAFETY: guaranteed by the caller; getters match the key's type.
     unsafe {
         match sys::gguf_get_kv_type(src, i) {
-            sys::gguf_type_GGUF_TYPE_UINT8 => {
-                sys::gguf_set_val_u8(dst, k, sys::gguf_get_val_u8(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_INT8 => {
-                sys::gguf_set_val_i8(dst, k, sys::gguf_get_val_i8(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_UINT16 => {
-                sys::gguf_set_val_u16(dst, k, sys::gguf_get_val_u16(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_INT16 => {
-                sys::gguf_set_val_i16(dst, k, sys::gguf_get_val_i16(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_UINT32 => {
-                sys::gguf_set_val_u32(dst, k, sys::gguf_get_val_u32(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_INT32 => {
-                sys::gguf_set_val_i32(dst, k, sys::gguf_get_val_i32(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_FLOAT32 => {
-                sys::gguf_set_val_f32(dst, k, sys::gguf_get_val_f32(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_UINT64 => {
-                sys::gguf_set_val_u64(dst, k, sys::gguf_get_val_u64(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_INT64 => {
-                sys::gguf_set_val_i64(dst, k, sys::gguf_get_val_i64(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_FLOAT64 => {
-                sys::gguf_set_val_f64(dst, k, sys::gguf_get_val_f64(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_BOOL => {
-                sys::gguf_set_val_bool(dst, k, sys::gguf_get_val_bool(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_STRING => {
-                sys::gguf_set_val_str(dst, k, sys::gguf_get_val_str(src, i))
-            }
-            sys::gguf_type_GGUF_TYPE_ARRAY => {
+            sys::GGUF_TYPE_UINT8 => sys::gguf_set_val_u8(dst, k, sys::gguf_get_val_u8(src, i)),
+            sys::GGUF_TYPE_INT8 => sys::gguf_set_val_i8(dst, k, sys::gguf_get_val_i8(src, i)),
+            sys::GGUF_TYPE_UINT16 => sys::gguf_set_val_u16(dst, k, sys::gguf_get_val_u16(src, i)),
+            sys::GGUF_TYPE_INT16 => sys::gguf_set_val_i16(dst, k, sys::gguf_get_val_i16(src, i)),
+            sys::GGUF_TYPE_UINT32 => sys::gguf_set_val_u32(dst, k, sys::gguf_get_val_u32(src, i)),
+            sys::GGUF_TYPE_INT32 => sys::gguf_set_val_i32(dst, k, sys::gguf_get_val_i32(src, i)),
+            sys::GGUF_TYPE_FLOAT32 => sys::gguf_set_val_f32(dst, k, sys::gguf_get_val_f32(src, i)),
+            sys::GGUF_TYPE_UINT64 => sys::gguf_set_val_u64(dst, k, sys::gguf_get_val_u64(src, i)),
+            sys::GGUF_TYPE_INT64 => sys::gguf_set_val_i64(dst, k, sys::gguf_get_val_i64(src, i)),
+            sys::GGUF_TYPE_FLOAT64 => sys::gguf_set_val_f64(dst, k, sys::gguf_get_val_f64(src, i)),
+            sys::GGUF_TYPE_BOOL => sys::gguf_set_val_bool(dst, k, sys::gguf_get_val_bool(src, i)),
+            sys::GGUF_TYPE_STRING => sys::gguf_set_val_str(dst, k, sys::gguf_get_val_str(src, i)),
+            sys::GGUF_TYPE_ARRAY => {
                 let arr_type = sys::gguf_get_arr_type(src, i);
                 let n = sys::gguf_get_arr_n(src, i);
-                if arr_type == sys::gguf_type_GGUF_TYPE_STRING {
+                if arr_type == sys::GGUF_TYPE_STRING {
                     let strings: Vec<*const c_char> =
                         (0..n).map(|j| sys::gguf_get_arr_str(src, i, j)).collect();
                     sys::gguf_set_arr_str(dst, k, strings.as_ptr().cast_mut(), n);

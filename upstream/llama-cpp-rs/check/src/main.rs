@@ -283,7 +283,7 @@ fn run(endpoint: &str, models: &[String]) -> Result<Vec<String>, String> {
     for (model_index, path) in models.iter().enumerate() {
         let path = Path::new(path);
         let gguf = read_gguf(path)?;
-        let size_of = |names: &BTreeSet<String>| -> u64 {
+        let bytes_of = |names: &BTreeSet<String>| -> u64 {
             gguf.tensors
                 .iter()
                 .filter(|(n, _)| names.contains(n))
@@ -357,7 +357,7 @@ fn run(endpoint: &str, models: &[String]) -> Result<Vec<String>, String> {
         for (label, params, expected) in cases {
             let got = load(&backend, path, &params)?;
             let moved = got.overridden_names();
-            let moved_bytes = size_of(&moved);
+            let moved_bytes = bytes_of(&moved);
             let rpc = got.buffer_mib("RPC");
             println!(
                 "{arch:<11} {label:<40} {:>9} {moved_bytes:>12} {:>20} {:>7}",
@@ -403,7 +403,7 @@ fn run(endpoint: &str, models: &[String]) -> Result<Vec<String>, String> {
         println!(
             "{arch:<11} {label:<40} {:>9} {:>12} {:>20} {:>7}",
             format!("{}/{}", moved.len(), experts.len()),
-            size_of(&moved),
+            bytes_of(&moved),
             format!("{rpc:.2}"),
             if got.tokens == base.tokens {
                 "same"
@@ -418,7 +418,7 @@ fn run(endpoint: &str, models: &[String]) -> Result<Vec<String>, String> {
             got.overridden.iter().all(|(_, b)| b.starts_with("RPC")),
             || format!("{arch} {label}: not all to RPC: {:?}", got.overridden),
         );
-        let expected_rpc = size_of(&experts) as f64 / MIB;
+        let expected_rpc = bytes_of(&experts) as f64 / MIB;
         c.check((rpc - expected_rpc).abs() <= MIB_TOLERANCE, || {
             format!("{arch} {label}: RPC buffer {rpc:.2} MiB, expected {expected_rpc:.2}")
         });
