@@ -132,8 +132,11 @@ export CARGO_TARGET_DIR="$TARGET_DIR"
 export GGML_RPC=ON LLAMA_LIB_PROFILE=Release RUSTFLAGS="-C target-cpu=native"
 unset LLAMA_CPP_PREBUILT_DIR
 
-step "build the patched crate and the check program (llama-cpp-sys-2's C++ on the first run)"
-(cd "$WORK" && cargo build -q -p upstream-check)
+step "build the patched crate, its tests and the check program (llama-cpp-sys-2's C++ on the first run)"
+# --all-targets activates llama-cpp-2's dev-dependencies, as the test runs below do; building
+# the program without them resolves bindgen's dependencies differently, which gives
+# llama-cpp-sys-2 a second build directory and compiles llama.cpp twice.
+(cd "$WORK" && cargo build -q -p llama-cpp-2 -p upstream-check --all-targets)
 
 # Prints cargo's output only when it fails; otherwise its "test result" lines.
 run_tests() {

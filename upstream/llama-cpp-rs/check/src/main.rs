@@ -242,7 +242,7 @@ fn add_rpc_device(endpoint: &str) -> Result<(usize, String), String> {
     }
     llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
-        .find(|d| d.name.starts_with("RPC") && d.name.contains(endpoint))
+        .find(|d| d.name.starts_with("RPC"))
         .map(|d| (d.index, d.name))
         .ok_or_else(|| format!("no RPC device for {endpoint} after registering it"))
 }
