@@ -13,8 +13,9 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+#[path = "build/cuda.rs"]
+mod cuda;
 #[path = "build/flags.rs"]
 mod flags;
 #[path = "build/source.rs"]
@@ -138,16 +139,13 @@ fn check_backend_prerequisites(features: &Features, target: &Target) {
     if features.cuda {
         println!("cargo:rerun-if-env-changed=CUDA_PATH");
         println!("cargo:rerun-if-env-changed=CUDA_HOME");
-        let root = env::var_os("CUDA_PATH").or_else(|| env::var_os("CUDA_HOME"));
-        let nvcc_in_root = root
-            .as_ref()
-            .map(|r| Path::new(r).join("bin").join("nvcc"))
-            .filter(|p| p.exists());
-        let nvcc_on_path = Command::new("nvcc").arg("--version").output().is_ok();
-        if nvcc_in_root.is_none() && !nvcc_on_path {
+        let has_nvcc = cuda::toolkit_root().is_some_and(|r| r.join("bin").join("nvcc").exists());
+        if !has_nvcc {
             fail(
                 "feature `cuda` needs the CUDA toolkit, and none was found: set CUDA_PATH \
-                 (or CUDA_HOME) to the toolkit root that contains bin/nvcc, or put nvcc on PATH",
+                 (or CUDA_HOME) to the toolkit root that contains bin/nvcc, or put nvcc on \
+                 PATH; without root, `export CUDA_PATH=$(scripts/cuda-toolkit.sh)` assembles \
+                 one from NVIDIA's Python wheels",
             );
         }
     }
@@ -229,6 +227,19 @@ fn build_with_cmake(src: &Path, out_dir: &Path, features: &Features, target: &Ta
         if let Ok(arch) = env::var("LLAMA_CPP_CUDA_ARCHITECTURES") {
             config.define("CMAKE_CUDA_ARCHITECTURES", arch);
         }
+        // CMake looks for nvcc only on PATH and in /usr/local/cuda: name the toolkit
+        // the prerequisite check found, so that CUDA_PATH alone is enough.
+        if let Some(root) = cuda::toolkit_root() {
+            config.define("CUDAToolkit_ROOT", &root);
+            let nvcc = root.join("bin").join("nvcc");
+            if nvcc.exists() {
+                config.define("CMAKE_CUDA_COMPILER", nvcc);
+            }
+        }
+        config.define(
+            "GGML_CUDA_NO_VMM",
+            on_off(!cuda::uses_driver_api(features.dynamic_backends)),
+        );
     }
 
     let compiler = cc::Build::new().cpp(true).get_compiler();
@@ -285,19 +296,7 @@ fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
 
     if !features.dynamic_backends {
         if features.cuda {
-            let root = env::var_os("CUDA_PATH")
-                .or_else(|| env::var_os("CUDA_HOME"))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
-            for sub in ["lib64", "lib64/stubs", "lib", "lib/x64"] {
-                println!(
-                    "cargo:rustc-link-search=native={}",
-                    root.join(sub).display()
-                );
-            }
-            for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
-                println!("cargo:rustc-link-lib=dylib={lib}");
-            }
+            cuda::link(features.dynamic_backends);
         }
         if features.vulkan {
             println!("cargo:rerun-if-env-changed=VULKAN_SDK");
