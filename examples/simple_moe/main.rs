@@ -79,6 +79,19 @@ fn run(a: Args, list_devices: bool) -> Result<(), String> {
                 mib(total)
             );
         }
+        // A backend compiled in but without devices (CUDA on a machine without an
+        // NVIDIA GPU or driver) is not an error: say so and carry on with the CPU.
+        // RPC has no devices until --rpc adds servers.
+        for reg in backend.registries() {
+            if reg.device_count == 0 && reg.name != "RPC" {
+                println!(
+                    "no {0} device found: the {0} backend is built in, but this machine has \
+                     no usable {0} device (for CUDA: no NVIDIA GPU or driver; -v shows why); \
+                     the CPU still works",
+                    reg.name
+                );
+            }
+        }
         return Ok(());
     }
 

@@ -45,7 +45,7 @@ mod rpc_ffi;
 pub mod sampler;
 pub mod vocab;
 
-pub use backend::{Backend, BufferType, Device, DeviceType};
+pub use backend::{Backend, BufferType, Device, DeviceType, Registry};
 pub use batch::{Batch, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
