@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # MoE offload measured on one CUDA GPU, on a machine without cargo or network.
 #
-# Three ways to call it:
+# Four ways to call it:
 #
 #   scripts/gpu-verify.sh --pack [PACK_DIR]
 #       Here, with cargo: builds simple_moe, gguf_synth and rpc_server with
 #       `--features dynamic-backends` (release, stripped) and packs them, their shared
 #       libraries and the part of the pinned llama.cpp source that ggml's CUDA backend
-#       needs (ggml/, xz) into PACK_DIR (default target/gpu-verify; must stay < 64 MiB).
+#       needs to configure and build (xz) into PACK_DIR (default target/gpu-verify; must stay < 64 MiB).
 #
 #   scripts/gpu-verify.sh --run [PACK_DIR] [OUT_DIR]
-#       On the GPU machine (nvcc, cmake, python3; no cargo): builds only ggml's CUDA
-#       backend module (and a -march=native CPU module) from the packed source
-#       (GGML_BACKEND_DL, arch $GPU_VERIFY_ARCH, default 90, -j$(nproc)), writes the full-size
+#       On the GPU machine (nvcc, cmake, python3; no cargo; Linux x86_64, glibc >= ours):
+#       builds only ggml's CUDA backend module from the packed source (GGML_BACKEND_DL,
+#       arch $GPU_VERIFY_ARCH, default 90, -j$(nproc)), writes the full-size
 #       synthetic gpt-oss-20b (MXFP4) and Qwen3-30B-A3B (Q4_0) to local disk while that
 #       compiles, then runs `simple_moe --json -ngl all` with the routed experts of no
 #       layer, all layers (--cpu-moe), the first half (--n-cpu-moe) and the last half
@@ -20,6 +20,9 @@
 #       gets every run's JSON, summary.json (device/host bytes, load, TTFT, prefill and
 #       decode tok/s, greedy tokens identical to the no-offload run or not) and the log.
 #       Stops starting runs after $GPU_VERIFY_BUDGET_S seconds (default 480).
+#
+#   scripts/gpu-verify.sh --summarize OUT_DIR
+#       Rewrites summary.json and the table from the runs' JSON in OUT_DIR.
 #
 #   scripts/gpu-verify.sh --rehearse
 #       The whole thing here on the CPU: --pack, then --run with the CUDA build skipped,
@@ -31,7 +34,7 @@
 #   (on the GPU machine, with target/gpu-verify carried over)  scripts/gpu-verify.sh --run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
+rpc_pid=""
 
 mode=${1:---run}
 shift || true
@@ -42,41 +45,49 @@ die() { log "FAILED: $*"; exit 1; }
 pack() {
     local pack_dir=${1:-target/gpu-verify}
     local target_dir=${GPU_VERIFY_TARGET_DIR:-target/dynamic-backends}
-    log "building the release binaries with --features dynamic-backends into $target_dir"
+    # release for the GPU run; CI rehearses with dev, which shares the C++ build of its
+    # dynamic-backends tests (llama.cpp is a Release build in every profile).
+    local profile=${GPU_VERIFY_PROFILE:-release}
+    local out_sub=$profile
+    [ "$profile" = dev ] && out_sub=debug
+    log "building the $profile binaries with --features dynamic-backends into $target_dir"
     # The default-feature prebuilt libraries cannot serve a dynamic-backends build.
-    env -u LLAMA_CPP_PREBUILT_DIR cargo build --release -q -p llama-cpp-moe-examples \
+    env -u LLAMA_CPP_PREBUILT_DIR cargo build --profile "$profile" -q -p llama-cpp-moe-examples \
         --features dynamic-backends --target-dir "$target_dir" \
         --example simple_moe --example gguf_synth --example rpc_server
+    target_dir=$target_dir/$out_sub
 
     rm -rf "$pack_dir"
     mkdir -p "$pack_dir/bin"
     local exe
     for exe in simple_moe gguf_synth rpc_server; do
-        cp "$target_dir/release/examples/$exe" "$pack_dir/bin/"
+        cp "$target_dir/examples/$exe" "$pack_dir/bin/"
     done
-    # The shared libraries the binaries were linked with (found through their rpath),
-    # and the backend modules next to them. ggml looks for modules in the executable's
-    # directory, so everything goes into bin/.
-    local lib_dir
-    lib_dir=$(ldd "$pack_dir/bin/simple_moe" | awk '/libllama/ {print $3}' | xargs dirname)
-    [ -d "$lib_dir" ] || die "cannot find the libllama.so simple_moe links"
+    # The build's version.rs names the llama.cpp source and the install prefix.
+    local version_rs src lib_dir
+    version_rs=$(ls -t "$target_dir"/build/llama-cpp-moe-sys-*/out/version.rs | head -1)
+    src=$(sed -n 's/^pub const LLAMA_CPP_SOURCE_DIR: &str = "\(.*\)";$/\1/p' "$version_rs")
+    lib_dir=$(sed -n 's/^pub const LLAMA_CPP_INSTALL_DIR: &str = "\(.*\)";$/\1/p' "$version_rs")/lib
+    # The shared libraries and the backend modules: ggml looks for modules in the
+    # executable's directory, so everything goes into bin/.
+    [ -f "$lib_dir/libllama.so" ] || die "no libllama.so in '$lib_dir'"
     cp -P "$lib_dir"/lib*.so* "$pack_dir/bin/"
     strip --strip-unneeded "$pack_dir"/bin/*
     # Sources for the CUDA (and a native CPU) module: ggml alone, without the other
     # GPU backends.
-    local src
-    src=$(sed -n 's/^pub const LLAMA_CPP_SOURCE_DIR: &str = "\(.*\)";$/\1/p' \
-        "$target_dir"/release/build/llama-cpp-moe-sys-*/out/version.rs | head -1)
     [ -d "$src/ggml/src/ggml-cuda" ] || die "no llama.cpp source with ggml-cuda at '$src'"
     local exclude=()
     local d
     for d in "$src"/ggml/src/ggml-*/; do
         case $(basename "$d") in
-            ggml-cuda | ggml-cpu) ;;
+            ggml-cuda | ggml-cpu | ggml-rpc) ;;
             *) exclude+=(--exclude="ggml/src/$(basename "$d")") ;;
         esac
     done
-    tar -C "$src" "${exclude[@]}" -cJf "$pack_dir/ggml-src.tar.xz" ggml
+    # ggml's own CMakeLists cannot configure alone from the packaged source (no
+    # ggml.pc.in), so the module is built through llama.cpp's top level, as build.rs does.
+    tar -C "$src" "${exclude[@]}" -cJf "$pack_dir/llama.cpp-src.tar.xz" \
+        CMakeLists.txt LICENSE cmake include src vendor ggml
     {
         echo "packed $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
@@ -89,137 +100,42 @@ pack() {
     [ "$size" -lt $((64 * 1024 * 1024)) ] || die "the pack is over 64 MiB"
 }
 
-# Builds ggml's CUDA and CPU backend modules from the packed source into $1/modules.
+# Builds ggml's CUDA backend module from the packed source into $1/modules, with the
+# options build.rs uses for `dynamic-backends` (the carried CPU module stays: ggml
+# refuses GGML_NATIVE with GGML_BACKEND_DL).
 build_modules() {
     local work=$1 pack_dir=$2
     local arch=${GPU_VERIFY_ARCH:-90}
+    rm -rf "$work/src" "$work/modules"
     mkdir -p "$work/src" "$work/modules"
-    tar -C "$work/src" -xJf "$pack_dir/ggml-src.tar.xz"
+    tar -C "$work/src" -xJf "$pack_dir/llama.cpp-src.tar.xz"
     local gen=()
     command -v ninja >/dev/null && gen=(-G Ninja)
-    cmake -S "$work/src/ggml" -B "$work/build" "${gen[@]}" \
-        -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_BACKEND_DL=ON \
-        -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DGGML_NATIVE=ON \
-        -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF
-    cmake --build "$work/build" --target ggml-cuda ggml-cpu -j "$(nproc)"
-    find "$work/build" -name 'libggml-cuda.so' -o -name 'libggml-cpu.so' |
-        xargs -I{} cp {} "$work/modules/"
+    local off=()
+    local opt
+    for opt in LLAMA_BUILD_TESTS LLAMA_BUILD_TOOLS LLAMA_BUILD_EXAMPLES LLAMA_BUILD_SERVER \
+        LLAMA_BUILD_APP LLAMA_BUILD_COMMON LLAMA_BUILD_UI LLAMA_OPENSSL LLAMA_CURL \
+        LLAMA_SUBPROCESS GGML_BUILD_TESTS GGML_BUILD_EXAMPLES GGML_CCACHE GGML_NATIVE; do
+        off+=("-D$opt=OFF")
+    done
+    local defs=("${gen[@]}" "${off[@]}" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON
+        -DGGML_BACKEND_DL=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch"
+        -DGGML_RPC=ON -DGGML_OPENMP=ON)
+    # A toolkit without libcuda's stub (pip wheels) cannot link ggml's VMM pool.
+    if ! cmake -S "$work/src" -B "$work/build" "${defs[@]}"; then
+        log "configure failed; retrying with GGML_CUDA_NO_VMM=ON"
+        rm -rf "$work/build"
+        cmake -S "$work/src" -B "$work/build" "${defs[@]}" -DGGML_CUDA_NO_VMM=ON
+    fi
+    cmake --build "$work/build" --target ggml-cuda -j "$(nproc)"
+    find "$work/build" -name 'libggml-cuda.so' -exec cp {} "$work/modules/" \;
+    [ -f "$work/modules/libggml-cuda.so" ]
 }
 
-run() {
-    local pack_dir=${1:-target/gpu-verify}
-    local out=${2:-${OUT:-target/gpu-verify-out}}
-    local rehearse=${GPU_VERIFY_REHEARSE:-0}
-    local budget=${GPU_VERIFY_BUDGET_S:-480}
-    local started=$SECONDS
-    pack_dir=$(cd "$pack_dir" && pwd)
-    mkdir -p "$out"
-    out=$(cd "$out" && pwd)
-    exec > >(tee -a "$out/gpu-verify.log") 2>&1
-    log "pack $pack_dir ($(du -sbL "$pack_dir" | cut -f1) bytes), out $out, rehearse=$rehearse"
-    cat "$pack_dir/MANIFEST" || true
-
-    local work=${GPU_VERIFY_WORK:-/tmp/gpu-verify-work}
-    rm -rf "$work/bin"
-    mkdir -p "$work"
-    cp -a "$pack_dir/bin" "$work/bin"
-    local bin=$work/bin
-    export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-
-    local presets=(gpt-oss:full:mxfp4 qwen3moe:full:q4_0)
-    local synth_pid=""
-    local models=$work/models
-    mkdir -p "$models"
-    [ "$rehearse" = 1 ] && presets=(gpt-oss:small:mxfp4 qwen3moe:small:q4_0)
-
-    # The models are written while the CUDA module compiles: one core for gguf_synth.
-    (
-        for p in "${presets[@]}"; do
-            IFS=: read -r arch preset type <<<"$p"
-            f="$models/$arch-$preset-$type.gguf"
-            [ -s "$f" ] && continue
-            t0=$SECONDS
-            "$bin/gguf_synth" --arch "$arch" --preset "$preset" --type "$type" --seed 1 \
-                -o "$f.tmp" >/dev/null && mv "$f.tmp" "$f"
-            echo "gguf_synth $arch $preset $type: $((SECONDS - t0)) s, $(stat -c %s "$f") bytes"
-        done
-    ) >"$out/synth.log" 2>&1 &
-    synth_pid=$!
-
-    local device_flag=() rpc_pid=""
-    if [ "$rehearse" = 1 ]; then
-        log "rehearsal: no CUDA build; -ngl goes to a loopback RPC server"
-        local port=$((50100 + RANDOM % 500))
-        "$bin/rpc_server" --host 127.0.0.1 --port "$port" >"$out/rpc_server.log" 2>&1 &
-        rpc_pid=$!
-        trap '[ -n "$rpc_pid" ] && kill "$rpc_pid" 2>/dev/null || true' EXIT
-        for _ in $(seq 50); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-            sleep 0.2
-        done
-        device_flag=(--rpc "127.0.0.1:$port")
-    else
-        nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv |
-            tee "$out/gpu.csv"
-        nvcc --version | tail -2
-        local t0=$SECONDS
-        if build_modules "$work" "$pack_dir" >"$out/cuda-build.log" 2>&1; then
-            log "CUDA + CPU modules built in $((SECONDS - t0)) s"
-            cp "$work"/modules/*.so "$bin/"
-        else
-            tail -30 "$out/cuda-build.log"
-            die "building the CUDA module failed after $((SECONDS - t0)) s (see cuda-build.log)"
-        fi
-        echo "{\"cuda_module_build_s\": $((SECONDS - t0))}" >"$out/cuda-build.json"
-    fi
-
-    "$bin/simple_moe" --list-devices "${device_flag[@]}" | tee "$out/devices.txt"
-    if [ "$rehearse" != 1 ]; then
-        grep -q '^CUDA0' "$out/devices.txt" || die "no CUDA0 device (see devices.txt)"
-    fi
-
-    wait "$synth_pid" || { cat "$out/synth.log"; die "gguf_synth failed"; }
-    cat "$out/synth.log"
-
-    # A prompt long enough for a prefill rate: about 300 tokens.
-    local prompt
-    prompt=$(printf 'The quick brown fox jumps over the lazy dog near the river bank. %.0s' $(seq 25))
-    local failures=0
-    local p
-    for p in "${presets[@]}"; do
-        IFS=: read -r arch preset type <<<"$p"
-        local f="$models/$arch-$preset-$type.gguf"
-        local n_layer=""
-        local placement
-        for placement in none cpu-moe n-cpu-moe-half cpu-moe-layers-last-half; do
-            if [ $((SECONDS - started)) -ge "$budget" ]; then
-                log "time budget ($budget s) spent: skipping $arch $placement"
-                continue
-            fi
-            local flags=()
-            case $placement in
-                none) ;;
-                cpu-moe) flags=(--cpu-moe) ;;
-                n-cpu-moe-half) flags=(--n-cpu-moe "$((n_layer / 2))") ;;
-                cpu-moe-layers-last-half)
-                    flags=(--cpu-moe-layers "$((n_layer / 2))-$((n_layer - 1))") ;;
-            esac
-            local json="$out/$arch-$preset-$type-$placement.json"
-            log "$arch $preset $type: $placement ${flags[*]}"
-            if timeout 240 "$bin/simple_moe" -m "$f" -ngl all "${device_flag[@]}" "${flags[@]}" \
-                --json --temp 0 -n 32 -c 4096 -p "$prompt" >"$json" 2>"$json.stderr"; then
-                if [ -z "$n_layer" ]; then
-                    n_layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["n_layer"])' "$json")
-                fi
-            else
-                log "run failed (rc $?): $(tail -3 "$json.stderr")"
-                failures=$((failures + 1))
-                [ -n "$n_layer" ] || break
-            fi
-        done
-    done
-
-    python3 - "$out" "$rehearse" <<'PY' || failures=$((failures + 1))
+# Reads the runs' JSON in $1 and writes summary.json plus a table; fails when a run is
+# missing or put nothing on the accelerator.
+summarize() {
+    python3 - "$1" "${2:-0}" <<'PY'
 import glob, json, os, sys
 
 out, rehearse = sys.argv[1], sys.argv[2] == "1"
@@ -248,8 +164,14 @@ for model, by_placement in runs.items():
             ok = False
             rows.append({"placement": placement, "missing": True})
             continue
-        device = {p["buft"]: p["model_bytes"] for p in j["placement"] if not p["is_host"]}
-        host = sum(p["model_bytes"] for p in j["placement"] if p["is_host"])
+        # Weight bytes per buffer type from the per-tensor placement (the memory
+        # breakdown counts a mapped file's whole range). Host memory: every CPU buffer
+        # type (CPU, CPU_Mapped, CPU_REPACK) and pinned ones (CUDA_Host).
+        def on_host(buft):
+            return buft.startswith("CPU") or buft.endswith("_Host")
+        by_buft = {t["buft"]: t["bytes"] for t in j["tensors_by_buft"]}
+        device = {b: n for b, n in by_buft.items() if not on_host(b)}
+        host = sum(n for b, n in by_buft.items() if on_host(b))
         t = j["timing"]
         same = base is not None and j["tokens"] == base["tokens"]
         first_diff = None
@@ -304,7 +226,122 @@ for model, rows in summary["models"].items():
 print("\nsummary:", "ok" if ok else "INCOMPLETE")
 sys.exit(0 if ok else 1)
 PY
+}
 
+run() {
+    local pack_dir=${1:-target/gpu-verify}
+    local out=${2:-${OUT:-target/gpu-verify-out}}
+    local rehearse=${GPU_VERIFY_REHEARSE:-0}
+    local budget=${GPU_VERIFY_BUDGET_S:-480}
+    local started=$SECONDS
+    pack_dir=$(cd "$pack_dir" && pwd)
+    mkdir -p "$out"
+    out=$(cd "$out" && pwd)
+    exec > >(tee -a "$out/gpu-verify.log") 2>&1
+    log "pack $pack_dir ($(du -sbL "$pack_dir" | cut -f1) bytes), out $out, rehearse=$rehearse"
+    cat "$pack_dir/MANIFEST" || true
+
+    local work=${GPU_VERIFY_WORK:-/tmp/gpu-verify-work}
+    rm -rf "$work/bin"
+    mkdir -p "$work"
+    cp -a "$pack_dir/bin" "$work/bin"
+    local bin=$work/bin
+    export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+    local presets=(gpt-oss:full:mxfp4 qwen3moe:full:q4_0)
+    local synth_pid=""
+    local models=$work/models
+    mkdir -p "$models"
+    [ "$rehearse" = 1 ] && presets=(gpt-oss:small:mxfp4 qwen3moe:small:q4_0)
+
+    # The models are written while the CUDA module compiles: one core for gguf_synth.
+    (
+        for p in "${presets[@]}"; do
+            IFS=: read -r arch preset type <<<"$p"
+            f="$models/$arch-$preset-$type.gguf"
+            [ -s "$f" ] && continue
+            t0=$SECONDS
+            "$bin/gguf_synth" --arch "$arch" --preset "$preset" --type "$type" --seed 1 \
+                -o "$f.tmp" >/dev/null && mv "$f.tmp" "$f"
+            echo "gguf_synth $arch $preset $type: $((SECONDS - t0)) s, $(stat -c %s "$f") bytes"
+        done
+    ) >"$out/synth.log" 2>&1 &
+    synth_pid=$!
+
+    local device_flag=()
+    if [ "$rehearse" = 1 ]; then
+        log "rehearsal: no CUDA build; -ngl goes to a loopback RPC server"
+        local port=$((50100 + RANDOM % 500))
+        "$bin/rpc_server" --host 127.0.0.1 --port "$port" >"$out/rpc_server.log" 2>&1 &
+        rpc_pid=$!
+        trap 'kill "$rpc_pid" 2>/dev/null || true' EXIT
+        for _ in $(seq 50); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            sleep 0.2
+        done
+        device_flag=(--rpc "127.0.0.1:$port")
+    else
+        nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv |
+            tee "$out/gpu.csv"
+        nvcc --version | tail -2
+        local t0=$SECONDS
+        if build_modules "$work" "$pack_dir" >"$out/cuda-build.log" 2>&1; then
+            log "CUDA module built in $((SECONDS - t0)) s"
+            cp "$work"/modules/*.so "$bin/"
+        else
+            tail -30 "$out/cuda-build.log"
+            die "building the CUDA module failed after $((SECONDS - t0)) s (see cuda-build.log)"
+        fi
+        echo "{\"cuda_module_build_s\": $((SECONDS - t0))}" >"$out/cuda-build.json"
+    fi
+
+    "$bin/simple_moe" --list-devices "${device_flag[@]}" | tee "$out/devices.txt"
+    if [ "$rehearse" != 1 ]; then
+        grep -q '^CUDA0' "$out/devices.txt" || die "no CUDA0 device (see devices.txt)"
+    fi
+
+    wait "$synth_pid" || { cat "$out/synth.log"; die "gguf_synth failed"; }
+    cat "$out/synth.log"
+
+    # A prompt long enough for a prefill rate: about 300 tokens.
+    local prompt
+    prompt=$(printf 'The quick brown fox jumps over the lazy dog near the river bank. %.0s' $(seq 25))
+    local failures=0
+    local p
+    for p in "${presets[@]}"; do
+        IFS=: read -r arch preset type <<<"$p"
+        local f="$models/$arch-$preset-$type.gguf"
+        local n_layer=""
+        local placement
+        for placement in none cpu-moe n-cpu-moe-half cpu-moe-layers-last-half; do
+            if [ $((SECONDS - started)) -ge "$budget" ]; then
+                log "time budget ($budget s) spent: skipping $arch $placement"
+                continue
+            fi
+            local flags=()
+            case $placement in
+                none) ;;
+                cpu-moe) flags=(--cpu-moe) ;;
+                n-cpu-moe-half) flags=(--n-cpu-moe "$((n_layer / 2))") ;;
+                cpu-moe-layers-last-half)
+                    flags=(--cpu-moe-layers "$((n_layer / 2))-$((n_layer - 1))") ;;
+            esac
+            local json="$out/$arch-$preset-$type-$placement.json"
+            log "$arch $preset $type: $placement ${flags[*]}"
+            if timeout 240 "$bin/simple_moe" -m "$f" -ngl all "${device_flag[@]}" "${flags[@]}" \
+                --json --temp 0 -n 32 -c 4096 -p "$prompt" >"$json" 2>"$json.stderr"; then
+                if [ -z "$n_layer" ]; then
+                    n_layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["n_layer"])' "$json")
+                fi
+            else
+                log "run failed (rc $?): $(tail -3 "$json.stderr")"
+                failures=$((failures + 1))
+                [ -n "$n_layer" ] || break
+            fi
+        done
+    done
+
+    summarize "$out" "$rehearse" || failures=$((failures + 1))
     log "done in $((SECONDS - started)) s; $failures failure(s); results in $out"
     [ "$failures" -eq 0 ]
 }
@@ -312,11 +349,12 @@ PY
 case $mode in
     --pack) pack "$@" ;;
     --run) run "$@" ;;
+    --summarize) summarize "$@" ;;
     --rehearse)
         pack target/gpu-verify
         GPU_VERIFY_REHEARSE=1 GPU_VERIFY_WORK=${GPU_VERIFY_WORK:-target/gpu-verify-rehearsal-work} \
             run target/gpu-verify "${1:-target/gpu-verify-rehearsal}"
         ;;
-    -h | --help) sed -n '2,30p' "$0" ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
     *) die "unknown mode $mode (use --pack, --run or --rehearse)" ;;
 esac
