@@ -27,7 +27,8 @@
 #   scripts/gpu-verify.sh --rehearse
 #       The whole thing here on the CPU: --pack, then --run with the CUDA build skipped,
 #       `-ngl all` onto a loopback RPC device (the packed rpc_server) and the `small`
-#       presets. Exits non-zero if any step or run fails.
+#       presets (GPU_VERIFY_REHEARSE_PRESET=tiny for a quicker one; GPU_VERIFY_PROFILE=dev
+#       reuses a debug dynamic-backends build). Exits non-zero if any step or run fails.
 #
 # The GPU run, from this repository on the machine that has cargo:
 #   scripts/gpu-verify.sh --pack
@@ -252,7 +253,10 @@ run() {
     local synth_pid=""
     local models=$work/models
     mkdir -p "$models"
-    [ "$rehearse" = 1 ] && presets=(gpt-oss:small:mxfp4 qwen3moe:small:q4_0)
+    if [ "$rehearse" = 1 ]; then
+        local size=${GPU_VERIFY_REHEARSE_PRESET:-small}
+        presets=("gpt-oss:$size:mxfp4" "qwen3moe:$size:q4_0")
+    fi
 
     # The models are written while the CUDA module compiles: one core for gguf_synth.
     (
@@ -352,6 +356,7 @@ case $mode in
     --summarize) summarize "$@" ;;
     --rehearse)
         pack target/gpu-verify
+        rm -rf "${1:-target/gpu-verify-rehearsal}"
         GPU_VERIFY_REHEARSE=1 GPU_VERIFY_WORK=${GPU_VERIFY_WORK:-target/gpu-verify-rehearsal-work} \
             run target/gpu-verify "${1:-target/gpu-verify-rehearsal}"
         ;;
