@@ -10,7 +10,8 @@
 #       needs to configure and build (xz) into PACK_DIR (default target/gpu-verify; must stay < 64 MiB).
 #
 #   scripts/gpu-verify.sh --run [PACK_DIR] [OUT_DIR]
-#       On the GPU machine (nvcc, cmake, python3; no cargo; Linux x86_64, glibc >= ours):
+#       On the GPU machine (nvcc, cmake, python3; no cargo; x86_64 Linux with glibc >= 2.34
+#       and GCC >= 11's libstdc++, what the packed binaries need when built on Debian 12):
 #       builds only ggml's CUDA backend module from the packed source (GGML_BACKEND_DL,
 #       arch $GPU_VERIFY_ARCH, default 90, -j$(nproc)), writes the full-size
 #       synthetic gpt-oss-20b (MXFP4) and Qwen3-30B-A3B (Q4_0) to local disk while that
