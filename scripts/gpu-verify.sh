@@ -333,7 +333,10 @@ run() {
             esac
             local json="$out/$arch-$preset-$type-$placement.json"
             log "$arch $preset $type: $placement ${flags[*]}"
-            if timeout 240 "$bin/simple_moe" -m "$f" -ngl all "${device_flag[@]}" "${flags[@]}" \
+            # A run may overrun the budget by a minute at most, so the summary still
+            # gets written inside a 10-minute command.
+            local left=$((budget + 60 - (SECONDS - started)))
+            if timeout "$((left < 240 ? left : 240))" "$bin/simple_moe" -m "$f" -ngl all "${device_flag[@]}" "${flags[@]}" \
                 --json --temp 0 -n 32 -c 4096 -p "$prompt" >"$json" 2>"$json.stderr"; then
                 if [ -z "$n_layer" ]; then
                     n_layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["n_layer"])' "$json")
