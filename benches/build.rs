@@ -53,19 +53,24 @@ fn main() {
     if !openmp.is_empty() {
         cmd.arg(format!("-l{openmp}"));
     }
-    // Untested (no GPU here): the CUDA runtime libraries llama-cpp-moe-sys links for
-    // its `cuda` feature, from the same toolkit root it uses.
-    if libs.split(',').any(|l| l == "ggml-cuda") {
-        println!("cargo:rerun-if-env-changed=CUDA_PATH");
-        println!("cargo:rerun-if-env-changed=CUDA_HOME");
-        let root = env::var_os("CUDA_PATH")
-            .or_else(|| env::var_os("CUDA_HOME"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
-        for dir in ["lib64", "lib64/stubs", "targets/x86_64-linux/lib"] {
-            cmd.arg(format!("-L{}", root.join(dir).display()));
+    // The CUDA libraries llama-cpp-moe-sys links for its `cuda` feature, from the
+    // toolkit it found, with an rpath (for the C program and for our Rust binaries) so
+    // both run without LD_LIBRARY_PATH when the toolkit is not a system one.
+    let cuda_libs = dep("CUDA_LIBS");
+    if !cuda_libs.is_empty() {
+        for dir in [dep("CUDA_LIB_DIR"), dep("CUDA_STUBS_DIR")] {
+            if !dir.is_empty() {
+                cmd.arg(format!("-L{dir}"));
+            }
         }
-        cmd.args(["-lcudart", "-lcublas", "-lcublasLt", "-lcuda"]);
+        let cuda_lib_dir = dep("CUDA_LIB_DIR");
+        if !cuda_lib_dir.is_empty() {
+            cmd.arg(format!("-Wl,-rpath,{cuda_lib_dir}"));
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{cuda_lib_dir}");
+        }
+        for lib in cuda_libs.split(',') {
+            cmd.arg(format!("-l{lib}"));
+        }
     }
     cmd.args(["-lstdc++", "-lm", "-lpthread"]);
     let status = cmd.status().expect("run the C compiler");

@@ -18,12 +18,13 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[path = "build/bindings.rs"]
 mod bindings;
 #[path = "build/cache.rs"]
 mod cache;
+#[path = "build/cuda.rs"]
+mod cuda;
 #[path = "build/flags.rs"]
 mod flags;
 #[path = "build/source.rs"]
@@ -175,16 +176,13 @@ fn check_backend_prerequisites(features: &Features, target: &Target) {
     if features.cuda {
         println!("cargo:rerun-if-env-changed=CUDA_PATH");
         println!("cargo:rerun-if-env-changed=CUDA_HOME");
-        let root = env::var_os("CUDA_PATH").or_else(|| env::var_os("CUDA_HOME"));
-        let nvcc_in_root = root
-            .as_ref()
-            .map(|r| Path::new(r).join("bin").join("nvcc"))
-            .filter(|p| p.exists());
-        let nvcc_on_path = Command::new("nvcc").arg("--version").output().is_ok();
-        if nvcc_in_root.is_none() && !nvcc_on_path {
+        let has_nvcc = cuda::toolkit_root().is_some_and(|r| r.join("bin").join("nvcc").exists());
+        if !has_nvcc {
             fail(
                 "feature `cuda` needs the CUDA toolkit, and none was found: set CUDA_PATH \
-                 (or CUDA_HOME) to the toolkit root that contains bin/nvcc, or put nvcc on PATH",
+                 (or CUDA_HOME) to the toolkit root that contains bin/nvcc, or put nvcc on \
+                 PATH; without root, `export CUDA_PATH=$(scripts/cuda-toolkit.sh)` assembles \
+                 one from NVIDIA's Python wheels",
             );
         }
     }
@@ -333,6 +331,17 @@ fn build_with_cmake(
         if let Ok(arch) = env::var("LLAMA_CPP_CUDA_ARCHITECTURES") {
             defines.push(("CMAKE_CUDA_ARCHITECTURES", arch));
         }
+        // CMake looks for nvcc only on PATH and in /usr/local/cuda: name the toolkit
+        // the prerequisite check found, so that CUDA_PATH alone is enough.
+        if let Some(root) = cuda::toolkit_root() {
+            let nvcc = root.join("bin").join("nvcc");
+            defines.push(("CUDAToolkit_ROOT", root.display().to_string()));
+            if nvcc.exists() {
+                defines.push(("CMAKE_CUDA_COMPILER", nvcc.display().to_string()));
+            }
+        }
+        let no_vmm = !cuda::uses_driver_api(features.dynamic_backends);
+        defines.push(("GGML_CUDA_NO_VMM", on_off(no_vmm).into()));
     }
     if target.os == "linux" && !features.dynamic_link {
         defines.push(("CMAKE_POSITION_INDEPENDENT_CODE", "ON".into()));
@@ -491,19 +500,7 @@ fn link_libraries(lib_dir: &Path, features: &Features, target: &Target) {
 
     if !features.dynamic_backends {
         if features.cuda {
-            let root = env::var_os("CUDA_PATH")
-                .or_else(|| env::var_os("CUDA_HOME"))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
-            for sub in ["lib64", "lib64/stubs", "lib", "lib/x64"] {
-                println!(
-                    "cargo:rustc-link-search=native={}",
-                    root.join(sub).display()
-                );
-            }
-            for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
-                println!("cargo:rustc-link-lib=dylib={lib}");
-            }
+            cuda::link(features.dynamic_backends);
         }
         if features.vulkan {
             println!("cargo:rerun-if-env-changed=VULKAN_SDK");

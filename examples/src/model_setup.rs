@@ -35,6 +35,19 @@ pub fn print_devices(backend: &Backend) {
             mib(total)
         );
     }
+    // A backend compiled in but without devices (CUDA on a machine without an NVIDIA GPU
+    // or driver) is not an error: say so and carry on with the CPU. RPC has no devices
+    // until --rpc adds servers.
+    for reg in backend.registries() {
+        if reg.device_count == 0 && reg.name != "RPC" {
+            println!(
+                "no {0} device found: the {0} backend is built in, but this machine has \
+                 no usable {0} device (for CUDA: no NVIDIA GPU or driver; -v shows why); \
+                 the CPU still works",
+                reg.name
+            );
+        }
+    }
 }
 
 /// The GGUF file to load: `-m`, or the cached synthetic model.

@@ -41,6 +41,32 @@ impl Backend {
         Backend { _private: () }
     }
 
+    /// Every backend ggml has registered (compiled in, or loaded as a module), with
+    /// the number of devices each found. A backend with no device is how a build with
+    /// CUDA reports a machine without an NVIDIA GPU or driver: ggml logs why and carries
+    /// on with the CPU.
+    ///
+    /// C equivalent: `ggml_backend_reg_count()` / `ggml_backend_reg_get(i)`.
+    pub fn registries(&self) -> Vec<Registry> {
+        // SAFETY: the registry is initialised (we hold a Backend); plain query.
+        let n = unsafe { sys::ggml_backend_reg_count() };
+        (0..n)
+            .filter_map(|i| {
+                // SAFETY: i < ggml_backend_reg_count().
+                let reg = unsafe { sys::ggml_backend_reg_get(i) };
+                if reg.is_null() {
+                    return None;
+                }
+                // SAFETY: reg is a live registry (ggml never unregisters one), and its
+                // name is a NUL-terminated string that lives as long as the registry.
+                let name = unsafe { crate::ffi::string_from_c(sys::ggml_backend_reg_name(reg)) };
+                // SAFETY: as above.
+                let device_count = unsafe { sys::ggml_backend_reg_dev_count(reg) };
+                Some(Registry { name, device_count })
+            })
+            .collect()
+    }
+
     /// llama.cpp's description of the CPU features and backends it was built with.
     pub fn system_info(&self) -> String {
         // SAFETY: returns a pointer to a static NUL-terminated buffer.
@@ -140,6 +166,16 @@ pub enum DeviceType {
     Meta,
     /// A type this crate does not know yet (the raw value).
     Other(u32),
+}
+
+/// A backend registered with ggml (see [`Backend::registries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Registry {
+    /// The backend's name: `"CPU"`, `"CUDA"`, `"RPC"`, `"Vulkan"`, ...
+    pub name: String,
+    /// How many devices it found (0: built in, but nothing to drive here).
+    pub device_count: usize,
 }
 
 impl Device {

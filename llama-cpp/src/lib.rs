@@ -50,7 +50,7 @@ pub mod rpc;
 pub mod sampler;
 pub mod vocab;
 
-pub use backend::{Backend, BufferType, Device, DeviceType};
+pub use backend::{Backend, BufferType, Device, DeviceType, Registry};
 pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
 pub use error::{Error, PathError, Result};

@@ -25,6 +25,21 @@ fn the_cpu_device_is_listed_with_its_memory() {
     assert!(backend.buffer_types().iter().any(|b| b.name() == "CPU"));
 }
 
+#[test]
+fn the_registries_name_each_compiled_backend_with_its_device_count() {
+    let backend = backend();
+    let registries = backend.registries();
+    let cpu: Vec<_> = registries.iter().filter(|r| r.name == "CPU").collect();
+    assert_eq!(cpu.len(), 1, "one CPU registry in {registries:?}");
+    assert_eq!(cpu[0].device_count, 1);
+    assert!(registries.iter().all(|r| !r.name.is_empty()));
+    #[cfg(feature = "rpc")]
+    assert!(
+        registries.iter().any(|r| r.name == "RPC"),
+        "the rpc feature registers ggml's RPC backend: {registries:?}"
+    );
+}
+
 #[cfg(feature = "rpc")]
 #[test]
 fn an_rpc_server_becomes_a_gpu_device_once() {
