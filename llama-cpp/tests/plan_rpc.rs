@@ -299,3 +299,56 @@ fn explicit_overrides_are_kept_and_planned_around() {
     assert_eq!(first.pattern(), r"blk\.0\.ffn_(up|down|gate)_exps");
     assert!(plan.report.devices[0].predicted.total() <= whole * 7 / 10);
 }
+
+#[test]
+fn when_experts_are_not_enough_dense_ffn_then_context_give_way_down_to_the_minimum() {
+    let backend = backend();
+    let rpc = first_rpc_device(&backend);
+    let path = small_moe();
+    let params = ModelParams::default()
+        .with_all_gpu_layers()
+        .with_devices([rpc]);
+    let wish = ContextParams::default().with_n_ctx(4096).with_n_batch(256);
+    // The smallest footprint at the full context, from the typed error.
+    let smallest = match Planner::new(&backend, &path)
+        .with_params(params.clone())
+        .with_context(wish.clone(), 4096)
+        .with_budget(rpc, Budget::Bytes(1 << 20))
+        .plan()
+        .unwrap_err()
+    {
+        PlanError::DoesNotFit { smallest, .. } => smallest,
+        other => panic!("unexpected {other:?}"),
+    };
+    let kv = Model::dry_run(&backend, &path, &params, &wish)
+        .unwrap()
+        .device(rpc)
+        .context;
+    // Half the KV cache less than that: only a shorter context fits.
+    let budget = smallest - kv / 2;
+    let plan = Planner::new(&backend, &path)
+        .with_params(params)
+        .with_context(wish.clone(), 512)
+        .with_budget(rpc, Budget::Bytes(budget))
+        .plan()
+        .expect("plan");
+    print_report(&plan);
+    let r = &plan.report;
+    assert!(
+        plan.n_ctx < 4096 && plan.n_ctx >= 512,
+        "n_ctx {}",
+        plan.n_ctx
+    );
+    assert_eq!(r.n_ctx_wish, 4096);
+    assert!(!r.dense_ffn_layers_on_host.is_empty() || r.expert_layers_on_host.len() == 48);
+    assert!(r.devices[0].predicted.total() <= budget);
+    // The plan loads, within budget.
+    let model = Model::load(&backend, &path, &plan.params).unwrap();
+    let ctx = Context::new(&model, &plan.context_params(&wish)).unwrap();
+    let measured = bytes_by_location(&ctx.memory_breakdown().unwrap())
+        .into_iter()
+        .find(|(l, _)| *l == MemoryLocation::Device(rpc))
+        .map_or(0, |(_, b)| b.total());
+    assert!(measured <= budget, "{measured} > {budget}");
+    assert_eq!(measured, r.devices[0].predicted.total());
+}

@@ -161,6 +161,14 @@ pub enum PlanError {
     /// A budget was given for a device the model does not use.
     #[error("plan: a budget was given for {0}, which the model params do not use")]
     UnusedDevice(String),
+    /// More budgets than devices were given.
+    #[error("plan: {budgets} budgets for {devices} devices")]
+    TooManyBudgets {
+        /// Budgets given.
+        budgets: usize,
+        /// Devices the params use.
+        devices: usize,
+    },
     /// The confirming dry runs kept exceeding a budget.
     #[error("plan: {device} still exceeds its budget by {over} bytes after {dry_runs} dry runs")]
     NotConfirmed {
@@ -275,6 +283,8 @@ pub struct PlanReport {
     pub dense_ffn_layers_on_host: Vec<u32>,
     /// The override patterns the plan added (all to `CPU`).
     pub patterns: Vec<String>,
+    /// The model's layer count.
+    pub n_layer: u32,
     /// The context length planned for.
     pub n_ctx: u32,
     /// The wished context length.
@@ -341,6 +351,8 @@ pub struct Planner<'b> {
     budgets: Vec<(Device, Budget)>,
     order: LayerOrder,
     bandwidths: Bandwidths,
+    /// Budgets [`Planner::with_budgets`] got beyond the devices' count.
+    extra_budgets: usize,
 }
 
 impl<'b> Planner<'b> {
@@ -355,6 +367,7 @@ impl<'b> Planner<'b> {
             budgets: Vec::new(),
             order: LayerOrder::default(),
             bandwidths: Bandwidths::default(),
+            extra_budgets: 0,
         }
     }
 
@@ -387,11 +400,7 @@ impl<'b> Planner<'b> {
         for (i, budget) in budgets.into_iter().enumerate() {
             match devices.get(i) {
                 Some(d) => self = self.with_budget(*d, budget),
-                None => {
-                    // Remembered as a budget for the CPU device, reported at plan().
-                    self.budgets
-                        .push((self.backend.cpu_device(), Budget::Bytes(usize::MAX)));
-                }
+                None => self.extra_budgets += 1,
             }
         }
         self
@@ -417,7 +426,6 @@ impl<'b> Planner<'b> {
     pub fn plan(&self) -> Result<Plan, PlanError> {
         let start = Instant::now();
         let n_ctx_wish = self.context.n_ctx();
-        let n_ctx_min = self.n_ctx_min.unwrap_or(n_ctx_wish).min(n_ctx_wish.max(1));
         if let Some(min) = self.n_ctx_min {
             if min > n_ctx_wish && n_ctx_wish != 0 {
                 return Err(PlanError::ContextRange {
@@ -427,6 +435,12 @@ impl<'b> Planner<'b> {
             }
         }
         let devices = used_devices(self.backend, &self.params);
+        if self.extra_budgets > 0 {
+            return Err(PlanError::TooManyBudgets {
+                budgets: devices.len() + self.extra_budgets,
+                devices: devices.len(),
+            });
+        }
         let mut budgets: Vec<(Device, usize)> = Vec::new();
         for (d, b) in &self.budgets {
             if !devices.contains(d) {
@@ -437,6 +451,8 @@ impl<'b> Planner<'b> {
 
         let first = Model::dry_run(self.backend, &self.path, &self.params, &self.context)?;
         let mut dry_runs = 1;
+        // A wish of 0 is the model's training length, known only now.
+        let n_ctx_min = self.n_ctx_min.unwrap_or(first.n_ctx).min(first.n_ctx);
         let table = TensorTable::new(&first);
         let mut extra: HashMap<Device, usize> = HashMap::new();
         let mut search_seconds = 0.0;
@@ -473,7 +489,7 @@ impl<'b> Planner<'b> {
                         &choice,
                         &devices,
                         &budgets,
-                        (n_ctx_wish, n_ctx_min),
+                        n_ctx_min,
                         dry_runs,
                         search_seconds,
                         start,
@@ -639,7 +655,7 @@ impl<'b> Planner<'b> {
         choice: &Choice,
         devices: &[Device],
         budgets: &[(Device, usize)],
-        (n_ctx_wish, n_ctx_min): (u32, u32),
+        n_ctx_min: u32,
         dry_runs: u32,
         search_seconds: f64,
         start: Instant,
@@ -711,8 +727,9 @@ impl<'b> Planner<'b> {
             split_layers: split,
             dense_ffn_layers_on_host: dense,
             patterns: choice.patterns(table),
+            n_layer: first.n_layer,
             n_ctx: choice.n_ctx,
-            n_ctx_wish: first.n_ctx.max(n_ctx_wish),
+            n_ctx_wish: first.n_ctx,
             n_ctx_min,
             order: self.order.clone(),
             dry_runs,
