@@ -49,9 +49,9 @@ for model in $models; do
     done
 done
 
-python3 - "$work/index" "$host_bw" "$device_bw" <<'PY'
+python3 - "$work/index" "$host_bw" "$device_bw" "$profile" "$(nproc)" <<'PY'
 import json, os, re, sys
-index, host_bw, device_bw = sys.argv[1], sys.argv[2], sys.argv[3]
+index, host_bw, device_bw, profile, cores = sys.argv[1:6]
 rows = [line.split() for line in open(index)]
 gib = lambda n: f"{n / 2**30:.1f}"
 print("# Hardware guide: what fits where, planned")
@@ -76,7 +76,8 @@ print(f"  DDR5, PCIe-free), device {device_bw} GB/s. KV reads, compute and PCIe 
 print("  counted: real speed is lower; the ratio between rows is what the table is for.")
 print("- Weights: MXFP4 experts (gpt-oss, as published), Q4_0 elsewhere (the factory's 4-bit type; a")
 print("  Q4_K_M file is ~10 % larger).")
-print()
+print(f"- **Plan**: dry runs made and the wall time of the whole plan ({profile} build, {cores} cores,")
+print("  shared machine); the search itself takes well under a millisecond after the first dry run.")
 current = None
 failed = set()
 for model, typ, ctx, gb, out in rows:
@@ -84,17 +85,23 @@ for model, typ, ctx, gb, out in rows:
         continue
     if model != current:
         current = model
+        header = True
         print()
         print(f"## {model} ({typ})")
-        print()
-        print("| context | device memory | experts in host RAM | device GiB | host GiB | decode bound tok/s | plan |")
-        print("|---:|---:|---|---:|---:|---:|---|")
+    def table_header():
+        global header
+        if header:
+            print()
+            print("| context | device memory | experts in host RAM | device GiB | host GiB | decode bound tok/s | plan |")
+            print("|---:|---:|---|---:|---:|---:|---|")
+            header = False
     path = out + ".json"
     if not os.path.exists(path):
         err = open(out + ".err").read().strip().splitlines()
         msg = err[-1] if err else "failed"
         m = re.search(r"smallest footprint there is (\d+) bytes", msg)
         if m:
+            table_header()
             why = f"does not fit: the smallest footprint is {gib(int(m.group(1)))} GiB"
             print(f"| {int(ctx)//1024}k | {gb} GiB | {why} | | | | |")
         else:
@@ -103,6 +110,7 @@ for model, typ, ctx, gb, out in rows:
             print()
             print(f"No plan: `{msg.replace(os.path.dirname(out) + '/', '')}`")
         continue
+    table_header()
     p = json.load(open(path))
     whole = len(p["expert_layers_on_host"])
     split = len(p["split_layers"])
