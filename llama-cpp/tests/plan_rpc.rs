@@ -352,3 +352,46 @@ fn when_experts_are_not_enough_dense_ffn_then_context_give_way_down_to_the_minim
     assert!(measured <= budget, "{measured} > {budget}");
     assert_eq!(measured, r.devices[0].predicted.total());
 }
+
+#[test]
+fn every_public_shape_plans_for_a_16_gib_device() {
+    use llama_cpp_moe_gguf::synth::PublicModel;
+    let backend = backend();
+    let rpc = first_rpc_device(&backend);
+    let budget = 16usize << 30;
+    for public in PublicModel::ALL {
+        let path = temp_dir().join(format!("{}-shape-only.gguf", public.name()));
+        SynthSpec::public(public).write_shape_only(&path).unwrap();
+        let result = Planner::new(&backend, &path)
+            .with_params(
+                ModelParams::default()
+                    .with_all_gpu_layers()
+                    .with_devices([rpc]),
+            )
+            .with_context(ContextParams::default().with_n_ctx(4096), 4096)
+            .with_budget(rpc, Budget::Bytes(budget))
+            .plan();
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Ok(plan) => {
+                let r = &plan.report;
+                println!(
+                    "{public}: {} layers, experts of {} in host RAM, split {:?}, device {} MiB, \
+                     host {} MiB, {} dry runs, search {:.3} ms, total {:.3} s",
+                    r.n_layer,
+                    r.expert_layers_on_host.len(),
+                    r.split_layers,
+                    r.devices[0].predicted.total() >> 20,
+                    r.host.total() >> 20,
+                    r.dry_runs,
+                    r.search_seconds * 1e3,
+                    r.total_seconds
+                );
+                assert!(r.devices[0].predicted.total() <= budget, "{public}");
+                assert!(r.dry_runs <= 2, "{public}: {} dry runs", r.dry_runs);
+            }
+            Err(PlanError::DoesNotFit { .. }) => {}
+            Err(e) => panic!("{public}: {e}"),
+        }
+    }
+}
