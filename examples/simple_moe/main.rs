@@ -244,6 +244,7 @@ fn make_plan(a: &Args, backend: &Backend, file: &ModelFile) -> Result<Plan, Stri
 fn plan_json(plan: &Plan) -> serde_json::Value {
     let r = &plan.report;
     json!({
+        "n_layer": r.n_layer,
         "n_ctx": plan.n_ctx,
         "n_ctx_wish": r.n_ctx_wish,
         "n_ctx_min": r.n_ctx_min,
