@@ -13,16 +13,18 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
+use llama_cpp_moe::plan::{Bandwidths, Budget, LayerOrder, Plan, Planner};
 use llama_cpp_moe::{
-    AddSpecial, Backend, Context, GenerateParams, GenerationStats, Model, ParseSpecial, Sampler,
-    SamplerBuilder,
+    AddSpecial, Backend, Context, DeviceType, GenerateParams, GenerationStats, Model, ParseSpecial,
+    Sampler, SamplerBuilder,
 };
 use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_examples::model_setup::{
-    backend_with_rpc_servers, load, model_file, ms, new_context, print_devices, Loaded,
-    PlacementReport,
+    backend_with_rpc_servers, context_params, load, load_with, mib, model_file, model_params, ms,
+    new_context, print_devices, Loaded, ModelFile, PlacementReport,
 };
-use llama_cpp_moe_examples::simple_moe_args::{Args, GenerationArgs};
+use llama_cpp_moe_examples::simple_moe_args::{Args, FitArgs, FitOrder, GenerationArgs};
 use serde_json::json;
 
 fn main() -> ExitCode {
@@ -49,16 +51,187 @@ fn run(a: &Args) -> Result<(), String> {
     }
     let interactive = std::io::stderr().is_terminal() && !a.output.json;
     let file = model_file(&a.model, interactive)?;
-    let loaded = load(&a.placement, &backend, file, interactive)?;
-    let mut ctx = new_context(&a.generation.context, &a.placement, 1, &loaded.model)?;
+    let plan = if a.placement.fit.wanted() {
+        let plan = make_plan(a, &backend, &file)?;
+        if a.placement.fit.plan {
+            if a.output.json {
+                println!("{}", plan_json(&plan));
+            } else {
+                print_plan(&plan);
+            }
+            return Ok(());
+        }
+        Some(plan)
+    } else {
+        None
+    };
+    let (loaded, mut ctx);
+    if let Some(plan) = &plan {
+        // The plan's params (the caller's plus the planned overrides) and context length.
+        loaded = load_with(plan.params.clone(), &backend, file)?;
+        let params = context_params(&a.generation.context, &a.placement, 1).with_n_ctx(plan.n_ctx);
+        ctx = Context::new(&loaded.model, &params).map_err(|e| format!("creating context: {e}"))?;
+    } else {
+        loaded = load(&a.placement, &backend, file, interactive)?;
+        ctx = new_context(&a.generation.context, &a.placement, 1, &loaded.model)?;
+    }
     let generated = generate(a, &loaded, &mut ctx)?;
-    let report = Report::collect(a, &backend, &loaded, &ctx, generated)?;
+    let mut report = Report::collect(a, &backend, &loaded, &ctx, generated)?;
+    report.plan = plan.as_ref();
     if a.output.json {
         report.print_json();
     } else {
         report.print_text();
     }
     Ok(())
+}
+
+/// Plans the placement (`--fit`, `--plan`): budgets from `--fit-budget`, else free
+/// memory minus `--fit-target` (1024 MiB by default, llama.cpp's `--fit` default).
+fn make_plan(a: &Args, backend: &Backend, file: &ModelFile) -> Result<Plan, String> {
+    let fit: &FitArgs = &a.placement.fit;
+    let params = model_params(&a.placement, backend, false)?;
+    let devices: Vec<_> = if params.devices().is_empty() {
+        backend
+            .devices()
+            .into_iter()
+            .filter(|d| d.device_type() != DeviceType::Cpu)
+            .collect()
+    } else {
+        params.devices().to_vec()
+    };
+    if devices.is_empty() {
+        return Err("--fit/--plan: no device to plan for (only the CPU; try --rpc)".into());
+    }
+    let list_for = |flag: &str, values: &[u64]| -> Result<Vec<u64>, String> {
+        match values.len() {
+            0 => Ok(Vec::new()),
+            1 => Ok(vec![values[0]; devices.len()]),
+            n if n == devices.len() => Ok(values.to_vec()),
+            n => Err(format!(
+                "{flag}: {n} values for {} devices ({})",
+                devices.len(),
+                devices
+                    .iter()
+                    .map(|d| d.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    };
+    let budgets: Vec<Budget> = if !fit.fit_budget.is_empty() {
+        list_for("--fit-budget", &fit.fit_budget)?
+            .into_iter()
+            .map(|m| Budget::Bytes((m as usize) << 20))
+            .collect()
+    } else {
+        let targets = list_for("--fit-target", &fit.fit_target)?;
+        (0..devices.len())
+            .map(|i| Budget::FreeMinus((targets.get(i).copied().unwrap_or(1024) as usize) << 20))
+            .collect()
+    };
+    let order = match &fit.fit_order {
+        FitOrder::Last => LayerOrder::LastFirst,
+        FitOrder::First => LayerOrder::FirstFirst,
+        FitOrder::Layers(l) => LayerOrder::Explicit(l.clone()),
+    };
+    let ctx = context_params(&a.generation.context, &a.placement, 1);
+    let n_ctx_min = fit.fit_ctx.unwrap_or(a.generation.context.ctx_size);
+    let mut planner = Planner::new(backend, &file.path)
+        .with_params(params)
+        .with_context(ctx, n_ctx_min)
+        .with_order(order)
+        .with_bandwidths(Bandwidths::new(fit.host_bw * 1e9, fit.device_bw * 1e9));
+    for (dev, budget) in devices.iter().zip(budgets) {
+        planner = planner.with_budget(*dev, budget);
+    }
+    planner.plan().map_err(|e| e.to_string())
+}
+
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    let r = &plan.report;
+    json!({
+        "n_layer": r.n_layer,
+        "n_ctx": plan.n_ctx,
+        "n_ctx_wish": r.n_ctx_wish,
+        "n_ctx_min": r.n_ctx_min,
+        "order": format!("{:?}", r.order),
+        "devices": r.devices.iter().map(|d| json!({
+            "name": d.name,
+            "budget_bytes": d.budget,
+            "unplanned_bytes": d.unplanned.total(),
+            "predicted": {
+                "model_bytes": d.predicted.model,
+                "context_bytes": d.predicted.context,
+                "compute_bytes": d.predicted.compute,
+                "total_bytes": d.predicted.total(),
+            },
+            "bytes_per_token": d.bytes_per_token,
+        })).collect::<Vec<_>>(),
+        "host": {
+            "model_bytes": r.host.model,
+            "context_bytes": r.host.context,
+            "compute_bytes": r.host.compute,
+            "total_bytes": r.host.total(),
+        },
+        "expert_layers_on_host": r.expert_layers_on_host,
+        "split_layers": r.split_layers.iter().map(|(l, t)| json!({"layer": l, "tensors": t})).collect::<Vec<_>>(),
+        "dense_ffn_layers_on_host": r.dense_ffn_layers_on_host,
+        "moved": {
+            "tensors": r.moved.len(),
+            "bytes": r.moved.iter().map(|t| t.bytes).sum::<usize>(),
+        },
+        "patterns": r.patterns,
+        "decode": {
+            "host_bytes_per_token": r.decode.host_bytes_per_token,
+            "device_bytes_per_token": r.decode.device_bytes_per_token,
+            "host_bandwidth": r.decode.bandwidths.host,
+            "device_bandwidth": r.decode.bandwidths.device,
+            "seconds_per_token": r.decode.seconds_per_token,
+            "tokens_per_second": r.decode.tokens_per_second(),
+        },
+        "dry_runs": r.dry_runs,
+        "search_ms": r.search_seconds * 1e3,
+        "total_ms": r.total_seconds * 1e3,
+    })
+}
+
+fn print_plan(plan: &Plan) {
+    let r = &plan.report;
+    eprintln!(
+        "plan       n_ctx {} (wished {}, minimum {}), {} dry runs, search {:.2} ms, total {:.0} ms",
+        plan.n_ctx,
+        r.n_ctx_wish,
+        r.n_ctx_min,
+        r.dry_runs,
+        r.search_seconds * 1e3,
+        r.total_seconds * 1e3
+    );
+    for d in &r.devices {
+        eprintln!(
+            "           {:<28} budget {:>12}  unplanned {:>12}  predicted {:>12}",
+            d.name,
+            d.budget.map_or("none".to_owned(), mib),
+            mib(d.unplanned.total()),
+            mib(d.predicted.total())
+        );
+    }
+    eprintln!("           host RAM predicted {}", mib(r.host.total()));
+    eprintln!(
+        "           experts in host RAM: layers {:?}; split {:?}; dense FFN {:?}",
+        r.expert_layers_on_host, r.split_layers, r.dense_ffn_layers_on_host
+    );
+    for p in &r.patterns {
+        eprintln!("           -ot '{p}=CPU'");
+    }
+    eprintln!(
+        "           decode bound {:.1} tok/s ({} host + {} device per token at {:.0} / {:.0} GB/s)",
+        r.decode.tokens_per_second(),
+        mib(r.decode.host_bytes_per_token as usize),
+        mib(r.decode.device_bytes_per_token as usize),
+        r.decode.bandwidths.host / 1e9,
+        r.decode.bandwidths.device / 1e9
+    );
 }
 
 fn sampler<'m>(g: &GenerationArgs, model: &'m Model) -> Result<Sampler<'m>, String> {
@@ -144,6 +317,7 @@ struct Report<'a> {
     loaded: &'a Loaded,
     generated: Generated,
     placement: PlacementReport,
+    plan: Option<&'a Plan>,
 }
 
 impl<'a> Report<'a> {
@@ -158,7 +332,27 @@ impl<'a> Report<'a> {
             loaded,
             generated,
             placement: PlacementReport::collect(&a.placement, backend, loaded, ctx)?,
+            plan: None,
         })
+    }
+
+    /// Per planned device: (name, predicted, measured) total bytes.
+    fn plan_vs_measured(&self) -> Vec<(String, usize, usize)> {
+        let Some(plan) = self.plan else {
+            return Vec::new();
+        };
+        let measured = bytes_by_location(&self.placement.breakdown);
+        plan.report
+            .devices
+            .iter()
+            .map(|d| {
+                let real = measured
+                    .iter()
+                    .find(|(l, _)| *l == MemoryLocation::Device(d.device))
+                    .map_or(0, |(_, b)| b.total());
+                (d.name.clone(), d.predicted.total(), real)
+            })
+            .collect()
     }
 
     fn print_json(&self) {
@@ -205,6 +399,19 @@ impl<'a> Report<'a> {
             "text": g.text,
             "tokens": g.tokens,
         });
+        let mut out = out;
+        if let Some(plan) = self.plan {
+            let mut p = plan_json(plan);
+            p["measured"] = self
+                .plan_vs_measured()
+                .into_iter()
+                .map(|(name, predicted, measured)| {
+                    json!({"name": name, "predicted_bytes": predicted, "measured_bytes": measured})
+                })
+                .collect::<Vec<_>>()
+                .into();
+            out["plan"] = p;
+        }
         println!("{out}");
     }
 
@@ -227,5 +434,15 @@ impl<'a> Report<'a> {
         );
         eprintln!();
         self.placement.print_placement();
+        if let Some(plan) = self.plan {
+            print_plan(plan);
+            for (name, predicted, measured) in self.plan_vs_measured() {
+                eprintln!(
+                    "           {name}: predicted {} measured {}",
+                    mib(predicted),
+                    mib(measured)
+                );
+            }
+        }
     }
 }

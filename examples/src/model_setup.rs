@@ -83,7 +83,15 @@ pub fn load(
     file: ModelFile,
     progress: bool,
 ) -> Result<Loaded, String> {
-    let params = model_params(placement, backend, progress)?;
+    load_with(model_params(placement, backend, progress)?, backend, file)
+}
+
+/// Loads `file` with `params` as they are (e.g. a plan's).
+pub fn load_with(
+    params: ModelParams,
+    backend: &Backend,
+    file: ModelFile,
+) -> Result<Loaded, String> {
     let started = Instant::now();
     let model = Model::load(backend, &file.path, &params)
         .map_err(|e| format!("loading {}: {e}", file.path.display()))?;
@@ -103,6 +111,12 @@ pub fn new_context<'m>(
     n_seq_max: u32,
     model: &'m Model,
 ) -> Result<Context<'m>, String> {
+    let params = context_params(g, placement, n_seq_max);
+    Context::new(model, &params).map_err(|e| format!("creating context: {e}"))
+}
+
+/// The context parameters `new_context` uses.
+pub fn context_params(g: &ContextArgs, placement: &PlacementArgs, n_seq_max: u32) -> ContextParams {
     let mut params = ContextParams::default()
         .with_n_ctx(g.ctx_size)
         .with_n_batch(g.batch_size)
@@ -113,7 +127,7 @@ pub fn new_context<'m>(
     if let Some(t) = g.threads {
         params = params.with_n_threads(t);
     }
-    Context::new(model, &params).map_err(|e| format!("creating context: {e}"))
+    params
 }
 
 pub fn ms(d: Duration) -> f64 {

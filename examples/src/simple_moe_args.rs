@@ -19,6 +19,8 @@ pub const LLAMA_SPELLINGS: Spellings = &[
     ("-ncmoe", "--n-cpu-moe"),
     ("-ot", "--override-tensor"),
     ("-dev", "--device"),
+    ("-fitt", "--fit-target"),
+    ("-fitc", "--fit-ctx"),
 ];
 
 /// One `-ot PATTERN=BUFT` entry.
@@ -151,6 +153,59 @@ pub struct PlacementArgs {
     /// Do not offload host-tensor ops to accelerators
     #[arg(long)]
     pub no_op_offload: bool,
+    #[command(flatten)]
+    pub fit: FitArgs,
+}
+
+/// The memory planner: what stays in host RAM so that each device fits its budget.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FitArgs {
+    /// Plan the placement against each device's budget (default: its reported free
+    /// memory minus --fit-target), then load with the plan. Keeps -ngl, -dev and -ot.
+    #[arg(long)]
+    pub fit: bool,
+    /// Print the plan and exit without reading a weight (with --json: one object)
+    #[arg(long)]
+    pub plan: bool,
+    /// MiB to leave free on each device, in device order (-fitt; one value: every
+    /// device) [default: 1024]
+    #[arg(long, value_name = "MiB[,MiB...]", value_delimiter = ',')]
+    pub fit_target: Vec<u64>,
+    /// The most each device may hold, in MiB, in device order (instead of free memory)
+    #[arg(long, value_name = "MiB[,MiB...]", value_delimiter = ',')]
+    pub fit_budget: Vec<u64>,
+    /// Smallest context the plan may shrink to (-fitc) [default: -c, no shrinking]
+    #[arg(long, value_name = "N")]
+    pub fit_ctx: Option<u32>,
+    /// Which layers give their experts to host RAM first: last, first, or a list in
+    /// order of preference (e.g. 40-47,0-3)
+    #[arg(long, value_name = "last|first|LIST", default_value = "last")]
+    #[arg(value_parser = parse_fit_order)]
+    pub fit_order: FitOrder,
+    /// Host RAM bandwidth for the plan's decode bound, GB/s
+    #[arg(long, value_name = "GB/s", default_value_t = 80.0)]
+    pub host_bw: f64,
+    /// Device memory bandwidth for the plan's decode bound, GB/s
+    #[arg(long, value_name = "GB/s", default_value_t = 1000.0)]
+    pub device_bw: f64,
+}
+
+impl FitArgs {
+    /// Whether any planner flag asks for a plan.
+    pub fn wanted(&self) -> bool {
+        self.fit || self.plan || !self.fit_target.is_empty() || !self.fit_budget.is_empty()
+    }
+}
+
+/// `--fit-order`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FitOrder {
+    /// The last layers first.
+    Last,
+    /// The first layers first.
+    First,
+    /// These layers, in this order.
+    Layers(Vec<u32>),
 }
 
 /// What is printed, and where.
@@ -190,6 +245,25 @@ fn parse_synthetic(s: &str) -> Result<SyntheticChoice, String> {
         );
     }
     Ok(SyntheticChoice { arch, preset })
+}
+
+fn parse_fit_order(s: &str) -> Result<FitOrder, String> {
+    match s {
+        "last" => Ok(FitOrder::Last),
+        "first" => Ok(FitOrder::First),
+        list => {
+            // Unlike --cpu-moe-layers, the order given is kept.
+            let mut layers = Vec::new();
+            for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let parsed: LayerList = part.parse()?;
+                layers.extend(parsed.layers);
+            }
+            if layers.is_empty() {
+                return Err(format!("expected last, first or a layer list, got {s:?}"));
+            }
+            Ok(FitOrder::Layers(layers))
+        }
+    }
 }
 
 fn parse_flash_attn(s: &str) -> Result<FlashAttention, String> {
@@ -259,6 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn fit_flags() {
+        let a =
+            args("--fit -fitt 512,256 --fit-budget 100 -fitc 4096 --fit-order 40-47,0").unwrap();
+        let f = &a.placement.fit;
+        assert!(f.fit && f.wanted() && !f.plan);
+        assert_eq!(f.fit_target, [512, 256]);
+        assert_eq!(f.fit_budget, [100]);
+        assert_eq!(f.fit_ctx, Some(4096));
+        assert_eq!(
+            f.fit_order,
+            FitOrder::Layers(vec![40, 41, 42, 43, 44, 45, 46, 47, 0])
+        );
+        let b = args("--plan --json").unwrap();
+        assert!(b.placement.fit.plan && b.placement.fit.wanted());
+        assert_eq!(b.placement.fit.fit_order, FitOrder::Last);
+        assert!(!args("").unwrap().placement.fit.wanted());
+    }
+
+    #[test]
     fn defaults() {
         let a = args("").unwrap();
         assert_eq!(
@@ -292,6 +385,8 @@ mod tests {
             "--synthetic qwen3moe:full",
             "-fa maybe",
             "--cpu-moe-layers 5-2",
+            "--fit-order sideways",
+            "-fitt lots",
         ] {
             let err = args(line).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{line}");

@@ -81,6 +81,9 @@ pub enum Error {
     /// A dry run (memory measurement without allocating) failed.
     #[error("{0}")]
     DryRun(#[from] DryRunError),
+    /// A memory plan could not be made.
+    #[error("{0}")]
+    Plan(#[from] crate::plan::PlanError),
     /// An RPC server could not be added as a device.
     #[cfg(feature = "rpc")]
     #[error("{0}")]

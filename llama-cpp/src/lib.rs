@@ -45,6 +45,7 @@ mod ffi;
 pub mod generate;
 pub mod log;
 pub mod model;
+pub mod plan;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 pub mod sampler;

@@ -251,7 +251,8 @@ impl SynthSpec {
         // by model name (a name containing "phi-3" requires `</s>`, `<s>` and `<unk>`).
         let (name, description) = match self.public {
             Some(m) => (
-                format!("synthetic {}", m.name()),
+                // The arch, not the public name ("phi-3.5-moe" contains "phi-3").
+                format!("synthetic {} public shape", self.arch.cli_name()),
                 format!(
                     "random weights shaped like {}, made by llama-cpp-moe; not a trained model",
                     m.name()

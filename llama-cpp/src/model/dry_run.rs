@@ -130,6 +130,8 @@ pub struct DryRun {
     pub n_layer: u32,
     /// The model's experts per MoE layer (0 for dense).
     pub n_expert: u32,
+    /// The experts each token uses per MoE layer (0 for dense).
+    pub n_expert_used: u32,
     /// What each tensor override matched ([`Model::override_report`]).
     pub overrides: OverrideReport,
 }
@@ -225,6 +227,7 @@ impl Model {
             n_ctx: ctx.n_ctx(),
             n_layer: model.n_layer(),
             n_expert: model.n_expert(),
+            n_expert_used: model.n_expert_used(),
             overrides: model.override_report().clone(),
         })
     }

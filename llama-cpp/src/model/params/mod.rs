@@ -393,6 +393,11 @@ impl ModelParams {
         self.invalid.get_or_insert(error);
     }
 
+    /// The devices set with [`ModelParams::with_devices`] (empty: llama.cpp's default).
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
     /// Number of layers to store on accelerators (negative: all).
     pub fn n_gpu_layers(&self) -> i32 {
         self.n_gpu_layers
