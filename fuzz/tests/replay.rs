@@ -138,12 +138,10 @@ fn model_load_seeds_are_loadable_models() {
 
 /// The crashes and hangs this fuzzing found that the crate does not prevent yet (see
 /// fuzz/README.md, "Known crashes"), run against the real entry points without the
-/// skips in `llama_cpp_moe_fuzz::known`. Ignored until they are fixed, because today the
-/// first one aborts the process and the second never returns:
-/// `cargo test --manifest-path fuzz/Cargo.toml --no-default-features --test replay
-/// -- --ignored known_crashes_are_fixed`.
+/// skips in `llama_cpp_moe_fuzz::known`: `Model::load` rejects the two files with
+/// `LoadError::InvalidModel` and `ModelParams` validation rejects the pattern, where the
+/// process used to abort or hang.
 #[test]
-#[ignore = "fails until Model::load rejects these three inputs (fuzz/README.md)"]
 fn known_crashes_are_fixed() {
     llama_cpp_moe::log::set_silent(true);
     let backend = llama_cpp_moe::Backend::init();

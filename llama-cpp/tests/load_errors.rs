@@ -160,3 +160,30 @@ fn what_our_check_accepts_keeps_llama_cpps_message() {
         "{reason}"
     );
 }
+
+/// Files our reader accepts but llama.cpp's loader asserts on (found by fuzzing, kept in
+/// fuzz/known-crashes/): a typed error instead of an aborted process.
+#[test]
+fn metadata_llama_cpp_would_abort_on_is_a_typed_error() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/known-crashes/model_load");
+    for (file, needle) in [
+        ("vocab-duplicate-token", "twice (tokenizer.ggml.tokens)"),
+        ("expert-used-count-zero", "routes each token to none"),
+    ] {
+        let path = dir.join(file);
+        let err = Model::load(
+            &backend(),
+            &path,
+            &ModelParams::default().with_n_gpu_layers(0),
+        )
+        .expect_err("llama.cpp would abort on this file");
+        match &err {
+            LoadError::InvalidModel { path: p, reason } => {
+                assert_eq!(p, &path);
+                assert!(reason.contains(needle), "{file}: {reason}");
+            }
+            other => panic!("{file}: expected InvalidModel, got {other:?}"),
+        }
+        assert!(err.to_string().contains("would abort"), "{err}");
+    }
+}

@@ -113,6 +113,16 @@ pub enum LoadError {
         /// The type id in the file.
         type_id: u32,
     },
+    /// Metadata that is well-formed GGUF but that llama.cpp's loader asserts on, which
+    /// would abort the whole process (a vocabulary with the same token twice, an MoE
+    /// model that routes each token to zero experts).
+    #[error("{}: {reason} (llama.cpp would abort the process on it)", path.display())]
+    InvalidModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Any other damage the GGUF check found in the header, metadata or tensor table
     /// (a truncated header, an impossible length or count, a bad alignment, ...).
     #[error("invalid GGUF file: {0}")]
@@ -192,7 +202,13 @@ unsafe extern "C" fn progress_trampoline(progress: f32, user_data: *mut c_void) 
 /// file system.
 fn check_gguf(path: &Path) -> Result<(), LoadError> {
     match GgufFile::open(path) {
-        Ok(_) => Ok(()),
+        Ok(file) => match metadata_llama_cpp_asserts_on(&file) {
+            None => Ok(()),
+            Some(reason) => Err(LoadError::InvalidModel {
+                path: path.to_owned(),
+                reason,
+            }),
+        },
         Err(e) => Err(match e {
             GgufError::NotFound { path } => LoadError::NotFound(path),
             GgufError::NotGguf { path, magic } => LoadError::NotGguf { path, magic },
@@ -237,6 +253,49 @@ fn check_gguf(path: &Path) -> Result<(), LoadError> {
             other => LoadError::InvalidGguf(other),
         }),
     }
+}
+
+/// What in `file`'s metadata would trip a `GGML_ASSERT` in llama.cpp's loader (found by
+/// fuzzing `Model::load`; see fuzz/README.md), as a sentence; `None` when nothing does.
+fn metadata_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
+    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
+
+    // llama-model.cpp: `if (n_expert > 0) GGML_ASSERT(n_expert_used_max > 0)`, where the
+    // used count is a scalar or one value per layer, and 0 when absent.
+    if let (Some(n_expert @ 1..), Some(arch)) = (file.expert_count(), file.architecture()) {
+        let key = format!("{arch}.expert_used_count");
+        let used_max = match file.get(&key) {
+            Some(MetaValue::Array(MetaArray::U32(v))) => v.iter().map(|&n| u64::from(n)).max(),
+            Some(MetaValue::Array(MetaArray::I32(v))) => {
+                v.iter().map(|&n| u64::try_from(n).unwrap_or(0)).max()
+            }
+            Some(value) => value.as_u64(),
+            None => Some(0),
+        };
+        if used_max == Some(0) {
+            return Some(format!(
+                "an MoE model with {n_expert} experts routes each token to none ({key} is 0 or missing)"
+            ));
+        }
+    }
+    // llama-vocab.cpp: `GGML_ASSERT(id_to_token.size() == token_to_id.size())`, i.e. every
+    // token text (an empty one reads as `[EMPTY_<id>]`) must be unique.
+    if let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens") {
+        let mut seen = std::collections::HashSet::with_capacity(tokens.len());
+        for (id, token) in tokens.iter().enumerate() {
+            let text = if token.is_empty() {
+                std::borrow::Cow::Owned(format!("[EMPTY_{id}]"))
+            } else {
+                std::borrow::Cow::Borrowed(token.as_str())
+            };
+            if !seen.insert(text) {
+                return Some(format!(
+                    "the vocabulary has token {id} ({token:?}) twice (tokenizer.ggml.tokens)"
+                ));
+            }
+        }
+    }
+    None
 }
 
 impl Model {

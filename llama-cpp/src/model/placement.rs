@@ -54,6 +54,12 @@ pub fn regex_search(pattern: &str, name: &str) -> Option<bool> {
 
 /// Compiles `pattern` with the loader's `std::regex`; `Err(reason)` if it would throw.
 pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
+    if let Some(at) = nested_quantifier(&pattern.to_string_lossy()) {
+        return Err(format!(
+            "a quantifier applied to a quantifier at character {at}: std::regex accepts it, \
+             then backtracks exponentially on names that do not match (the load would hang)"
+        ));
+    }
     let mut err = [0u8; 256];
     // SAFETY: NUL-terminated pattern; err is writable for err.len() bytes and the shim
     // NUL-terminates what it writes; exceptions never leave the shim.
@@ -66,6 +72,84 @@ pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
     // The shim NUL-terminates its message; should it not, the whole buffer is the message.
     let reason = CStr::from_bytes_until_nul(&err).map_or(&err[..], CStr::to_bytes);
     Err(String::from_utf8_lossy(reason).into_owned())
+}
+
+/// The position of a quantifier (`*`, `+`, `?`, `{n}`, `{n,}`, `{n,m}`) applied directly
+/// to another quantifier (`a+*`, `x{2}+`, `a*??`), which ECMAScript forbids; one lazy `?`
+/// after a quantifier is allowed. Escapes and bracket expressions are skipped. Found by
+/// fuzzing: libstdc++'s `std::regex` accepts these and then never finishes a search.
+pub(crate) fn nested_quantifier(pattern: &str) -> Option<usize> {
+    #[derive(PartialEq)]
+    enum After {
+        Atom,
+        Quantifier,
+        LazyQuantifier,
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut after = After::Atom;
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => {
+                after = After::Atom;
+                i += 2;
+                continue;
+            }
+            '[' => {
+                // To the closing `]`; a `]` right after `[` or `[^` is a literal.
+                let mut j = i + 1;
+                if chars.get(j) == Some(&'^') {
+                    j += 1;
+                }
+                if chars.get(j) == Some(&']') {
+                    j += 1;
+                }
+                while j < chars.len() && chars[j] != ']' {
+                    j += if chars[j] == '\\' { 2 } else { 1 };
+                }
+                after = After::Atom;
+                i = j + 1;
+                continue;
+            }
+            '*' | '+' => {
+                if after != After::Atom {
+                    return Some(i);
+                }
+                after = After::Quantifier;
+            }
+            '?' => {
+                after = match after {
+                    After::Atom => After::Quantifier,
+                    After::Quantifier => After::LazyQuantifier,
+                    After::LazyQuantifier => return Some(i),
+                };
+            }
+            '{' => {
+                let close = chars[i..].iter().position(|&c| c == '}').map(|n| i + n);
+                let is_bound = close.is_some_and(|end| {
+                    let inner: String = chars[i + 1..end].iter().collect();
+                    let mut parts = inner.splitn(2, ',');
+                    let low = parts.next().unwrap_or("");
+                    let high = parts.next().unwrap_or("0");
+                    !low.is_empty()
+                        && low.chars().all(|c| c.is_ascii_digit())
+                        && high.chars().all(|c| c.is_ascii_digit())
+                });
+                if let (true, Some(end)) = (is_bound, close) {
+                    if after != After::Atom {
+                        return Some(i);
+                    }
+                    after = After::Quantifier;
+                    i = end + 1;
+                    continue;
+                }
+                after = After::Atom;
+            }
+            _ => after = After::Atom,
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where tensors matching an override go.
@@ -260,6 +344,41 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_quantifiers_are_found_and_plain_ones_are_not() {
+        for (pattern, at) in [
+            ("[a-z]+****", 6),
+            ("a**", 2),
+            ("a+*", 2),
+            ("x{2}+", 4),
+            ("x+{2}", 2),
+            ("a*??", 3),
+            (r"blk\.(0|1)+*", 11),
+        ] {
+            assert_eq!(nested_quantifier(pattern), Some(at), "{pattern}");
+        }
+        for pattern in [
+            r"blk\.(0|1|2)\.ffn_(up|down|gate|gate_up)_(ch|)exps",
+            r"\.ffn_.*_exps",
+            "a+?b{1,3}?c*?d??",
+            r"[+*?]+",
+            r"[]*]+",
+            r"\*+",
+            r"\++",
+            "x{2,}",
+            "a{b}*",
+        ] {
+            assert_eq!(nested_quantifier(pattern), None, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn check_regex_refuses_a_nested_quantifier_before_std_regex_sees_it() {
+        let err = check_regex(c"[a-z]+****").unwrap_err();
+        assert!(err.contains("quantifier applied to a quantifier"), "{err}");
+        assert!(check_regex(c"blk\\.0\\.ffn_up_exps").is_ok());
+    }
 
     #[test]
     fn expert_regex_matches_routed_experts_only() {
