@@ -5,45 +5,23 @@
 
 mod model_support;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Budget, LayerOrder, Plan, PlanError, Planner};
-use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
     Backend, Context, ContextParams, Device, DeviceType, GenerateParams, Model, ModelParams,
     SamplerBuilder, Token,
 };
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
-use model_support::{backend, rpc_endpoint, temp_dir};
+use model_support::{backend, rpc_endpoint, start_rpc_server, temp_dir};
 
 /// A second RPC server (the first is `model_support::rpc_endpoint`), once per process.
 fn second_rpc_device(backend: &Backend) -> Device {
     static DEVICE: OnceLock<String> = OnceLock::new();
-    let name = DEVICE.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let endpoint = format!("127.0.0.1:{port}");
-        let config = RpcServerConfig::new("127.0.0.1", port)
-            .threads(1)
-            .device("CPU");
-        let server_backend = backend.clone();
-        std::thread::spawn(move || config.serve(&server_backend));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&endpoint).is_err() {
-            assert!(Instant::now() < deadline, "RPC server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let devices = backend.add_rpc_server(&endpoint).expect("add RPC server");
-        devices[0].name()
-    });
+    let name = DEVICE.get_or_init(|| start_rpc_server(backend).1[0].name());
     backend.device_by_name(name).unwrap()
 }
 

@@ -62,29 +62,35 @@ pub fn rpc_endpoint(backend: &Backend) -> String {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT
         .get_or_init(|| {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let endpoint = format!("127.0.0.1:{port}");
-            // Our own server, serving the CPU device; it loops forever and ends with the
-            // test process.
-            let config = RpcServerConfig::new("127.0.0.1", port)
-                .threads(1)
-                .device("CPU");
-            let server_backend = backend.clone();
-            std::thread::spawn(move || config.serve(&server_backend));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while TcpStream::connect(&endpoint).is_err() {
-                assert!(Instant::now() < deadline, "RPC server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let devices = backend.add_rpc_server(&endpoint).expect("add RPC server");
+            let (endpoint, devices) = start_rpc_server(backend);
             assert_eq!(devices.len(), 1);
             endpoint
         })
         .clone()
+}
+
+/// Starts one more of our RPC servers on a free loopback port (serving the CPU device,
+/// in a background thread that ends with the test process) and registers it with
+/// `backend`: its endpoint and the devices it added.
+pub fn start_rpc_server(backend: &Backend) -> (String, Vec<llama_cpp_moe::Device>) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let config = RpcServerConfig::new("127.0.0.1", port)
+        .threads(1)
+        .device("CPU");
+    let server_backend = backend.clone();
+    std::thread::spawn(move || config.serve(&server_backend));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&endpoint).is_err() {
+        assert!(Instant::now() < deadline, "RPC server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let devices = backend.add_rpc_server(&endpoint).expect("add RPC server");
+    (endpoint, devices)
 }
 
 pub fn exists(p: &Path) -> bool {
