@@ -4,54 +4,12 @@
 //! `--plan --json` prints one plan object without loading; `-fitt` plans against the
 //! device's reported free memory.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_examples::{built_example, RpcServerProcess};
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use serde_json::Value;
-
-/// The rpc_server example on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(built_example("rpc_server"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--threads", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn rpc_server");
-        let server = Server {
-            child,
-            endpoint: format!("127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&server.endpoint).is_err() {
-            assert!(Instant::now() < deadline, "rpc_server never listened");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn model(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("fit-{name}-{}.gguf", std::process::id()));
@@ -96,7 +54,7 @@ fn simple_moe(model: &Path, extra: &[&str]) -> Value {
 #[test]
 fn fit_with_a_budget_on_an_rpc_device() {
     let model = model("budget");
-    let server = Server::start();
+    let server = RpcServerProcess::start();
     let rpc = ["--rpc", server.endpoint.as_str(), "-ngl", "all"];
 
     // The plan alone: one object, no generation, nothing loaded.

@@ -7,64 +7,17 @@
 //! That model is fetched by `scripts/fetch-smollm2.sh`; without `LLAMA_CPP_MOE_SMOLLM2`
 //! its test says SKIPPED and returns (`.ci/run` always sets it).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_examples::{built_example, RpcServerProcess};
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use serde_json::Value;
 
-/// The rpc_server example on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(built_example("rpc_server"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--threads", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rpc_server");
-        let mut server = Server {
-            child,
-            endpoint: format!("127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&server.endpoint).is_err() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let mut err = String::new();
-                let _ = server.child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("rpc_server exited with {status}: {err}");
-            }
-            assert!(Instant::now() < deadline, "rpc_server never listened");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `quality --json` on `model` against a fresh loopback rpc_server.
 fn quality(model: &Path, n_predict: u32) -> (bool, Value) {
-    let server = Server::start();
+    let server = RpcServerProcess::start();
     let out = Command::new(built_example("quality"))
         .arg("-m")
         .arg(model)

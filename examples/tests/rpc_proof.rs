@@ -5,73 +5,28 @@
 //!
 //! Both binaries are the examples `cargo test` builds next to this test.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_examples::{built_example, RpcServerProcess};
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 use serde_json::Value;
 
-/// The rpc_server example as a child process on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let endpoint = format!("127.0.0.1:{port}");
-        let child = Command::new(built_example("rpc_server"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--threads", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rpc_server");
-        let mut server = Server { child, endpoint };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&server.endpoint).is_err() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let mut err = String::new();
-                let _ = server.child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("rpc_server exited with {status}: {err}");
-            }
-            assert!(Instant::now() < deadline, "rpc_server never listened");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        server
-    }
-
-    /// (VmRSS, VmHWM) of the server process in bytes.
-    fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-                .unwrap_or_else(|| panic!("no {name} in /proc status"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// (VmRSS, VmHWM) of the server process in bytes.
+fn server_memory(server: &RpcServerProcess) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
+        .expect("read /proc/PID/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A qwen3moe small enough for debug builds, with experts large enough (~27 MB) that
@@ -158,12 +113,12 @@ struct Run {
 
 /// One simple_moe run against a fresh server, so its memory growth is this run's alone.
 fn on_fresh_server(model: &Path, extra: &[&str]) -> Run {
-    let server = Server::start();
-    let (rss_before, _) = server.memory();
+    let server = RpcServerProcess::start();
+    let (rss_before, _) = server_memory(&server);
     let mut args = vec!["--rpc", server.endpoint.as_str(), "-ngl", "all"];
     args.extend_from_slice(extra);
     let json = simple_moe(model, &args);
-    let (_, peak) = server.memory();
+    let (_, peak) = server_memory(&server);
     Run {
         json,
         rss_growth: peak.saturating_sub(rss_before),
