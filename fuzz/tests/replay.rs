@@ -151,6 +151,8 @@ fn known_crashes_are_fixed() {
     assert!(llama_cpp_moe::Model::load(&backend, &dup, &params).is_err());
     let no_expert_used = root.join("known-crashes/model_load/expert-used-count-zero");
     assert!(llama_cpp_moe::Model::load(&backend, &no_expert_used, &params).is_err());
+    let too_many_used = root.join("known-crashes/model_load/expert-used-count-above-expert-count");
+    assert!(llama_cpp_moe::Model::load(&backend, &too_many_used, &params).is_err());
 
     let input = std::fs::read(root.join("known-crashes/override_patterns/nested-quantifier-redos"))
         .expect("known crash");
@@ -169,6 +171,29 @@ fn known_crashes_are_fixed() {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("a nested-quantifier pattern hangs the load");
     assert!(rejected, "a nested-quantifier pattern is accepted");
+
+    // The public `model::regex_search` on an unvalidated pattern: the campaign of
+    // 2026-11-30 (second session) found it still searched with std::regex and hung.
+    let input = std::fs::read(
+        root.join("known-crashes/override_patterns/regex-search-nested-quantifier-redos"),
+    )
+    .expect("known hang");
+    let text = String::from_utf8_lossy(&input[1..]).into_owned();
+    let pattern = text.split('\n').next().expect("pattern").to_owned();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(llama_cpp_moe::model::regex_search(
+            &pattern,
+            "blk.0.ffn_up_exps",
+        ));
+    });
+    let searched = done_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("regex_search hangs on a nested-quantifier pattern");
+    assert_eq!(
+        searched, None,
+        "regex_search runs a nested-quantifier pattern"
+    );
 }
 
 /// Each known crash is recognised by its skip in `llama_cpp_moe_fuzz::known`, so

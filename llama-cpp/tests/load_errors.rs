@@ -169,6 +169,7 @@ fn metadata_llama_cpp_would_abort_on_is_a_typed_error() {
     for (file, needle) in [
         ("vocab-duplicate-token", "twice (tokenizer.ggml.tokens)"),
         ("expert-used-count-zero", "routes each token to none"),
+        ("expert-used-count-above-expert-count", "experts of only"),
     ] {
         let path = dir.join(file);
         let err = Model::load(
@@ -185,5 +186,43 @@ fn metadata_llama_cpp_would_abort_on_is_a_typed_error() {
             other => panic!("{file}: expected InvalidModel, got {other:?}"),
         }
         assert!(err.to_string().contains("would abort"), "{err}");
+    }
+}
+
+/// Layer and expert counts outside what llama.cpp's `load_hparams` asserts on
+/// (`GGML_ASSERT`, an abort without our check): each a typed error naming the key.
+/// Fuzzing found `expert_used_count` above `expert_count`; the others share its block.
+#[test]
+fn counts_llama_cpp_would_abort_on_are_typed_errors() {
+    let file = GgufFile::open(model(Arch::Qwen3Moe)).unwrap();
+    let n_expert = file.expert_count().unwrap();
+    for (key, value, needle) in [
+        (
+            "qwen3moe.expert_used_count",
+            n_expert + 1,
+            "experts of only",
+        ),
+        ("qwen3moe.expert_used_count", 0, "routes each token to none"),
+        ("qwen3moe.expert_count", 2000, "more than llama.cpp's 1024"),
+        ("qwen3moe.block_count", 0, "supports 1 to 512 layers"),
+        ("qwen3moe.block_count", 513, "supports 1 to 512 layers"),
+    ] {
+        let mut bytes = good();
+        // A u32 entry: the key, its type (4 bytes), then the value.
+        let at = after_string(&bytes, key);
+        assert_eq!(
+            u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()),
+            4,
+            "{key}"
+        );
+        let value = u32::try_from(value).unwrap();
+        bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+        let (_, err) = load(&format!("{key}-{value}.gguf"), &bytes);
+        match &err {
+            LoadError::InvalidModel { reason, .. } => {
+                assert!(reason.contains(needle), "{key}={value}: {reason}");
+            }
+            other => panic!("{key}={value}: expected InvalidModel, got {other:?}"),
+        }
     }
 }

@@ -114,8 +114,9 @@ pub enum LoadError {
         type_id: u32,
     },
     /// Metadata that is well-formed GGUF but that llama.cpp's loader asserts on, which
-    /// would abort the whole process (a vocabulary with the same token twice, an MoE
-    /// model that routes each token to zero experts).
+    /// would abort the whole process (a vocabulary with the same token twice; layer or
+    /// expert counts out of llama.cpp's range, e.g. an MoE model that routes each token
+    /// to zero experts or to more experts than it has).
     #[error("{}: {reason} (llama.cpp would abort the process on it)", path.display())]
     InvalidModel {
         /// The file.
@@ -258,41 +259,106 @@ fn check_gguf(path: &Path) -> Result<(), LoadError> {
 /// What in `file`'s metadata would trip a `GGML_ASSERT` in llama.cpp's loader (found by
 /// fuzzing `Model::load`; see fuzz/README.md), as a sentence; `None` when nothing does.
 fn metadata_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
-    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
+    hparams_llama_cpp_asserts_on(file).or_else(|| vocab_llama_cpp_asserts_on(file))
+}
 
-    // llama-model.cpp: `if (n_expert > 0) GGML_ASSERT(n_expert_used_max > 0)`, where the
-    // used count is a scalar or one value per layer, and 0 when absent.
-    if let (Some(n_expert @ 1..), Some(arch)) = (file.expert_count(), file.architecture()) {
-        let key = format!("{arch}.expert_used_count");
-        let used_max = match file.get(&key) {
-            Some(MetaValue::Array(MetaArray::U32(v))) => v.iter().map(|&n| u64::from(n)).max(),
-            Some(MetaValue::Array(MetaArray::I32(v))) => {
-                v.iter().map(|&n| u64::try_from(n).unwrap_or(0)).max()
-            }
-            Some(value) => value.as_u64(),
-            None => Some(0),
-        };
-        if used_max == Some(0) {
-            return Some(format!(
-                "an MoE model with {n_expert} experts routes each token to none ({key} is 0 or missing)"
-            ));
-        }
+/// The `GGML_ASSERT`s of llama.cpp's `llama_model::load_hparams` (llama-model.cpp) on
+/// the layer and expert counts, checked in the same order. Fuzzing found the expert
+/// ones (a used count of 0, then one above the expert count); the rest of the block is
+/// checked with them because it aborts the same way. Values of a type llama.cpp would
+/// refuse are read as integers anyway: such a file fails either way, and a valid file
+/// never trips these.
+fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
+    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
+    // llama-hparams.h: LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS.
+    const MAX_LAYERS: u64 = 512;
+    const MAX_EXPERTS: u64 = 1024;
+
+    let arch = file.architecture()?;
+    let count = |suffix: &str| file.arch_u64(suffix);
+    // A missing block_count is llama.cpp's own (caught) "key not found" error.
+    let n_layer = count("block_count")?;
+    if n_layer == 0 || n_layer > MAX_LAYERS {
+        return Some(format!(
+            "{arch}.block_count is {n_layer}; llama.cpp supports 1 to {MAX_LAYERS} layers"
+        ));
     }
-    // llama-vocab.cpp: `GGML_ASSERT(id_to_token.size() == token_to_id.size())`, i.e. every
-    // token text (an empty one reads as `[EMPTY_<id>]`) must be unique.
-    if let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens") {
-        let mut seen = std::collections::HashSet::with_capacity(tokens.len());
-        for (id, token) in tokens.iter().enumerate() {
-            let text = if token.is_empty() {
-                std::borrow::Cow::Owned(format!("[EMPTY_{id}]"))
-            } else {
-                std::borrow::Cow::Borrowed(token.as_str())
-            };
-            if !seen.insert(text) {
+    let nextn = count("nextn_predict_layers").unwrap_or(0);
+    if nextn > n_layer {
+        return Some(format!(
+            "{arch}.nextn_predict_layers ({nextn}) is more than the {n_layer} layers"
+        ));
+    }
+    let mut n_expert = count("expert_count").unwrap_or(0);
+    let used_key = format!("{arch}.expert_used_count");
+    // A scalar, or one value per layer; 0 when absent.
+    let mut used_max = match file.get(&used_key) {
+        Some(MetaValue::Array(MetaArray::U32(v))) => v.iter().map(|&n| u64::from(n)).max(),
+        Some(MetaValue::Array(MetaArray::I32(v))) => {
+            v.iter().map(|&n| u64::try_from(n).unwrap_or(0)).max()
+        }
+        Some(value) => value.as_u64(),
+        None => None,
+    }
+    .unwrap_or(0);
+    if matches!(arch, "hunyuan_vl" | "hunyuan-dense") && n_expert <= 1 {
+        // llama.cpp turns these into dense models before its checks.
+        (n_expert, used_max) = (0, 0);
+    }
+    if arch == "wavtokenizer-dec" {
+        for part in ["posnet", "convnext"] {
+            let blocks = count(&format!("{part}.block_count")).unwrap_or(0);
+            if blocks > n_layer {
                 return Some(format!(
-                    "the vocabulary has token {id} ({token:?}) twice (tokenizer.ggml.tokens)"
+                    "{arch}.{part}.block_count ({blocks}) is more than the {n_layer} layers"
                 ));
             }
+        }
+    }
+    let groups = count("expert_group_count").unwrap_or(0);
+    let groups_used = count("expert_group_used_count").unwrap_or(0);
+    let reason = if n_expert > MAX_EXPERTS {
+        format!("{n_expert} experts, more than llama.cpp's {MAX_EXPERTS}")
+    } else if used_max > n_expert {
+        format!("each token is routed to {used_max} experts of only {n_expert} ({used_key})")
+    } else if n_expert > 0 && used_max == 0 {
+        format!("an MoE model with {n_expert} experts routes each token to none ({used_key} is 0 or missing)")
+    } else if n_expert == 0 && groups != 0 {
+        format!("{groups} expert groups in a model without experts")
+    } else if n_expert > 0 && groups >= n_expert {
+        format!("{groups} expert groups for only {n_expert} experts")
+    } else if groups > 1 && n_expert % groups != 0 {
+        format!("{n_expert} experts do not split into {groups} equal groups")
+    } else if groups > 1 && (groups_used == 0 || groups_used >= groups) {
+        format!(
+            "{groups_used} of {groups} expert groups used per token; llama.cpp needs 1 to {}",
+            groups - 1
+        )
+    } else {
+        return None;
+    };
+    Some(reason)
+}
+
+/// llama-vocab.cpp: `GGML_ASSERT(id_to_token.size() == token_to_id.size())`, i.e. every
+/// token text (an empty one reads as `[EMPTY_<id>]`) must be unique.
+fn vocab_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
+    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
+    let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens")
+    else {
+        return None;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        let text = if token.is_empty() {
+            std::borrow::Cow::Owned(format!("[EMPTY_{id}]"))
+        } else {
+            std::borrow::Cow::Borrowed(token.as_str())
+        };
+        if !seen.insert(text) {
+            return Some(format!(
+                "the vocabulary has token {id} ({token:?}) twice (tokenizer.ggml.tokens)"
+            ));
         }
     }
     None

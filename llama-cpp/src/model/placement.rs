@@ -33,8 +33,9 @@ pub fn dense_ffn_layer_pattern(layer: u32) -> String {
 pub use llama_cpp_moe_gguf::is_routed_expert;
 
 /// `std::regex_search(name, pattern)` through the shim: whether the loader would apply
-/// an override with `pattern` to the tensor `name`. `None` for an invalid pattern or a
-/// string with a NUL byte.
+/// an override with `pattern` to the tensor `name`. `None` for an invalid pattern, one
+/// whose search could backtrack for minutes (which `ModelParams::validate` refuses too),
+/// or a string with a NUL byte.
 ///
 /// ```
 /// use llama_cpp_moe::model::regex_search;
@@ -42,6 +43,9 @@ pub use llama_cpp_moe_gguf::is_routed_expert;
 /// assert_eq!(regex_search("((", "x"), None);
 /// ```
 pub fn regex_search(pattern: &str, name: &str) -> Option<bool> {
+    if backtracking_hazard(pattern).is_some() {
+        return None;
+    }
     let pattern = CString::new(pattern).ok()?;
     let name = CString::new(name).ok()?;
     // SAFETY: both strings are NUL-terminated; the shim catches every C++ exception.
@@ -54,10 +58,10 @@ pub fn regex_search(pattern: &str, name: &str) -> Option<bool> {
 
 /// Compiles `pattern` with the loader's `std::regex`; `Err(reason)` if it would throw.
 pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
-    if let Some(at) = nested_quantifier(&pattern.to_string_lossy()) {
+    if let Some(hazard) = backtracking_hazard(&pattern.to_string_lossy()) {
         return Err(format!(
-            "a quantifier applied to a quantifier at character {at}: std::regex accepts it, \
-             then backtracks exponentially on names that do not match (the load would hang)"
+            "{hazard}: std::regex accepts it, then backtracks for minutes or forever on \
+             tensor names that almost match (the load would hang)"
         ));
     }
     let mut err = [0u8; 256];
@@ -150,6 +154,166 @@ pub(crate) fn nested_quantifier(pattern: &str) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// Most unbounded repetitions (`*`, `+`, `{n,}`) one pattern may hold: each one more
+/// multiplies `std::regex`'s backtracking on a name that almost matches by the name's
+/// length. Measured with libstdc++ on a 64-character name: four (`a*a*a*a*b`) take
+/// 0.4 s, five (`.*.*.*.*.*x`) 3.6 s per tensor.
+const MAX_UNBOUNDED_REPETITIONS: usize = 4;
+
+/// Why searching tensor names with `pattern` could take minutes or never end in
+/// libstdc++'s backtracking `std::regex` (which the loader uses on every tensor name),
+/// with the character where it starts; `None` for the ordinary patterns. Found by
+/// fuzzing: a pattern `std::regex` compiles without complaint can still hang the load.
+/// Caught shapes: a quantifier on a quantifier (`a+*`); a group repeated more than once
+/// that holds an unbounded repetition (`(a+)+`, `(.*a){5}`); an unbounded repetition
+/// of a group with alternatives (`(a|a)*`); more than
+/// [`MAX_UNBOUNDED_REPETITIONS`] unbounded repetitions in all.
+pub(crate) fn backtracking_hazard(pattern: &str) -> Option<String> {
+    /// An open group: where it starts and what it holds so far.
+    struct Group {
+        start: usize,
+        unbounded_inside: bool,
+        alternatives: bool,
+    }
+    if let Some(at) = nested_quantifier(pattern) {
+        return Some(format!(
+            "a quantifier applied to a quantifier at character {at}"
+        ));
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut open = vec![Group {
+        start: 0,
+        unbounded_inside: false,
+        alternatives: false,
+    }];
+    let mut unbounded = 0;
+    let mut i = 0;
+    while i < chars.len() {
+        let mut closed = None;
+        match chars[i] {
+            '\\' => i += 2,
+            '[' => i = class_end(&chars, i),
+            '(' => {
+                open.push(Group {
+                    start: i,
+                    unbounded_inside: false,
+                    alternatives: false,
+                });
+                // `(?:`, `(?=`, `(?!`: the group starts after its marker.
+                i += if chars.get(i + 1) == Some(&'?') { 3 } else { 1 };
+                continue;
+            }
+            ')' if open.len() > 1 => {
+                closed = open.pop();
+                i += 1;
+            }
+            '|' => {
+                open.last_mut()
+                    .expect("the whole pattern's frame")
+                    .alternatives = true;
+                i += 1;
+                continue;
+            }
+            _ => i += 1,
+        }
+        let repetition = repetition_at(&chars, i);
+        if let Some(r) = &repetition {
+            i += r.len;
+            unbounded += usize::from(r.unbounded);
+        }
+        let (is_unbounded, repeats) = repetition
+            .as_ref()
+            .map_or((false, false), |r| (r.unbounded, r.repeats));
+        if let Some(group) = &closed {
+            if repeats && group.unbounded_inside {
+                return Some(format!(
+                    "the group at character {} repeats an unbounded repetition",
+                    group.start
+                ));
+            }
+            if is_unbounded && group.alternatives {
+                return Some(format!(
+                    "an unbounded repetition of the alternatives in the group at character {}",
+                    group.start
+                ));
+            }
+        }
+        if is_unbounded || closed.is_some_and(|g| g.unbounded_inside) {
+            open.last_mut()
+                .expect("the whole pattern's frame")
+                .unbounded_inside = true;
+        }
+    }
+    (unbounded > MAX_UNBOUNDED_REPETITIONS).then(|| {
+        format!(
+            "{unbounded} unbounded repetitions (`*`, `+`, `{{n,}}`), more than \
+             {MAX_UNBOUNDED_REPETITIONS}"
+        )
+    })
+}
+
+/// A quantifier in a pattern: how many characters it takes (a lazy `?` included),
+/// whether it has no upper bound, and whether it can repeat its atom more than once.
+struct Repetition {
+    len: usize,
+    unbounded: bool,
+    repeats: bool,
+}
+
+/// The quantifier starting at `chars[i]`, if one does.
+fn repetition_at(chars: &[char], i: usize) -> Option<Repetition> {
+    let (len, unbounded, repeats) = match chars.get(i)? {
+        '*' | '+' => (1, true, true),
+        '?' => (1, false, false),
+        '{' => {
+            let end = i + chars[i..].iter().position(|&c| c == '}')?;
+            let inner: String = chars[i + 1..end].iter().collect();
+            let (low, high) = match inner.split_once(',') {
+                Some((low, high)) => (low, Some(high)),
+                None => (inner.as_str(), None),
+            };
+            if low.is_empty() || !low.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            match high {
+                None => (
+                    end + 1 - i,
+                    false,
+                    low.parse::<u64>().map_or(true, |n| n > 1),
+                ),
+                Some("") => (end + 1 - i, true, true),
+                Some(h) if h.chars().all(|c| c.is_ascii_digit()) => {
+                    (end + 1 - i, false, h.parse::<u64>().map_or(true, |n| n > 1))
+                }
+                Some(_) => return None,
+            }
+        }
+        _ => return None,
+    };
+    let lazy = usize::from(chars.get(i + len) == Some(&'?'));
+    Some(Repetition {
+        len: len + lazy,
+        unbounded,
+        repeats,
+    })
+}
+
+/// The index just past the bracket expression starting at `chars[i]` (`[`); a `]`
+/// right after `[` or `[^` is a literal.
+fn class_end(chars: &[char], i: usize) -> usize {
+    let mut j = i + 1;
+    if chars.get(j) == Some(&'^') {
+        j += 1;
+    }
+    if chars.get(j) == Some(&']') {
+        j += 1;
+    }
+    while j < chars.len() && chars[j] != ']' {
+        j += if chars[j] == '\\' { 2 } else { 1 };
+    }
+    j + 1
 }
 
 /// Where tensors matching an override go.
@@ -370,6 +534,46 @@ mod tests {
             "a{b}*",
         ] {
             assert_eq!(nested_quantifier(pattern), None, "{pattern}");
+        }
+    }
+
+    /// The shapes that made libstdc++'s `std::regex_search` run for seconds to forever
+    /// on a 64-character name (measured, see `MAX_UNBOUNDED_REPETITIONS`; the fuzz
+    /// finding was `t***…*9exception`), and the everyday `-ot` patterns that must pass.
+    #[test]
+    fn backtracking_hazards_are_found_and_everyday_patterns_pass() {
+        for (pattern, needle) in [
+            ("t****9exception", "quantifier applied to a quantifier"),
+            ("(a+)+b", "group at character 0 repeats"),
+            ("(.*)*x", "group at character 0 repeats"),
+            ("x(.*a){5}x", "group at character 1 repeats"),
+            (r"blk\.((\d+)\.)+ffn", "group at character 5 repeats"),
+            ("(a|a)*b", "alternatives in the group at character 0"),
+            (
+                "(?:up|down){2,}",
+                "alternatives in the group at character 0",
+            ),
+            (".*.*.*.*.*x", "5 unbounded repetitions"),
+        ] {
+            let hazard = backtracking_hazard(pattern).unwrap_or_else(|| panic!("{pattern}"));
+            assert!(hazard.contains(needle), "{pattern}: {hazard}");
+            assert_eq!(regex_search(pattern, "blk.0.ffn_up_exps.weight"), None);
+        }
+        for pattern in [
+            EXPERTS_REGEX,
+            DENSE_FFN_REGEX,
+            &expert_layer_pattern(12),
+            r"blk\.(0|1|2)\.ffn_(up|down|gate|gate_up)_(ch|)exps",
+            r"blk\.([0-9]|1[0-9])\.ffn_.*_exps\.=CPU",
+            r"(blk\.\d+\.)?ffn_.*_exps",
+            r"blk\.\d+\.ffn_.*_exps.*",
+            r"(up|down)\.weight",
+            r"a{1,3}(b{2})*c",
+            r"[()|*+]+x",
+            r"\(a+\)+",
+            "a*a*a*a*b",
+        ] {
+            assert_eq!(backtracking_hazard(pattern), None, "{pattern}");
         }
     }
 
