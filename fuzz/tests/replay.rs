@@ -153,6 +153,13 @@ fn known_crashes_are_fixed() {
     assert!(llama_cpp_moe::Model::load(&backend, &no_expert_used, &params).is_err());
     let too_many_used = root.join("known-crashes/model_load/expert-used-count-above-expert-count");
     assert!(llama_cpp_moe::Model::load(&backend, &too_many_used, &params).is_err());
+    let zero_dim = root.join("known-crashes/model_load/zero-dimension-hides-shape-overflow");
+    match llama_cpp_moe::Model::load(&backend, &zero_dim, &params) {
+        Err(llama_cpp_moe::model::LoadError::InvalidGguf(e)) => {
+            assert!(e.to_string().contains("overflows"), "{e}");
+        }
+        other => panic!("expected InvalidGguf, got {:?}", other.map(|_| ())),
+    }
 
     let input = std::fs::read(root.join("known-crashes/override_patterns/nested-quantifier-redos"))
         .expect("known crash");

@@ -315,7 +315,17 @@ pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, 
         let elements = shape.iter().try_fold(1u64, |acc, &d| {
             acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
         });
-        if elements.is_none() {
+        // ggml_new_tensor (ggml.c), which gguf_init_from_file calls for every tensor,
+        // multiplies only the dimensions above 1 and asserts the product stays below
+        // i64::MAX; gguf.cpp's own check multiplies by a 0 too, so [2^40, 0, 2^40, 1]
+        // passes it and then aborts the process (found by fuzzing Model::load).
+        let ggml_elements = shape[1..]
+            .iter()
+            .filter(|&&d| d > 1)
+            .try_fold(shape[0], |acc, &d| {
+                (i64::MAX as u64 / d > acc).then(|| acc * d)
+            });
+        if elements.is_none() || ggml_elements.is_none() {
             return Err(c.malformed(
                 at_dims,
                 format!("tensor {name:?} shape {shape:?} overflows"),

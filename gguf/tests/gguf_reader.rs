@@ -198,3 +198,36 @@ fn non_utf8_paths_work() {
     let f = GgufFile::open(&path.0).expect("non-UTF-8 path opens");
     assert_eq!(f.architecture(), Some("llama"));
 }
+
+/// A one-tensor GGUF v3 without metadata: tensor "t", F32, `shape`, data at offset 0,
+/// followed by enough zero bytes for the header padding.
+fn one_tensor_file(shape: [u64; 4]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&0u64.to_le_bytes()); // metadata entries
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(b't');
+    b.extend_from_slice(&4u32.to_le_bytes());
+    for d in shape {
+        b.extend_from_slice(&d.to_le_bytes());
+    }
+    b.extend_from_slice(&0u32.to_le_bytes()); // F32
+    b.extend_from_slice(&0u64.to_le_bytes()); // offset
+    b.resize(b.len() + 64, 0);
+    b
+}
+
+/// A zero dimension does not hide an element count that overflows i64: ggml's
+/// `ggml_new_tensor` skips the 0 and asserts (aborting the process) where gguf.cpp's
+/// check multiplied by it and passed. Found by fuzzing `Model::load`.
+#[test]
+fn a_zero_dimension_does_not_hide_a_shape_overflow() {
+    let big = 1u64 << 40;
+    for shape in [[big, 0, big, 1], [big, big, 0, 1], [big, 1, 1, big]] {
+        let path = TempPath::new("zero-dim-overflow.gguf");
+        std::fs::write(&path.0, one_tensor_file(shape)).unwrap();
+        let err = GgufFile::open(&path.0).expect_err("an overflowing shape");
+        assert!(err.to_string().contains("overflows"), "{shape:?}: {err}");
+    }
+}
