@@ -100,19 +100,8 @@ pub(crate) fn nested_quantifier(pattern: &str) -> Option<usize> {
                 continue;
             }
             '[' => {
-                // To the closing `]`; a `]` right after `[` or `[^` is a literal.
-                let mut j = i + 1;
-                if chars.get(j) == Some(&'^') {
-                    j += 1;
-                }
-                if chars.get(j) == Some(&']') {
-                    j += 1;
-                }
-                while j < chars.len() && chars[j] != ']' {
-                    j += if chars[j] == '\\' { 2 } else { 1 };
-                }
                 after = After::Atom;
-                i = j + 1;
+                i = class_end(&chars, i);
                 continue;
             }
             '*' | '+' => {
