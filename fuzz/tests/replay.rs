@@ -153,6 +153,8 @@ fn known_crashes_are_fixed() {
     assert!(llama_cpp_moe::Model::load(&backend, &no_expert_used, &params).is_err());
     let too_many_used = root.join("known-crashes/model_load/expert-used-count-above-expert-count");
     assert!(llama_cpp_moe::Model::load(&backend, &too_many_used, &params).is_err());
+    let nul_dup = root.join("known-crashes/model_load/vocab-tokens-equal-up-to-nul");
+    assert!(llama_cpp_moe::Model::load(&backend, &nul_dup, &params).is_err());
     let zero_dim = root.join("known-crashes/model_load/zero-dimension-hides-shape-overflow");
     match llama_cpp_moe::Model::load(&backend, &zero_dim, &params) {
         Err(llama_cpp_moe::model::LoadError::InvalidGguf(e)) => {

@@ -341,23 +341,35 @@ fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
 }
 
 /// llama-vocab.cpp: `GGML_ASSERT(id_to_token.size() == token_to_id.size())`, i.e. every
-/// token text (an empty one reads as `[EMPTY_<id>]`) must be unique.
+/// token text must be unique as llama.cpp reads it: as a C string (up to the first NUL,
+/// which fuzzing found), an empty one as `[EMPTY_<id>]`.
 fn vocab_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
     use llama_cpp_moe_gguf::{MetaArray, MetaValue};
     let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens")
     else {
         return None;
     };
-    let mut seen = std::collections::HashSet::with_capacity(tokens.len());
+    let mut seen = std::collections::HashMap::with_capacity(tokens.len());
     for (id, token) in tokens.iter().enumerate() {
-        let text = if token.is_empty() {
+        let text = token.split('\0').next().unwrap_or_default();
+        let text = if text.is_empty() {
             std::borrow::Cow::Owned(format!("[EMPTY_{id}]"))
         } else {
-            std::borrow::Cow::Borrowed(token.as_str())
+            std::borrow::Cow::Borrowed(text)
         };
-        if !seen.insert(text) {
+        if let Some(first) = seen.insert(text, id) {
+            // Our reader replaces invalid UTF-8 with U+FFFD, so two different byte
+            // strings can meet here; llama.cpp might tell them apart, but a GGUF string
+            // must be UTF-8 anyway, and refusing is the side that cannot abort.
             return Some(format!(
-                "the vocabulary has token {id} ({token:?}) twice (tokenizer.ggml.tokens)"
+                "the vocabulary has tokens {first} and {id} with the same text {:?} as \
+                 llama.cpp reads it (tokenizer.ggml.tokens{})",
+                tokens[first],
+                if token.contains('\u{fffd}') {
+                    "; or invalid UTF-8 that cannot be told apart"
+                } else {
+                    ""
+                }
             ));
         }
     }
