@@ -226,6 +226,11 @@ pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, 
         if key.is_empty() {
             return Err(c.malformed(at, "empty metadata key"));
         }
+        // ggml looks keys up as C strings (strcmp): with a NUL, "general.alignment\0x"
+        // would be general.alignment to llama.cpp and an unknown key to us.
+        if key.contains('\0') {
+            return Err(c.malformed(at, format!("metadata key {key:?} holds a NUL byte")));
+        }
         if !keys.insert(key.clone()) {
             return Err(c.malformed(at, format!("duplicate metadata key {key:?}")));
         }
@@ -287,6 +292,10 @@ pub(crate) fn parse<R: Read>(path: &Path, file: R, size: u64) -> Result<Parsed, 
         let at = c.pos;
         // ggml limits the stored bytes, before any UTF-8 repair.
         let name = c.string_bytes("tensor name")?;
+        // ggml names tensors with C strings: "a\0b" and "a\0c" would be one name there.
+        if name.contains(&0) {
+            return Err(c.malformed(at, "tensor name holds a NUL byte"));
+        }
         if name.len() >= MAX_TENSOR_NAME {
             return Err(c.malformed(
                 at,

@@ -231,3 +231,31 @@ fn a_zero_dimension_does_not_hide_a_shape_overflow() {
         assert!(err.to_string().contains("overflows"), "{shape:?}: {err}");
     }
 }
+
+/// ggml reads keys and tensor names as C strings, so a NUL byte in one would make
+/// llama.cpp see another key or name than we do: refused.
+#[test]
+fn nul_bytes_in_keys_and_tensor_names_are_refused() {
+    let mut key_file = b"GGUF".to_vec();
+    key_file.extend_from_slice(&3u32.to_le_bytes());
+    key_file.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    key_file.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    let key = b"general.alignment\0x";
+    key_file.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    key_file.extend_from_slice(key);
+    key_file.extend_from_slice(&4u32.to_le_bytes()); // u32
+    key_file.extend_from_slice(&64u32.to_le_bytes());
+
+    let mut name_file = one_tensor_file([32, 1, 1, 1]);
+    // The one-byte name "t" becomes "\0"; the length stays 1.
+    let at = name_file.iter().position(|&b| b == b't').unwrap();
+    name_file[at] = 0;
+
+    for (file, needle) in [(key_file, "key"), (name_file, "tensor name")] {
+        let path = TempPath::new("nul.gguf");
+        std::fs::write(&path.0, file).unwrap();
+        let err = GgufFile::open(&path.0).expect_err("a NUL byte");
+        let text = err.to_string();
+        assert!(text.contains("NUL") && text.contains(needle), "{text}");
+    }
+}

@@ -274,8 +274,12 @@ fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
     const MAX_LAYERS: u64 = 512;
     const MAX_EXPERTS: u64 = 1024;
 
-    let arch = file.architecture()?;
-    let count = |suffix: &str| file.arch_u64(suffix);
+    // llama.cpp reads the name as a C string; keys with a NUL never get this far.
+    let arch = file.architecture()?.split('\0').next().unwrap_or_default();
+    let count = |suffix: &str| {
+        file.get(&format!("{arch}.{suffix}"))
+            .and_then(|v| v.as_u64())
+    };
     // A missing block_count is llama.cpp's own (caught) "key not found" error.
     let n_layer = count("block_count")?;
     if n_layer == 0 || n_layer > MAX_LAYERS {
