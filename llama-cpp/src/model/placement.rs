@@ -75,7 +75,10 @@ pub(crate) fn check_regex(pattern: &CStr) -> Result<(), String> {
     }
     // The shim NUL-terminates its message; should it not, the whole buffer is the message.
     let reason = CStr::from_bytes_until_nul(&err).map_or(&err[..], CStr::to_bytes);
-    Err(String::from_utf8_lossy(reason).into_owned())
+    Err(format!(
+        "not a valid std::regex ({})",
+        String::from_utf8_lossy(reason)
+    ))
 }
 
 /// The position of a quantifier (`*`, `+`, `?`, `{n}`, `{n,}`, `{n,m}`) applied directly

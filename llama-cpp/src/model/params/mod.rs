@@ -30,12 +30,14 @@ pub enum ParamsError {
         /// The pattern (NUL shown as `\0`).
         pattern: String,
     },
-    /// A tensor-override pattern is not a valid `std::regex` (the loader would throw).
-    #[error("tensor override pattern {pattern:?} is not a valid std::regex: {reason}")]
+    /// A tensor-override pattern the loader cannot use: not a valid `std::regex` (the
+    /// loader would throw), or one whose search could backtrack for minutes or forever
+    /// (the load would hang; see docs/security.md, "Override patterns").
+    #[error("tensor override pattern {pattern:?} is refused: {reason}")]
     InvalidPattern {
         /// The pattern.
         pattern: String,
-        /// `std::regex_error::what()`.
+        /// Why: `std::regex_error::what()`, or the backtracking shape found.
         reason: String,
     },
     /// A named override target matches no buffer type.
