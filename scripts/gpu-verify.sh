@@ -17,7 +17,9 @@
 #       synthetic gpt-oss-20b (MXFP4) and Qwen3-30B-A3B (Q4_0) to local disk while that
 #       compiles, then runs `simple_moe --json -ngl all` with the routed experts of no
 #       layer, all layers (--cpu-moe), the first half (--n-cpu-moe) and the last half
-#       (--cpu-moe-layers) in host RAM. OUT_DIR (default $OUT, else target/gpu-verify-out)
+#       (--cpu-moe-layers) in host RAM, and as `--fit` plans them for a device budget of
+#       $GPU_VERIFY_FIT_BUDGET_MIB (default 8192 MiB; in a rehearsal, what the planner
+#       says the device needs without offload, less half of its weights). OUT_DIR (default $OUT, else target/gpu-verify-out)
 #       gets every run's JSON, summary.json (device/host bytes, load, TTFT, prefill and
 #       decode tok/s, greedy tokens identical to the no-offload run or not) and the log.
 #       Stops starting runs after $GPU_VERIFY_BUDGET_S seconds (default 480).
@@ -141,7 +143,7 @@ summarize() {
 import glob, json, os, sys
 
 out, rehearse = sys.argv[1], sys.argv[2] == "1"
-order = ["none", "cpu-moe", "n-cpu-moe-half", "cpu-moe-layers-last-half"]
+order = ["none", "cpu-moe", "n-cpu-moe-half", "cpu-moe-layers-last-half", "fit"]
 runs = {}
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     name = os.path.basename(path)[:-5]
@@ -318,7 +320,8 @@ run() {
         local f="$models/$arch-$preset-$type.gguf"
         local n_layer=""
         local placement
-        for placement in none cpu-moe n-cpu-moe-half cpu-moe-layers-last-half; do
+        local fit_budget=${GPU_VERIFY_FIT_BUDGET_MIB:-}
+        for placement in none cpu-moe n-cpu-moe-half cpu-moe-layers-last-half fit; do
             if [ $((SECONDS - started)) -ge "$budget" ]; then
                 log "time budget ($budget s) spent: skipping $arch $placement"
                 continue
@@ -330,6 +333,7 @@ run() {
                 n-cpu-moe-half) flags=(--n-cpu-moe "$((n_layer / 2))") ;;
                 cpu-moe-layers-last-half)
                     flags=(--cpu-moe-layers "$((n_layer / 2))-$((n_layer - 1))") ;;
+                fit) flags=(--fit --fit-budget "${fit_budget:-8192}") ;;
             esac
             local json="$out/$arch-$preset-$type-$placement.json"
             log "$arch $preset $type: $placement ${flags[*]}"
@@ -340,6 +344,16 @@ run() {
                 --json --temp 0 -n 32 -c 4096 -p "$prompt" >"$json" 2>"$json.stderr"; then
                 if [ -z "$n_layer" ]; then
                     n_layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"]["n_layer"])' "$json")
+                fi
+                if [ "$placement" = none ] && [ "$rehearse" = 1 ] && [ -z "${GPU_VERIFY_FIT_BUDGET_MIB:-}" ]; then
+                    # The rehearsal's models fit any real budget: ask the planner what
+                    # the device needs without offload and allow that less half its
+                    # weights, so the plan moves experts as 8 GiB does on the GPU (the
+                    # budget is whole MiB: the tiny models' experts are smaller).
+                    fit_budget=$("$bin/simple_moe" -m "$f" -ngl all "${device_flag[@]}" -c 4096 \
+                        --plan --json --fit-budget 1000000 2>/dev/null | python3 -c 'import json,math,sys
+d = json.load(sys.stdin)["devices"][0]["predicted"]
+print(math.ceil((d["total_bytes"] - d["model_bytes"] / 2) / 2**20))')
                 fi
             else
                 log "run failed (rc $?): $(tail -3 "$json.stderr")"
