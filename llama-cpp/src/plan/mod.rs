@@ -576,6 +576,25 @@ impl<'b> Planner<'b> {
         Ok(choice)
     }
 
+    /// `tensors` on `device`, one group per layer, the layers in the order they give
+    /// up their tensors.
+    fn layers_in_order<'t>(
+        &self,
+        tensors: &'t [TableTensor],
+        device: Device,
+    ) -> Vec<Vec<&'t TableTensor>> {
+        let mut by_layer: BTreeMap<u32, Vec<&TableTensor>> = BTreeMap::new();
+        for t in tensors.iter().filter(|t| t.device == device) {
+            by_layer.entry(t.layer).or_default().push(t);
+        }
+        let layers: BTreeSet<u32> = by_layer.keys().copied().collect();
+        self.order
+            .order(&layers)
+            .into_iter()
+            .filter_map(|layer| by_layer.remove(&layer))
+            .collect()
+    }
+
     fn move_experts(
         &self,
         table: &TensorTable,
@@ -583,18 +602,7 @@ impl<'b> Planner<'b> {
         mut over: usize,
         choice: &mut Choice,
     ) -> usize {
-        let layers: BTreeSet<u32> = table
-            .experts
-            .iter()
-            .filter(|t| t.device == device)
-            .map(|t| t.layer)
-            .collect();
-        for layer in self.order.order(&layers) {
-            let tensors: Vec<&TableTensor> = table
-                .experts
-                .iter()
-                .filter(|t| t.device == device && t.layer == layer)
-                .collect();
+        for tensors in self.layers_in_order(&table.experts, device) {
             let layer_bytes: usize = tensors.iter().map(|t| t.bytes).sum();
             if layer_bytes <= over {
                 for t in tensors {
@@ -629,18 +637,8 @@ impl<'b> Planner<'b> {
         mut over: usize,
         choice: &mut Choice,
     ) -> usize {
-        let layers: BTreeSet<u32> = table
-            .dense
-            .iter()
-            .filter(|t| t.device == device)
-            .map(|t| t.layer)
-            .collect();
-        for layer in self.order.order(&layers) {
-            for t in table
-                .dense
-                .iter()
-                .filter(|t| t.device == device && t.layer == layer)
-            {
+        for tensors in self.layers_in_order(&table.dense, device) {
+            for t in tensors {
                 choice.moved.insert(t.index, MoveReason::DenseFfn);
                 over = over.saturating_sub(t.bytes);
             }
