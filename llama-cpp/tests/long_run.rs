@@ -8,16 +8,15 @@
 //! -p llama-cpp-moe --test long_run -- --nocapture --test-threads 1`.
 //! Each test prints one `long_run:` line with its figures.
 
+mod ctx_support;
 mod model_support;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ctx_support::greedy_in_context;
 use llama_cpp_moe::model::OverrideTarget;
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{
-    Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder, Token,
-};
+use llama_cpp_moe::{Backend, ContextParams, Model, ModelParams, Token};
 use llama_cpp_moe_gguf::synth::Arch;
 use model_support::{backend, model, rpc_endpoint};
 
@@ -76,29 +75,9 @@ fn ctx_params() -> ContextParams {
 
 /// Greedy `n` tokens after a fixed prompt, in a fresh context.
 fn greedy(model: &Model, params: &ContextParams, n: usize) -> Vec<Token> {
-    let vocab = model.vocab();
-    let mut ctx = Context::new(model, params).expect("context");
-    let mut sampler = SamplerBuilder::new()
-        .greedy(&vocab)
-        .expect("greedy sampler");
-    let prompt = vocab
-        .tokenize(
-            "The experts stay in host memory",
-            AddSpecial::Yes,
-            ParseSpecial::No,
-        )
-        .expect("tokenize");
-    let out = ctx
-        .complete(
-            &mut sampler,
-            &prompt,
-            GenerateParams::default()
-                .with_max_tokens(n)
-                .with_stop_at_eog(false),
-        )
-        .expect("generate");
-    assert_eq!(out.tokens.len(), n);
-    out.tokens
+    let tokens = greedy_in_context(model, params, "The experts stay in host memory", n);
+    assert_eq!(tokens.len(), n);
+    tokens
 }
 
 struct CycleFigures {

@@ -3,17 +3,17 @@
 //! within the budget and within 1 % of the prediction, and greedy tokens identical to a
 //! CPU-only run. Then the same with two RPC devices and unequal budgets.
 
+mod ctx_support;
 mod model_support;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
+use ctx_support::greedy_in_context;
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Budget, LayerOrder, Plan, PlanError, Planner};
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
-    Backend, Context, ContextParams, Device, DeviceType, GenerateParams, Model, ModelParams,
-    SamplerBuilder, Token,
+    Backend, Context, ContextParams, Device, DeviceType, Model, ModelParams, Token,
 };
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use model_support::{backend, rpc_endpoint, start_rpc_server, temp_dir};
@@ -55,26 +55,7 @@ fn ctx_params() -> ContextParams {
 
 fn greedy(backend: &Backend, path: &Path, params: &ModelParams, ctx: &ContextParams) -> Vec<Token> {
     let model = Model::load(backend, path, params).expect("load");
-    let vocab = model.vocab();
-    let mut context = Context::new(&model, ctx).expect("context");
-    let mut sampler = SamplerBuilder::new().greedy(&vocab).expect("greedy");
-    let prompt = vocab
-        .tokenize(
-            "The router picks the top experts",
-            AddSpecial::Yes,
-            ParseSpecial::No,
-        )
-        .expect("tokenize");
-    context
-        .complete(
-            &mut sampler,
-            &prompt,
-            GenerateParams::default()
-                .with_max_tokens(8)
-                .with_stop_at_eog(false),
-        )
-        .expect("generate")
-        .tokens
+    greedy_in_context(&model, ctx, "The router picks the top experts", 8)
 }
 
 /// Loads with the plan; checks every budgeted device's measured bytes against budget and

@@ -31,26 +31,37 @@ pub fn write_tiny(arch: Arch) -> PathBuf {
 /// `params`: the harness for "same tokens with and without every offload option".
 pub fn greedy_tokens_with(path: &std::path::Path, params: &ModelParams, n: usize) -> Vec<Token> {
     let model = Model::load(&Backend::init(), path, params).expect("load with params");
+    greedy_in_context(
+        &model,
+        &small_params(),
+        "The router picks the top experts",
+        n,
+    )
+}
+
+/// `n` greedy tokens (end of generation not stopping them) after `prompt`, in a fresh
+/// context of `model` with `params`.
+pub fn greedy_in_context(
+    model: &Model,
+    params: &ContextParams,
+    prompt: &str,
+    n: usize,
+) -> Vec<Token> {
     let vocab = model.vocab();
-    let mut ctx = Context::new(&model, &small_params()).expect("context");
+    let mut ctx = Context::new(model, params).expect("context");
     let mut sampler = SamplerBuilder::new().greedy(&vocab).expect("greedy");
     let prompt = vocab
-        .tokenize(
-            "The router picks the top experts",
-            AddSpecial::Yes,
-            ParseSpecial::No,
-        )
+        .tokenize(prompt, AddSpecial::Yes, ParseSpecial::No)
         .expect("tokenize");
-    let out = ctx
-        .complete(
-            &mut sampler,
-            &prompt,
-            GenerateParams::default()
-                .with_max_tokens(n)
-                .with_stop_at_eog(false),
-        )
-        .expect("generate");
-    out.tokens
+    ctx.complete(
+        &mut sampler,
+        &prompt,
+        GenerateParams::default()
+            .with_max_tokens(n)
+            .with_stop_at_eog(false),
+    )
+    .expect("generate")
+    .tokens
 }
 
 /// Loads the tiny model of `arch` on the CPU; the file is removed once loaded.
