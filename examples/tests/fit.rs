@@ -4,12 +4,15 @@
 //! `--plan --json` prints one plan object without loading; `-fitt` plans against the
 //! device's reported free memory.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use llama_cpp_moe_examples::{built_example, RpcServerProcess};
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use serde_json::Value;
+use support::simple_moe_json;
 
 fn model(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("fit-{name}-{}.gguf", std::process::id()));
@@ -21,34 +24,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn simple_moe(model: &Path, extra: &[&str]) -> Value {
-    let out = Command::new(built_example("simple_moe"))
-        .arg("-m")
-        .arg(model)
-        .args([
-            "-p",
-            "The quick brown fox",
-            "-n",
-            "8",
-            "-c",
-            "512",
-            "-t",
-            "2",
-        ])
-        .args(["--json"])
-        .args(extra)
-        .output()
-        .expect("run simple_moe");
-    assert!(
-        out.status.success(),
-        "simple_moe {extra:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    simple_moe_json(model, 512, extra)
 }
 
 #[test]

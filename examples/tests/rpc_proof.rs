@@ -5,6 +5,8 @@
 //!
 //! Both binaries are the examples `cargo test` builds next to this test.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,7 @@ use llama_cpp_moe_examples::{built_example, RpcServerProcess};
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 use serde_json::Value;
+use support::simple_moe_json;
 
 /// (VmRSS, VmHWM) of the server process in bytes.
 fn server_memory(server: &RpcServerProcess) -> (u64, u64) {
@@ -49,34 +52,7 @@ fn model() -> PathBuf {
 }
 
 fn simple_moe(model: &Path, extra: &[&str]) -> Value {
-    let out = Command::new(built_example("simple_moe"))
-        .arg("-m")
-        .arg(model)
-        .args([
-            "-p",
-            "The quick brown fox",
-            "-n",
-            "8",
-            "-c",
-            "256",
-            "-t",
-            "2",
-            "--json",
-        ])
-        .args(extra)
-        .output()
-        .expect("run simple_moe");
-    assert!(
-        out.status.success(),
-        "simple_moe {extra:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "simple_moe --json printed something else than one JSON object ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    simple_moe_json(model, 256, extra)
 }
 
 fn rpc_model_bytes(run: &Value) -> u64 {
