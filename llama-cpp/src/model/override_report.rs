@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::placement::{regex_search, OverrideKind, OverrideTarget, TensorTotals};
+use super::params::{regex_search, OverrideKind, OverrideTarget};
+use super::placement::TensorTotals;
 use super::{ModelParams, Placement};
 
 /// How many near-miss tensor names a no-match warning suggests.

@@ -1,11 +1,13 @@
 //! `ModelParams`: how a model is loaded and where its tensors go.
 //!
-//! The builder and its plain settings live here; `overrides` holds the tensor
-//! placement builders (`-ot`, `--cpu-moe`, `--n-cpu-moe`, `--n-cpu-ffn`) and `raw` the
+//! The builder and its plain settings live here; `overrides` holds the tensor override
+//! types and their builders (`-ot`, `--cpu-moe`, `--n-cpu-moe`, `--n-cpu-ffn`), `regex`
+//! the checks of override patterns against the loader's `std::regex`, and `raw` the
 //! conversion to `llama_model_params`, one piece per array C receives.
 
 mod overrides;
 mod raw;
+mod regex;
 #[cfg(test)]
 mod tests;
 
@@ -14,7 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use llama_cpp_moe_sys as sys;
 
-use super::placement::TensorOverride;
+pub use overrides::{
+    dense_ffn_layer_pattern, expert_layer_pattern, OverrideKind, OverrideTarget, TensorOverride,
+    DENSE_FFN_REGEX, EXPERTS_REGEX,
+};
+pub use regex::regex_search;
+
 use crate::backend::{Backend, Device, UnknownBufferType};
 
 /// Why a [`ModelParams`] cannot be handed to llama.cpp.

@@ -1,14 +1,118 @@
-//! Tensor placement builders: explicit `-ot` overrides and the MoE/FFN layer overrides,
+//! Tensor overrides: the types (where matching tensors go, which builder added an
+//! entry), the patterns llama.cpp's `--cpu-moe`, `--n-cpu-moe` and `--n-cpu-ffn`
+//! produce, and the builders: explicit `-ot` overrides and the MoE/FFN layer overrides,
 //! kept apart so explicit ones always come first.
 
 use std::collections::HashSet;
 use std::ffi::CString;
 
 use super::{max_tensor_overrides, ModelParams, ParamsError};
-use crate::model::placement::{
-    dense_ffn_layer_pattern, expert_layer_pattern, OverrideKind, OverrideTarget, TensorOverride,
-    EXPERTS_REGEX,
-};
+use crate::backend::{BufferType, Device};
+
+/// Routed expert tensors: llama.cpp's `LLM_FFN_EXPS_REGEX`. Matches the fused
+/// `gate_up` experts and the `chexps` variants; shared experts (`_shexp`) never match.
+pub const EXPERTS_REGEX: &str = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps";
+
+/// Dense FFN tensors: llama.cpp's `LLM_FFN_DENSE_REGEX`.
+pub const DENSE_FFN_REGEX: &str = r"\.ffn_(up|down|gate)\.";
+
+/// The pattern `--n-cpu-moe` adds for layer `layer`: `blk\.{layer}` + [`EXPERTS_REGEX`].
+pub fn expert_layer_pattern(layer: u32) -> String {
+    format!(r"blk\.{layer}{EXPERTS_REGEX}")
+}
+
+/// The pattern `--n-cpu-ffn` adds for layer `layer`: `blk\.{layer}` + [`DENSE_FFN_REGEX`].
+pub fn dense_ffn_layer_pattern(layer: u32) -> String {
+    format!(r"blk\.{layer}{DENSE_FFN_REGEX}")
+}
+
+/// Where tensors matching an override go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverrideTarget {
+    /// Host memory: the CPU buffer type (llama.cpp then also considers the CPU's extra,
+    /// repacking buffer types, exactly like `--cpu-moe`).
+    Cpu,
+    /// The default buffer type of a device (`CUDA0`, `Vulkan0`, `RPC0`, ...).
+    Device(Device),
+    /// A specific buffer type.
+    BufferType(BufferType),
+    /// A buffer-type name, resolved at load time against the devices registered then,
+    /// like `-ot PATTERN=NAME`; an unknown name is a `ParamsError::UnknownBufferType`
+    /// listing the available ones.
+    Named(String),
+}
+
+impl From<Device> for OverrideTarget {
+    fn from(d: Device) -> Self {
+        OverrideTarget::Device(d)
+    }
+}
+
+impl From<BufferType> for OverrideTarget {
+    fn from(b: BufferType) -> Self {
+        OverrideTarget::BufferType(b)
+    }
+}
+
+impl From<&str> for OverrideTarget {
+    fn from(name: &str) -> Self {
+        OverrideTarget::Named(name.to_owned())
+    }
+}
+
+impl From<String> for OverrideTarget {
+    fn from(name: String) -> Self {
+        OverrideTarget::Named(name)
+    }
+}
+
+/// Which builder produced an override; explicit ones come first in the C array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OverrideKind {
+    /// [`crate::ModelParams::with_tensor_override`] (`-ot`).
+    Explicit,
+    /// The routed experts of one layer (`--n-cpu-moe`), or of every layer (`--cpu-moe`,
+    /// `layer` is `None`).
+    Experts {
+        /// The layer, or `None` for all layers.
+        layer: Option<u32>,
+    },
+    /// The dense FFN of one layer (`--n-cpu-ffn`).
+    DenseFfn {
+        /// The layer.
+        layer: u32,
+    },
+}
+
+/// One `{pattern, buffer type}` entry of `llama_model_params.tensor_buft_overrides`.
+///
+/// The pattern is stored as an owned C string, which is what the raw array points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorOverride {
+    pub(crate) pattern: CString,
+    pub(crate) target: OverrideTarget,
+    pub(crate) kind: OverrideKind,
+}
+
+impl TensorOverride {
+    /// The `std::regex` searched in each tensor name.
+    pub fn pattern(&self) -> &str {
+        // Built from &str in every constructor, so this cannot fail.
+        self.pattern.to_str().unwrap_or_default()
+    }
+
+    /// Where matching tensors go.
+    pub fn target(&self) -> &OverrideTarget {
+        &self.target
+    }
+
+    /// Which builder added it.
+    pub fn kind(&self) -> OverrideKind {
+        self.kind
+    }
+}
 
 impl ModelParams {
     /// Send tensors whose name matches the `std::regex` `pattern` to `target`.

@@ -5,9 +5,10 @@ use std::ffi::{c_char, c_void};
 
 use llama_cpp_moe_sys as sys;
 
+use super::regex::check_regex;
 use super::{max_devices, max_tensor_overrides, KvValue, LoadMode, ModelParams, ParamsError};
+use super::{OverrideKind, OverrideTarget};
 use crate::backend::{Backend, BufferType, Device, UnknownBufferType};
-use crate::model::placement::{check_regex, OverrideKind, OverrideTarget};
 
 impl ModelParams {
     /// Builds the raw struct after validating everything. Pointers in it borrow from

@@ -1,9 +1,6 @@
 //! Unit tests of the builders and the raw conversion, without a model.
 
 use super::*;
-use crate::model::placement::{
-    dense_ffn_layer_pattern, expert_layer_pattern, OverrideKind, OverrideTarget, EXPERTS_REGEX,
-};
 
 fn cpu() -> sys::ggml_backend_buffer_type_t {
     // SAFETY: ggml's static CPU buffer type.

@@ -11,9 +11,9 @@
 
 use std::path::Path;
 
-use super::{LoadError, LoadMode, Model, ModelParams, OverrideReport, Placement};
 use crate::backend::{BufferType, Device};
 use crate::context::{Context, ContextError, ContextParams, MemoryBreakdownRow, MemoryError};
+use crate::model::{LoadError, LoadMode, Model, ModelParams, OverrideReport, Placement};
 use crate::Backend;
 
 /// Why a dry run failed.
