@@ -5,7 +5,7 @@ mod model_support;
 
 use std::path::PathBuf;
 
-use llama_cpp_moe::model::LoadError;
+use llama_cpp_moe::model::{KvValue, LoadError};
 use llama_cpp_moe::{Model, ModelParams};
 use llama_cpp_moe_gguf::synth::Arch;
 use llama_cpp_moe_gguf::GgufFile;
@@ -225,5 +225,126 @@ fn counts_llama_cpp_would_abort_on_are_typed_errors() {
             }
             other => panic!("{key}={value}: expected InvalidModel, got {other:?}"),
         }
+    }
+}
+
+/// kv overrides reach the same asserts as the file's values: llama.cpp's `get_key`
+/// applies them before `load_hparams` asserts (an `Int` stored into the `uint32_t`
+/// field, so -1 becomes 4294967295), also for keys the file lacks. Each is refused with
+/// a typed error that names the override, instead of `GGML_ASSERT` aborting the process.
+#[test]
+fn kv_overrides_llama_cpp_would_abort_on_are_typed_errors() {
+    let path = model(Arch::Qwen3Moe);
+    let n_expert = GgufFile::open(&path).unwrap().expert_count().unwrap() as i64;
+    for (key, value, needle) in [
+        ("qwen3moe.expert_used_count", 0, "routes each token to none"),
+        (
+            "qwen3moe.expert_used_count",
+            n_expert + 1,
+            "experts of only",
+        ),
+        ("qwen3moe.block_count", 0, "supports 1 to 512 layers"),
+        ("qwen3moe.block_count", -1, "block_count is 4294967295"),
+        ("qwen3moe.expert_count", 2000, "more than llama.cpp's 1024"),
+        // Not in the file: the override alone sets it.
+        (
+            "qwen3moe.expert_group_count",
+            n_expert,
+            "expert groups for only",
+        ),
+    ] {
+        let params = ModelParams::default()
+            .with_n_gpu_layers(0)
+            .with_kv_override(key, KvValue::Int(value));
+        let err = Model::load(&backend(), &path, &params)
+            .expect_err("llama.cpp would abort with this override");
+        match &err {
+            LoadError::InvalidModel { reason, .. } => {
+                assert!(reason.contains(needle), "{key}={value}: {reason}");
+                assert!(
+                    reason.contains(&format!("kv override {key}=int:{value}")),
+                    "{key}={value}: the reason does not name the override: {reason}"
+                );
+            }
+            other => panic!("{key}={value}: expected InvalidModel, got {other:?}"),
+        }
+    }
+}
+
+/// Overrides llama.cpp does not apply do not refuse a load: one of another type (it
+/// warns and keeps the file's value), and a repeated key (the first one wins).
+#[test]
+fn kv_overrides_llama_cpp_does_not_apply_are_not_refused() {
+    let path = model(Arch::Qwen3Moe);
+    let ignored_type =
+        ModelParams::default().with_kv_override("qwen3moe.expert_used_count", KvValue::Float(0.0));
+    Model::load(&backend(), &path, &ignored_type).expect("a float override of a count is ignored");
+    let first_wins = ModelParams::default()
+        .with_kv_override("qwen3moe.expert_used_count", KvValue::Int(1))
+        .with_kv_override("qwen3moe.expert_used_count", KvValue::Int(0));
+    let model = Model::load(&backend(), &path, &first_wins).expect("the first override wins");
+    assert_eq!(model.n_expert_used(), 1);
+    let last_bad = ModelParams::default()
+        .with_kv_override("qwen3moe.expert_used_count", KvValue::Int(0))
+        .with_kv_override("qwen3moe.expert_used_count", KvValue::Int(1));
+    assert!(matches!(
+        Model::load(&backend(), &path, &last_bad),
+        Err(LoadError::InvalidModel { .. })
+    ));
+}
+
+/// The tiny qwen3moe rewritten with `expert_used_count` as a per-layer `int32` array.
+fn with_used_count_array(name: &str, per_layer: impl Fn(u32) -> i32) -> PathBuf {
+    use llama_cpp_moe_gguf::{GgufWriter, MetaArray, MetaValue, TensorDesc};
+    let src = model(Arch::Qwen3Moe);
+    let file = GgufFile::open(&src).unwrap();
+    let bytes = std::fs::read(&src).unwrap();
+    let n_layer = file.block_count().unwrap() as u32;
+    let mut w = GgufWriter::new();
+    // The writer adds general.alignment itself.
+    for (key, value) in file
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k != "general.alignment")
+    {
+        let value = if key == "qwen3moe.expert_used_count" {
+            MetaValue::Array(MetaArray::I32((0..n_layer).map(&per_layer).collect()))
+        } else {
+            value.clone()
+        };
+        w.add_kv(key, value).unwrap();
+    }
+    for t in file.tensors() {
+        w.add_tensor(TensorDesc {
+            name: t.name.clone(),
+            ty: t.ty,
+            shape: t.shape.clone(),
+        })
+        .unwrap();
+    }
+    let mut out = Vec::new();
+    w.write(&mut out, |i, _, sink| {
+        let t = &file.tensors()[i];
+        sink.write_all(&bytes[t.offset as usize..(t.offset + t.n_bytes) as usize])
+    })
+    .unwrap();
+    let path = temp_dir().join(name);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// llama.cpp copies an `int32` per-layer array into its `uint32_t` slots, so one
+/// negative entry is a used count of about four billion, above the expert count: an
+/// abort the mirror used to miss by reading negatives as 0.
+#[test]
+fn a_negative_per_layer_used_count_is_a_typed_error() {
+    let good = with_used_count_array("used-array-good.gguf", |_| 2);
+    Model::load(&backend(), &good, &ModelParams::default()).expect("a valid per-layer array");
+    let bad = with_used_count_array("used-array-negative.gguf", |l| if l == 1 { -1 } else { 2 });
+    match Model::load(&backend(), &bad, &ModelParams::default()) {
+        Err(LoadError::InvalidModel { reason, .. }) => {
+            assert!(reason.contains("routed to 4294967295 experts"), "{reason}")
+        }
+        other => panic!("expected InvalidModel, got {other:?}"),
     }
 }

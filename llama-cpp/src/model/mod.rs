@@ -237,7 +237,7 @@ impl Model {
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_owned()));
         }
-        precheck::check_gguf(path)?;
+        precheck::check_gguf(path, params.kv_overrides())?;
         let mut raw = params.to_raw(backend)?;
         let state = params.progress_callback().map(|cb| ProgressState {
             callback: cb,

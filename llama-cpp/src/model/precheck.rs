@@ -2,20 +2,22 @@
 //! reader for damage (a typed error instead of llama.cpp's generic failure), and a
 //! mirror of the `GGML_ASSERT`s llama.cpp's loader would abort the process on.
 
+use std::cell::RefCell;
 use std::path::Path;
 
-use llama_cpp_moe_gguf::{GgufError, GgufFile};
+use llama_cpp_moe_gguf::{GgufError, GgufFile, MetaArray, MetaValue};
 
-use super::LoadError;
+use super::{KvValue, LoadError};
 
 /// Checks the file with our own GGUF reader before llama.cpp opens it, so damage gets a
 /// named, typed error instead of llama.cpp's generic "failed to load model" (or one of
 /// its parser's known crash classes; see `docs/security.md`). Reads the header,
 /// metadata and tensor table only, never tensor data; the file size comes from the
-/// file system.
-pub(super) fn check_gguf(path: &Path) -> Result<(), LoadError> {
+/// file system. The assert mirror sees the metadata as llama.cpp's loader will, with
+/// `kv_overrides` applied.
+pub(super) fn check_gguf(path: &Path, kv_overrides: &[(String, KvValue)]) -> Result<(), LoadError> {
     match GgufFile::open(path) {
-        Ok(file) => match metadata_llama_cpp_asserts_on(&file) {
+        Ok(file) => match metadata_llama_cpp_asserts_on(&Metadata::new(&file, kv_overrides)) {
             None => Ok(()),
             Some(reason) => Err(LoadError::InvalidModel {
                 path: path.to_owned(),
@@ -68,30 +70,128 @@ pub(super) fn check_gguf(path: &Path) -> Result<(), LoadError> {
     }
 }
 
-/// What in `file`'s metadata would trip a `GGML_ASSERT` in llama.cpp's loader (found by
-/// fuzzing `Model::load`; see fuzz/README.md), as a sentence; `None` when nothing does.
-fn metadata_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
-    hparams_llama_cpp_asserts_on(file).or_else(|| vocab_llama_cpp_asserts_on(file))
+/// A file's metadata as llama.cpp's loader reads it: the file's values with the kv
+/// overrides applied the way `llama_model_loader::get_key` applies them
+/// (llama-model-loader.cpp), remembering which overrides were used.
+struct Metadata<'a> {
+    file: &'a GgufFile,
+    overrides: &'a [(String, KvValue)],
+    used: RefCell<Vec<&'a (String, KvValue)>>,
+}
+
+impl<'a> Metadata<'a> {
+    fn new(file: &'a GgufFile, overrides: &'a [(String, KvValue)]) -> Self {
+        Metadata {
+            file,
+            overrides,
+            used: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The override llama.cpp applies to `key`: the loader collects them with
+    /// `std::map::insert`, which keeps the first of a repeated key.
+    fn override_of(&self, key: &str) -> Option<&'a (String, KvValue)> {
+        self.overrides.iter().find(|(k, _)| k == key)
+    }
+
+    fn note(&self, entry: &'a (String, KvValue)) {
+        let mut used = self.used.borrow_mut();
+        if !used.iter().any(|e| std::ptr::eq(*e, entry)) {
+            used.push(entry);
+        }
+    }
+
+    /// `general.architecture`: a string override replaces it (read as a C string).
+    fn architecture(&self) -> Option<String> {
+        if let Some(entry @ (_, KvValue::Str(name))) = self.override_of("general.architecture") {
+            self.note(entry);
+            return Some(name.clone());
+        }
+        let name = self.file.architecture()?;
+        Some(name.split('\0').next().unwrap_or_default().to_owned())
+    }
+
+    /// `get_key` into a `uint32_t`: an `Int` override wins even for a key the file
+    /// lacks, stored as C++ converts an `int64_t` to `uint32_t` (modulo 2^32); an
+    /// override of another type only makes llama.cpp warn and read the file. Values of
+    /// a type llama.cpp would refuse are read as integers anyway: such a file fails
+    /// either way, and a valid file never trips the checks.
+    fn u32_key(&self, key: &str) -> Option<u64> {
+        if let Some(entry @ (_, KvValue::Int(v))) = self.override_of(key) {
+            self.note(entry);
+            return Some(u64::from(*v as u32));
+        }
+        self.file.get(key).and_then(MetaValue::as_u64)
+    }
+
+    /// `get_key_or_arr` of one `uint32_t` per layer, as its largest value: an array in
+    /// the file is read as it is (`uint32`, `int32` or `bool` elements; overrides do not
+    /// apply), a scalar like [`Metadata::u32_key`]; a key the file lacks is 0, whatever
+    /// the overrides say.
+    fn per_layer_u32_max(&self, key: &str) -> u64 {
+        let values: Option<Vec<u32>> = match self.file.get(key) {
+            None => None,
+            Some(MetaValue::Array(MetaArray::U32(v))) => Some(v.clone()),
+            // The loader copies the int32 bytes into uint32 slots.
+            Some(MetaValue::Array(MetaArray::I32(v))) => {
+                Some(v.iter().map(|&n| n as u32).collect())
+            }
+            Some(MetaValue::Array(MetaArray::Bool(v))) => {
+                Some(v.iter().map(|&b| u32::from(b)).collect())
+            }
+            Some(MetaValue::Array(_)) => None,
+            Some(_) => self.u32_key(key).map(|n| vec![n as u32]),
+        };
+        values
+            .and_then(|v| v.into_iter().max())
+            .map_or(0, u64::from)
+    }
+
+    /// The overrides the checks read, as `; kv override KEY=TYPE:VALUE, ...` (the
+    /// `--override-kv` syntax), or nothing.
+    fn overrides_used(&self) -> String {
+        let used = self.used.borrow();
+        if used.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = used
+            .iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    KvValue::Int(v) => format!("int:{v}"),
+                    KvValue::Float(v) => format!("float:{v}"),
+                    KvValue::Bool(v) => format!("bool:{v}"),
+                    KvValue::Str(v) => format!("str:{v}"),
+                };
+                format!("{key}={value}")
+            })
+            .collect();
+        let s = if list.len() == 1 { "" } else { "s" };
+        format!("; kv override{s} {}", list.join(", "))
+    }
+}
+
+/// What in the metadata would trip a `GGML_ASSERT` in llama.cpp's loader (found by
+/// fuzzing `Model::load`; see fuzz/README.md), as a sentence naming the kv overrides
+/// involved; `None` when nothing does.
+fn metadata_llama_cpp_asserts_on(meta: &Metadata<'_>) -> Option<String> {
+    let reason =
+        hparams_llama_cpp_asserts_on(meta).or_else(|| vocab_llama_cpp_asserts_on(meta.file))?;
+    Some(format!("{reason}{}", meta.overrides_used()))
 }
 
 /// The `GGML_ASSERT`s of llama.cpp's `llama_model::load_hparams` (llama-model.cpp) on
 /// the layer and expert counts, checked in the same order. Fuzzing found the expert
 /// ones (a used count of 0, then one above the expert count); the rest of the block is
-/// checked with them because it aborts the same way. Values of a type llama.cpp would
-/// refuse are read as integers anyway: such a file fails either way, and a valid file
-/// never trips these.
-fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
-    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
+/// checked with them because it aborts the same way.
+fn hparams_llama_cpp_asserts_on(meta: &Metadata<'_>) -> Option<String> {
     // llama-hparams.h: LLAMA_MAX_LAYERS, LLAMA_MAX_EXPERTS.
     const MAX_LAYERS: u64 = 512;
     const MAX_EXPERTS: u64 = 1024;
 
-    // llama.cpp reads the name as a C string; keys with a NUL never get this far.
-    let arch = file.architecture()?.split('\0').next().unwrap_or_default();
-    let count = |suffix: &str| {
-        file.get(&format!("{arch}.{suffix}"))
-            .and_then(|v| v.as_u64())
-    };
+    let arch = meta.architecture()?;
+    let arch = arch.as_str();
+    let count = |suffix: &str| meta.u32_key(&format!("{arch}.{suffix}"));
     // A missing block_count is llama.cpp's own (caught) "key not found" error.
     let n_layer = count("block_count")?;
     if n_layer == 0 || n_layer > MAX_LAYERS {
@@ -107,16 +207,7 @@ fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
     }
     let mut n_expert = count("expert_count").unwrap_or(0);
     let used_key = format!("{arch}.expert_used_count");
-    // A scalar, or one value per layer; 0 when absent.
-    let mut used_max = match file.get(&used_key) {
-        Some(MetaValue::Array(MetaArray::U32(v))) => v.iter().map(|&n| u64::from(n)).max(),
-        Some(MetaValue::Array(MetaArray::I32(v))) => {
-            v.iter().map(|&n| u64::try_from(n).unwrap_or(0)).max()
-        }
-        Some(value) => value.as_u64(),
-        None => None,
-    }
-    .unwrap_or(0);
+    let mut used_max = meta.per_layer_u32_max(&used_key);
     if matches!(arch, "hunyuan_vl" | "hunyuan-dense") && n_expert <= 1 {
         // llama.cpp turns these into dense models before its checks.
         (n_expert, used_max) = (0, 0);
@@ -160,7 +251,6 @@ fn hparams_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
 /// token text must be unique as llama.cpp reads it: as a C string (up to the first NUL,
 /// which fuzzing found), an empty one as `[EMPTY_<id>]`.
 fn vocab_llama_cpp_asserts_on(file: &GgufFile) -> Option<String> {
-    use llama_cpp_moe_gguf::{MetaArray, MetaValue};
     let Some(MetaValue::Array(MetaArray::String(tokens))) = file.get("tokenizer.ggml.tokens")
     else {
         return None;
