@@ -164,7 +164,7 @@ fn inspect(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
         print!(" {:>14}", k.name());
     }
     println!(" {:>12}", "total");
-    for l in f.bytes_by_layer() {
+    for l in f.bytes_by_layer()? {
         print!(
             "{:>6}",
             l.layer.map_or("global".to_owned(), |l| l.to_string())

@@ -101,4 +101,20 @@ pub enum GgufError {
         /// The file's size.
         file_size: u64,
     },
+    /// A tensor is named for a block the model does not have (`blk.N.*` with `N` at or
+    /// above `{arch}.block_count`); found by [`crate::GgufFile::bytes_by_layer`].
+    #[error(
+        "{}: tensor {tensor:?} is in block {block}, but the model has {block_count} blocks",
+        path.display()
+    )]
+    BlockOutOfRange {
+        /// The path given.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The block index in its name.
+        block: u32,
+        /// The file's `{arch}.block_count`.
+        block_count: u64,
+    },
 }

@@ -13,7 +13,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let f = GgufFile::open("model.gguf")?;
 //! println!("{:?}: {:?} layers, {:?} experts", f.architecture(), f.block_count(), f.expert_count());
-//! for layer in f.bytes_by_layer() {
+//! for layer in f.bytes_by_layer()? {
 //!     println!("{:?}: {} expert bytes", layer.layer, layer.bytes(TensorKind::RoutedExpert));
 //! }
 //! # Ok(())

@@ -1,5 +1,6 @@
 //! [`GgufFile`]: metadata and tensor table of a GGUF file.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -236,25 +237,40 @@ impl GgufFile {
         self.tensors.iter().filter(|t| t.layer().is_none())
     }
 
-    /// Bytes per tensor kind for every block `0..n`, where `n` is one past the highest
-    /// block index found, plus the global tensors as `layer: None` at the end.
-    pub fn bytes_by_layer(&self) -> Vec<LayerBytes> {
-        let n = self
-            .tensors
-            .iter()
-            .filter_map(TensorInfo::layer)
-            .max()
-            .map_or(0, |m| m + 1);
-        let mut out: Vec<LayerBytes> = (0..n).map(|l| LayerBytes::new(Some(l))).collect();
+    /// Bytes per tensor kind for each block that holds tensors, in block order, plus the
+    /// global tensors as `layer: None` at the end. A model has tensors in every block, so
+    /// this is one entry per block `0..block_count`; a block without tensors (a split
+    /// file holds only some) has no entry.
+    ///
+    /// # Errors
+    /// [`GgufError::BlockOutOfRange`] for a tensor named `blk.N.*` with `N` at or above
+    /// the file's `{arch}.block_count`: the tensor names are untrusted input, and no
+    /// loader accepts a block the model does not have.
+    pub fn bytes_by_layer(&self) -> Result<Vec<LayerBytes>, GgufError> {
+        let block_count = self.block_count();
+        // Only the blocks present get an entry: a forged name (`blk.4000000000.x`) must
+        // not size an allocation.
+        let mut blocks: BTreeMap<u32, LayerBytes> = BTreeMap::new();
         let mut global = LayerBytes::new(None);
         for t in &self.tensors {
             let slot = match t.layer() {
-                Some(l) => &mut out[l as usize],
+                Some(l) => {
+                    if block_count.is_some_and(|n| u64::from(l) >= n) {
+                        return Err(GgufError::BlockOutOfRange {
+                            path: self.path.clone(),
+                            tensor: t.name.clone(),
+                            block: l,
+                            block_count: block_count.unwrap_or_default(),
+                        });
+                    }
+                    blocks.entry(l).or_insert_with(|| LayerBytes::new(Some(l)))
+                }
                 None => &mut global,
             };
             slot.add(t.kind(), t.n_bytes);
         }
+        let mut out: Vec<LayerBytes> = blocks.into_values().collect();
         out.push(global);
-        out
+        Ok(out)
     }
 }

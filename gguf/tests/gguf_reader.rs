@@ -114,7 +114,7 @@ fn expert_tensors_are_exactly_the_archs_routed_experts() {
 fn bytes_by_layer_adds_up() {
     let (spec, path) = write(Arch::DeepSeek, "bytes.gguf");
     let f = GgufFile::open(&path.0).unwrap();
-    let layers = f.bytes_by_layer();
+    let layers = f.bytes_by_layer().unwrap();
     assert_eq!(layers.len() as u32, spec.hparams_ref().n_layer + 1);
     assert_eq!(layers.last().unwrap().layer, None);
     let total: u64 = layers.iter().map(|l| l.total()).sum();
@@ -258,4 +258,88 @@ fn nul_bytes_in_keys_and_tensor_names_are_refused() {
         let text = err.to_string();
         assert!(text.contains("NUL") && text.contains(needle), "{text}");
     }
+}
+
+/// A small file with `block_count` (when given) and one 4-byte F32 tensor per name.
+fn file_with_tensors(name: &str, block_count: Option<u32>, tensors: &[&str]) -> TempPath {
+    use llama_cpp_moe_gguf::{GgufWriter, MetaValue, TensorDesc};
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", MetaValue::String("llama".into()))
+        .unwrap();
+    if let Some(n) = block_count {
+        w.add_kv("llama.block_count", MetaValue::U32(n)).unwrap();
+    }
+    for t in tensors {
+        w.add_tensor(TensorDesc {
+            name: (*t).into(),
+            ty: GgmlType::F32,
+            shape: vec![1],
+        })
+        .unwrap();
+    }
+    let path = TempPath::new(name);
+    let mut bytes = Vec::new();
+    w.write(&mut bytes, |_, t, out| {
+        out.write_all(&vec![0; t.nbytes() as usize])
+    })
+    .unwrap();
+    std::fs::write(&path.0, bytes).unwrap();
+    path
+}
+
+/// Block numbers come from tensor names, untrusted input: `blk.4294967295` overflowed
+/// the "one past the highest block" count, and `blk.4000000000` sized a 128 GB
+/// allocation that aborted the process. Both are now a typed error naming the tensor
+/// when the file states its block count (also fuzz/corpus/gguf_open/block-*).
+#[test]
+fn a_block_beyond_block_count_is_a_typed_error_not_an_overflow_or_a_huge_allocation() {
+    for block in [u32::MAX, 4_000_000_000] {
+        let forged = format!("blk.{block}.ffn_up.weight");
+        let path = file_with_tensors(
+            &format!("block-{block}.gguf"),
+            Some(2),
+            &["token_embd.weight", "blk.0.attn_q.weight", &forged],
+        );
+        let f = GgufFile::open(&path.0).expect("the reader itself accepts the name");
+        match f.bytes_by_layer() {
+            Err(GgufError::BlockOutOfRange {
+                tensor,
+                block: b,
+                block_count,
+                ..
+            }) => {
+                assert_eq!(
+                    (tensor.as_str(), b, block_count),
+                    (forged.as_str(), block, 2)
+                );
+            }
+            other => panic!("blk.{block}: expected BlockOutOfRange, got {other:?}"),
+        }
+        let message = f.bytes_by_layer().unwrap_err().to_string();
+        assert!(
+            message.contains(&forged) && message.contains("2 blocks"),
+            "{message}"
+        );
+    }
+}
+
+/// Without a block count nothing bounds the names, so only the blocks that hold
+/// tensors get an entry: no allocation follows a block number.
+#[test]
+fn without_block_count_only_the_blocks_present_get_an_entry() {
+    let path = file_with_tensors(
+        "no-block-count.gguf",
+        None,
+        &[
+            "blk.4000000000.ffn_up.weight",
+            "blk.4294967295.ffn_up.weight",
+            "blk.1.ffn_up.weight",
+            "output.weight",
+        ],
+    );
+    let f = GgufFile::open(&path.0).unwrap();
+    let layers = f.bytes_by_layer().unwrap();
+    let blocks: Vec<Option<u32>> = layers.iter().map(|l| l.layer).collect();
+    assert_eq!(blocks, [Some(1), Some(4_000_000_000), Some(u32::MAX), None]);
+    assert!(layers.iter().all(|l| l.total() == 4));
 }
