@@ -30,7 +30,12 @@ impl Backend {
     pub fn init() -> Backend {
         INIT.get_or_init(|| {
             crate::log::install();
-            // SAFETY: runs once per process before any other llama.cpp call of ours.
+            // SAFETY: no preconditions in the pinned llama.cpp (src/llama.cpp: it starts
+            // ggml's timer, fills ggml's f16 tables through one throwaway context and
+            // loads the backend modules when none is registered); other calls of ours
+            // may precede it (llama_log_set above, llama_model_default_params), as none
+            // of them needs it. It must not race with itself (loading modules changes
+            // ggml's registry without a lock): OnceLock runs it once per process.
             unsafe { sys::llama_backend_init() };
             #[cfg(feature = "dynamic-backends")]
             // SAFETY: loads backend modules from the paths ggml knows; no preconditions.

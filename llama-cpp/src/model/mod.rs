@@ -251,9 +251,14 @@ impl Model {
             );
         }
         crate::log::clear_last_error();
-        // SAFETY: c_path is NUL-terminated; raw.raw's pointers borrow from `params` and
-        // `raw`, and the progress user_data from `state`, all of which outlive this call;
-        // llama.cpp copies what it keeps.
+        // SAFETY: c_path is NUL-terminated. raw.raw's pointers (the tensor and kv
+        // override arrays and the device list in `raw`, the patterns in `params`) and the
+        // progress user_data (`state`) are valid for this call, and dangle after it. The
+        // returned llama_model keeps `params` by value with those pointers in it
+        // (src/llama-model.h; only tensor_split is copied, by its constructor). That is
+        // sound only because the pinned llama.cpp reads them during the load alone
+        // (device selection, the loader, the constructor, load_tensors), which
+        // tests/model_params_pointers.rs checks against the pinned source.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), raw.raw) };
         let reason = crate::log::take_last_error();
         let ptr = NonNull::new(ptr);
