@@ -95,13 +95,20 @@ impl Backend {
             .collect()
     }
 
-    /// The CPU device (always present).
-    pub fn cpu_device(&self) -> Device {
+    /// The CPU device: always there when the backends are linked in; with
+    /// `dynamic-backends` only when the CPU module loaded.
+    ///
+    /// # Errors
+    /// [`NoCpuDevice`] when ggml has none (the CPU module was not found or failed to
+    /// load), with the backends it did register.
+    pub fn cpu_device(&self) -> Result<Device, NoCpuDevice> {
         // SAFETY: registry initialised; plain query.
         let dev = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU) };
-        Device {
-            ptr: NonNull::new(dev).expect("ggml always registers a CPU device"),
-        }
+        NonNull::new(dev)
+            .map(|ptr| Device { ptr })
+            .ok_or_else(|| NoCpuDevice {
+                registries: self.registries().into_iter().map(|r| r.name).collect(),
+            })
     }
 
     /// The first device whose name is `name` (e.g. `"CPU"`, `"CUDA0"`, `"RPC0"`).
@@ -332,6 +339,21 @@ impl fmt::Display for BufferType {
     }
 }
 
+/// ggml has no CPU device: with `dynamic-backends` the CPU backend is a module loaded at
+/// run time (`libggml-cpu-*.so` from the build's backend directory), and it was not
+/// found or did not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "ggml has no CPU device: the CPU backend module was not found or failed to load \
+     (backends registered: {})",
+    if registries.is_empty() { "none".to_owned() } else { registries.join(", ") }
+)]
+#[non_exhaustive]
+pub struct NoCpuDevice {
+    /// The backends ggml did register (`"RPC"`, `"CUDA"`, ...).
+    pub registries: Vec<String>,
+}
+
 /// A buffer-type name that no device provides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown buffer type {name:?}; available: {}", available.join(", "))]
@@ -340,4 +362,32 @@ pub struct UnknownBufferType {
     pub name: String,
     /// The names that exist.
     pub available: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The missing CPU module is an error that says what is missing and what did
+    /// load, not a panic (`cpu_device` used to `expect` the device).
+    #[test]
+    fn no_cpu_device_names_the_module_and_the_backends_that_loaded() {
+        let some = NoCpuDevice {
+            registries: vec!["RPC".into(), "CUDA".into()],
+        }
+        .to_string();
+        assert!(some.contains("CPU backend module"), "{some}");
+        assert!(some.ends_with("(backends registered: RPC, CUDA)"), "{some}");
+        let none = NoCpuDevice { registries: vec![] }.to_string();
+        assert!(none.ends_with("(backends registered: none)"), "{none}");
+    }
+
+    #[test]
+    fn this_build_has_a_cpu_device() {
+        let backend = Backend::init();
+        let cpu = backend
+            .cpu_device()
+            .expect("the CPU backend is linked or loaded");
+        assert_eq!(cpu.device_type(), DeviceType::Cpu);
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::backend::UnknownBufferType;
+use crate::backend::{NoCpuDevice, UnknownBufferType};
 use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError};
 use crate::generate::GenerateError;
@@ -45,6 +45,9 @@ pub enum Error {
     /// A buffer-type name matched no device.
     #[error("{0}")]
     UnknownBufferType(#[from] UnknownBufferType),
+    /// ggml has no CPU device (its module did not load).
+    #[error("{0}")]
+    NoCpuDevice(#[from] NoCpuDevice),
     /// A path cannot be handed to C.
     #[error("{0}")]
     Path(#[from] PathError),
@@ -145,6 +148,10 @@ mod tests {
             available: vec!["CPU".into()],
         };
         assert!(matches!(convert(unknown.clone()), Error::UnknownBufferType(u) if u == unknown));
+        let no_cpu = crate::backend::NoCpuDevice {
+            registries: vec!["RPC".into()],
+        };
+        assert!(matches!(convert(no_cpu.clone()), Error::NoCpuDevice(n) if n == no_cpu));
         assert!(matches!(
             convert(PathError::NulByte("a\0b".into())),
             Error::Path(PathError::NulByte(_))

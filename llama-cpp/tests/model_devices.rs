@@ -16,7 +16,7 @@ fn the_cpu_device_is_listed_with_its_memory() {
         .iter()
         .find(|d| d.device_type() == DeviceType::Cpu)
         .expect("a CPU device");
-    assert_eq!(*cpu, backend.cpu_device());
+    assert_eq!(Ok(*cpu), backend.cpu_device());
     assert_eq!(cpu.name(), "CPU");
     assert!(!cpu.description().is_empty());
     let (free, total) = cpu.memory();

@@ -196,7 +196,7 @@ fn cpu_target_without_mmap_lands_in_the_cpu_buffer_type() {
     let rpc_buft = format!("RPC0[{}]", rpc_endpoint(&backend));
     for target in [
         OverrideTarget::Cpu,
-        OverrideTarget::Device(backend.cpu_device()),
+        OverrideTarget::Device(backend.cpu_device().unwrap()),
         OverrideTarget::Named("CPU".into()),
     ] {
         let params = ModelParams::default()

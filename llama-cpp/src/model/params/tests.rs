@@ -195,7 +195,7 @@ fn kv_overrides_are_copied_inline_and_terminated() {
 #[test]
 fn devices_and_tensor_split_are_terminated_and_padded() {
     let backend = Backend::init();
-    let cpu_dev = backend.cpu_device();
+    let cpu_dev = backend.cpu_device().unwrap();
     let params = ModelParams::default()
         .with_devices([cpu_dev])
         .with_tensor_split([3.0, 1.0])
