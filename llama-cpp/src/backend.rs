@@ -356,6 +356,7 @@ pub struct NoCpuDevice {
 
 /// A buffer-type name that no device provides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 #[error("unknown buffer type {name:?}; available: {}", available.join(", "))]
 pub struct UnknownBufferType {
     /// The name that was asked for.

@@ -163,3 +163,34 @@ fn dry_run_on_a_shape_only_gpt_oss_120b_matches_its_tensor_table() {
     assert!(total.context > 0 && total.compute > 0, "{total:?}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Every message in `err`'s source chain, `": "`-joined (what anyhow's `{:#}` prints).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A dry run whose context cannot be sized names the model file, which the context
+/// error alone cannot (a planner runs dry runs of several configurations).
+#[test]
+fn a_failed_dry_run_context_names_the_file() {
+    let backend = backend();
+    let path = model(Arch::Qwen3Moe);
+    let err = Model::dry_run(
+        &backend,
+        &path,
+        &ModelParams::default(),
+        &ContextParams::default().with_n_batch(0),
+    )
+    .expect_err("n_batch 0 cannot be sized");
+    let text = chain(&err);
+    let file = path.display().to_string();
+    assert_eq!(text.matches(&file).count(), 1, "{text}");
+    assert!(text.contains("n_batch"), "{text}");
+}

@@ -114,7 +114,7 @@ fn invalid_params_are_typed_errors_and_llama_cpp_never_runs() {
     );
 
     let err = load(ModelParams::default().with_tensor_override("x", "Vulkan9")).unwrap_err();
-    let LoadError::InvalidParams(ParamsError::UnknownBufferType(e)) = &err else {
+    let LoadError::InvalidParams(ParamsError::UnknownBufferType { source: e, .. }) = &err else {
         panic!("{err}")
     };
     assert!(e.available.contains(&"CPU".to_owned()), "{err}");

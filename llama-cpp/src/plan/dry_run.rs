@@ -9,7 +9,7 @@
 //! This is the measurement a placement planner needs: it costs a metadata read and a
 //! graph reservation, not a load.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::{BufferType, Device};
 use crate::context::{Context, ContextError, ContextParams, MemoryBreakdownRow, MemoryError};
@@ -23,12 +23,25 @@ pub enum DryRunError {
     /// The metadata-only load failed (missing file, bad params, unsupported model).
     #[error("dry run: {0}")]
     Load(#[from] LoadError),
-    /// The context could not be sized (e.g. invalid context params).
-    #[error("dry run: {0}")]
-    Context(#[from] ContextError),
-    /// llama.cpp did not report the memory breakdown.
-    #[error("dry run: {0}")]
-    Breakdown(#[from] MemoryError),
+    /// The context could not be sized (e.g. invalid context params); the source says
+    /// why.
+    #[error("dry run of {}: the context could not be sized", path.display())]
+    Context {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ContextError,
+    },
+    /// llama.cpp did not report the memory breakdown; the source says why.
+    #[error("dry run of {}: no memory breakdown", path.display())]
+    Breakdown {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: MemoryError,
+    },
 }
 
 /// Bytes a configuration occupies in one place: host RAM or one device.
@@ -216,11 +229,20 @@ impl Model {
             .clone()
             .with_no_alloc(true)
             .with_load_mode(LoadMode::Read);
+        let path = path.as_ref();
         let model = Model::load(backend, path, &params)?;
         // The model and context never leave this function: a no_alloc model has no
         // weight data, so nothing may decode on it.
-        let ctx = Context::new(&model, context_params)?;
-        let rows = ctx.memory_breakdown()?;
+        let ctx = Context::new(&model, context_params).map_err(|source| DryRunError::Context {
+            path: path.to_owned(),
+            source,
+        })?;
+        let rows = ctx
+            .memory_breakdown()
+            .map_err(|source| DryRunError::Breakdown {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(DryRun {
             rows,
             placement: model.placement(),
@@ -230,5 +252,29 @@ impl Model {
             n_expert_used: model.n_expert_used(),
             overrides: model.override_report().clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The breakdown failure cannot be provoked on a working build; its message names
+    /// the file and leaves the why to the source, like the context failure
+    /// (tests/model_dry_run.rs provokes that one).
+    #[test]
+    fn a_missing_breakdown_names_the_file() {
+        let err = DryRunError::Breakdown {
+            path: "models/m.gguf".into(),
+            source: MemoryError::NoMemory,
+        };
+        assert_eq!(
+            err.to_string(),
+            "dry run of models/m.gguf: no memory breakdown"
+        );
+        let source = err.source().expect("the memory error is the source");
+        assert_eq!(source.to_string(), MemoryError::NoMemory.to_string());
     }
 }

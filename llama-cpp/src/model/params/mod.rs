@@ -47,9 +47,16 @@ pub enum ParamsError {
         /// Why: `std::regex_error::what()`, or the backtracking shape found.
         reason: String,
     },
-    /// A named override target matches no buffer type.
-    #[error(transparent)]
-    UnknownBufferType(#[from] UnknownBufferType),
+    /// The target of the tensor override with this pattern matches no buffer type;
+    /// the source says which name and lists the ones that exist.
+    #[error("tensor override {pattern:?}")]
+    UnknownBufferType {
+        /// The override's pattern.
+        pattern: String,
+        /// The name that matched nothing, and the names that exist.
+        #[source]
+        source: UnknownBufferType,
+    },
     /// More overrides than `llama_max_tensor_buft_overrides()`.
     #[error("{count} tensor overrides, llama.cpp accepts at most {max}")]
     TooManyOverrides {
@@ -448,7 +455,10 @@ impl ModelParams {
     /// let bad = ModelParams::default().with_tensor_override("((", "CPU");
     /// assert!(matches!(bad.validate(&backend), Err(ParamsError::InvalidPattern { .. })));
     /// let unknown = ModelParams::default().with_tensor_override("x", "NoSuchGPU");
-    /// assert!(matches!(unknown.validate(&backend), Err(ParamsError::UnknownBufferType(_))));
+    /// assert!(matches!(
+    ///     unknown.validate(&backend),
+    ///     Err(ParamsError::UnknownBufferType { pattern, .. }) if pattern == "x"
+    /// ));
     /// ```
     ///
     /// # Errors

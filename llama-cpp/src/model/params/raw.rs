@@ -97,9 +97,15 @@ impl ModelParams {
                     reason,
                 })?;
             }
+            let buft = resolve_target(&o.target, backend).map_err(|source| {
+                ParamsError::UnknownBufferType {
+                    pattern: o.pattern().to_owned(),
+                    source,
+                }
+            })?;
             overrides.push(sys::llama_model_tensor_buft_override {
                 pattern: o.pattern.as_ptr(),
-                buft: resolve_target(&o.target, backend)?.as_ptr(),
+                buft: buft.as_ptr(),
             });
         }
         overrides.push(sys::llama_model_tensor_buft_override {
@@ -147,7 +153,10 @@ fn non_empty<T>(array: &[T], len: usize) -> *const T {
 
 /// The buffer type an override sends its tensors to, looked up now (named buffer types
 /// exist only once their device is registered, e.g. after `add_rpc_server`).
-fn resolve_target(target: &OverrideTarget, backend: &Backend) -> Result<BufferType, ParamsError> {
+fn resolve_target(
+    target: &OverrideTarget,
+    backend: &Backend,
+) -> Result<BufferType, UnknownBufferType> {
     Ok(match target {
         OverrideTarget::Cpu => BufferType::cpu(backend),
         OverrideTarget::BufferType(b) => *b,

@@ -129,9 +129,10 @@ fn unknown_buffer_type_lists_the_available_ones() {
         .with_tensor_override("x", "CUDA7")
         .validate(&backend)
         .unwrap_err();
-    let ParamsError::UnknownBufferType(e) = err else {
+    let ParamsError::UnknownBufferType { pattern, source: e } = err else {
         panic!("{err:?}")
     };
+    assert_eq!(pattern, "x");
     assert_eq!(e.name, "CUDA7");
     assert!(e.available.iter().any(|n| n == "CPU"), "{:?}", e.available);
     assert!(e.to_string().contains("CPU"));
@@ -221,4 +222,34 @@ fn devices_and_tensor_split_are_terminated_and_padded() {
             ..
         })
     ));
+}
+
+/// Every message in `err`'s source chain, `": "`-joined (what anyhow's `{:#}` prints).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// With several overrides, the error says which one named the unknown buffer type.
+#[test]
+fn an_unknown_buffer_type_names_the_override_that_asked_for_it() {
+    let backend = Backend::init();
+    let err = ModelParams::default()
+        .with_tensor_override("ffn_up_exps", "CPU")
+        .with_tensor_override("ffn_down_exps", "NoSuchGPU")
+        .with_cpu_moe(1)
+        .validate(&backend)
+        .unwrap_err();
+    let text = chain(&err);
+    for fact in ["ffn_down_exps", "NoSuchGPU"] {
+        assert_eq!(text.matches(fact).count(), 1, "{fact} once in: {text}");
+    }
+    assert!(!text.contains("ffn_up_exps"), "{text}");
+    assert!(text.contains("CPU"), "the available names: {text}");
 }
