@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let args: Args = cli::parse(&[]);
     cli::init_logging(args.verbose);
     if !args.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     if let Some(port) = args.serve_rpc_port {
         return serve_rpc(port, args.threads);

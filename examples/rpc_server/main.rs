@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     }
     let backend = Backend::init();
     if !args.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     match config.serve(&backend) {
         Ok(never) => match never {},

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let args = Args::from_env();
     cli::init_logging(args.output.verbose);
     if !args.output.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,7 +29,7 @@ impl Backend {
     /// backends are runtime modules).
     pub fn init() -> Backend {
         INIT.get_or_init(|| {
-            crate::log::install();
+            crate::logging::install();
             // SAFETY: runs once per process before any other llama.cpp call of ours.
             unsafe { sys::llama_backend_init() };
             #[cfg(feature = "dynamic-backends")]

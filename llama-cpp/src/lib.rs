@@ -43,7 +43,7 @@ pub mod context;
 mod error;
 mod ffi;
 pub mod generate;
-pub mod log;
+pub mod logging;
 pub mod model;
 pub mod plan;
 #[cfg(feature = "rpc")]

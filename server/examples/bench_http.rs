@@ -70,7 +70,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    llama_cpp_moe::log::set_silent(true);
+    llama_cpp_moe::logging::set_silent(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

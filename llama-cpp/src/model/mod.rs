@@ -86,14 +86,14 @@ pub enum LoadError {
         /// The file's size.
         file_size: u64,
     },
-    /// A tensor's offset points outside its place in the data section (ggml stores
-    /// tensors back to back, in table order): a damaged or forged tensor table.
+    /// A tensor's offset is not where its data must start (ggml stores tensors back to
+    /// back, in table order): a damaged or forged tensor table.
     #[error(
         "{}: tensor {tensor:?} claims data offset {offset}, but its data must start at \
          offset {expected}",
         path.display()
     )]
-    TensorOutOfBounds {
+    TensorOffsetMismatch {
         /// The file.
         path: PathBuf,
         /// The tensor.
@@ -232,7 +232,7 @@ fn check_gguf(path: &Path) -> Result<(), LoadError> {
                 offset,
                 expected,
                 ..
-            } => LoadError::TensorOutOfBounds {
+            } => LoadError::TensorOffsetMismatch {
                 path,
                 tensor,
                 offset,
@@ -434,12 +434,12 @@ impl Model {
                 state as *const ProgressState<'_> as *mut c_void,
             );
         }
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: c_path is NUL-terminated; raw.raw's pointers borrow from `params` and
         // `raw`, and the progress user_data from `state`, all of which outlive this call;
         // llama.cpp copies what it keeps.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), raw.raw) };
-        let reason = crate::log::take_last_error();
+        let reason = crate::logging::take_last_error();
         let ptr = NonNull::new(ptr);
         if let Some(state) = state {
             if let Some(payload) = state.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {

@@ -163,7 +163,7 @@ impl Backend {
         }
         let c_endpoint =
             CString::new(endpoint).map_err(|_| RpcError::BadEndpoint(endpoint.to_owned()))?;
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: NUL-terminated endpoint; a compatible server answered our own
         // handshake just now, so ggml's connect and handshake (which abort on failure)
         // are expected to succeed.
