@@ -54,7 +54,7 @@ pub mod vocab;
 pub use backend::{Backend, BufferType, Device, DeviceType, Registry};
 pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
-pub use error::{Error, PathError, Result};
+pub use error::{Error, ErrorChain, PathError, Result};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 /// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
 pub use llama_cpp_moe_gguf::GgmlType;

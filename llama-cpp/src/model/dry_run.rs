@@ -21,13 +21,13 @@ use crate::Backend;
 #[non_exhaustive]
 pub enum DryRunError {
     /// The metadata-only load failed (missing file, bad params, unsupported model).
-    #[error("dry run: {0}")]
+    #[error("dry run")]
     Load(#[from] LoadError),
     /// The context could not be sized (e.g. invalid context params).
-    #[error("dry run: {0}")]
+    #[error("dry run")]
     Context(#[from] ContextError),
     /// llama.cpp did not report the memory breakdown.
-    #[error("dry run: {0}")]
+    #[error("dry run")]
     Breakdown(#[from] MemoryError),
 }
 

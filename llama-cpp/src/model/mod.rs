@@ -46,7 +46,7 @@ pub enum LoadError {
     #[error("invalid model path: {0}")]
     InvalidPath(PathError),
     /// The params were rejected before llama.cpp saw them.
-    #[error("invalid model params: {0}")]
+    #[error(transparent)]
     InvalidParams(#[from] ParamsError),
     /// The progress callback returned `false`.
     #[error("loading {0} was aborted by the progress callback")]
@@ -126,8 +126,8 @@ pub enum LoadError {
     },
     /// Any other damage the GGUF check found in the header, metadata or tensor table
     /// (a truncated header, an impossible length or count, a bad alignment, ...).
-    #[error("invalid GGUF file: {0}")]
-    InvalidGguf(#[source] GgufError),
+    #[error(transparent)]
+    InvalidGguf(GgufError),
     /// llama.cpp refused a file our GGUF check accepted; `reason` is its own error
     /// lines ("; "-joined) when it logged any.
     #[error("llama.cpp failed to load {path}: {reason}")]

@@ -25,7 +25,7 @@ pub enum RpcError {
     #[error("RPC endpoint {0:?} is not host:port")]
     BadEndpoint(String),
     /// Nothing accepted a TCP connection at the endpoint within the timeout.
-    #[error("RPC server {endpoint} is unreachable: {source}")]
+    #[error("RPC server {endpoint} is unreachable")]
     Unreachable {
         /// The endpoint.
         endpoint: String,
@@ -79,7 +79,7 @@ pub enum RpcError {
     #[error("RPC server {0} has no devices to serve")]
     NoDevices(String),
     /// A socket error other than the above during the handshake.
-    #[error("RPC handshake with {endpoint} failed ({during}): {source}")]
+    #[error("RPC handshake with {endpoint} failed ({during})")]
     Io {
         /// The endpoint.
         endpoint: String,
