@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use llama_cpp_moe::ErrorChain;
 use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, PublicModel, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
@@ -265,7 +266,7 @@ fn main() -> ExitCode {
     match run(cli::parse(&[])) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gguf_synth: {e}");
+            eprintln!("gguf_synth: {}", ErrorChain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use llama_cpp_moe::rpc::RpcServerConfig;
-use llama_cpp_moe::Backend;
+use llama_cpp_moe::{Backend, ErrorChain};
 use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_examples::quality::{
     self, PlacementRun, LOOP_MIN_TOKENS, PERPLEXITY_TEXT, PERPLEXITY_TOLERANCE, PROMPTS,
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let args: Args = cli::parse(&[]);
     cli::init_logging(args.verbose);
     if !args.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     if let Some(port) = args.serve_rpc_port {
         return serve_rpc(port, args.threads);
@@ -99,12 +99,12 @@ fn run(a: &Args) -> Result<bool, String> {
     };
     let devices = backend
         .add_rpc_server(&endpoint)
-        .map_err(|e| format!("--rpc {endpoint}: {e}"))?;
+        .map_err(|e| format!("--rpc: {}", ErrorChain(&e)))?;
     let device = *devices
         .first()
         .ok_or_else(|| format!("the RPC server at {endpoint} serves no device"))?;
     let n_layer = GgufFile::open(model_path)
-        .map_err(|e| format!("reading {}: {e}", model_path.display()))?
+        .map_err(|e| ErrorChain(&e).to_string())?
         .block_count()
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| format!("{} has no block count", model_path.display()))?;
@@ -147,7 +147,7 @@ fn serve_rpc(port: u16, threads: Option<i32>) -> ExitCode {
     match config.serve(&Backend::init()) {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("quality: loopback RPC server: {e}");
+            eprintln!("quality: loopback RPC server: {}", ErrorChain(&e));
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use llama_cpp_moe::rpc::RpcServerConfig;
-use llama_cpp_moe::Backend;
+use llama_cpp_moe::{Backend, ErrorChain};
 use llama_cpp_moe_examples::cli;
 
 /// Serve this machine's devices over ggml RPC (no authentication: loopback unless
@@ -72,12 +72,12 @@ fn main() -> ExitCode {
     }
     let backend = Backend::init();
     if !args.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     match config.serve(&backend) {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("rpc_server: {e}");
+            eprintln!("rpc_server: {}", ErrorChain(&e));
             ExitCode::FAILURE
         }
     }

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Bandwidths, Budget, LayerOrder, Plan, Planner};
 use llama_cpp_moe::{
-    AddSpecial, Backend, Context, DeviceType, GenerateParams, GenerationStats, Model, ParseSpecial,
-    Sampler, SamplerBuilder,
+    AddSpecial, Backend, Context, DeviceType, ErrorChain, GenerateParams, GenerationStats, Model,
+    ParseSpecial, Sampler, SamplerBuilder,
 };
 use llama_cpp_moe_examples::cli;
 use llama_cpp_moe_examples::model_setup::{
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let args = Args::from_env();
     cli::init_logging(args.output.verbose);
     if !args.output.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +70,8 @@ fn run(a: &Args) -> Result<(), String> {
         // The plan's params (the caller's plus the planned overrides) and context length.
         loaded = load_with(plan.params.clone(), &backend, file)?;
         let params = context_params(&a.generation.context, &a.placement, 1).with_n_ctx(plan.n_ctx);
-        ctx = Context::new(&loaded.model, &params).map_err(|e| format!("creating context: {e}"))?;
+        ctx = Context::new(&loaded.model, &params)
+            .map_err(|e| format!("creating context: {}", ErrorChain(&e)))?;
     } else {
         loaded = load(&a.placement, &backend, file, interactive)?;
         ctx = new_context(&a.generation.context, &a.placement, 1, &loaded.model)?;
@@ -145,7 +146,7 @@ fn make_plan(a: &Args, backend: &Backend, file: &ModelFile) -> Result<Plan, Stri
     for (dev, budget) in devices.iter().zip(budgets) {
         planner = planner.with_budget(*dev, budget);
     }
-    planner.plan().map_err(|e| e.to_string())
+    planner.plan().map_err(|e| ErrorChain(&e).to_string())
 }
 
 fn plan_json(plan: &Plan) -> serde_json::Value {
@@ -239,7 +240,7 @@ fn sampler<'m>(g: &GenerationArgs, model: &'m Model) -> Result<Sampler<'m>, Stri
     if g.temp <= 0.0 {
         return SamplerBuilder::new()
             .greedy(&vocab)
-            .map_err(|e| format!("sampler: {e}"));
+            .map_err(|e| format!("sampler: {}", ErrorChain(&e)));
     }
     let mut b = SamplerBuilder::new();
     if let Some(k) = g.top_k {
@@ -253,7 +254,7 @@ fn sampler<'m>(g: &GenerationArgs, model: &'m Model) -> Result<Sampler<'m>, Stri
     }
     b.with_temp(g.temp)
         .dist(&vocab, g.seed)
-        .map_err(|e| format!("sampler: {e}"))
+        .map_err(|e| format!("sampler: {}", ErrorChain(&e)))
 }
 
 /// What the generation produced.
@@ -271,7 +272,7 @@ fn generate<'m>(a: &Args, loaded: &'m Loaded, ctx: &mut Context<'m>) -> Result<G
         .model
         .vocab()
         .tokenize(&a.generation.prompt, AddSpecial::Yes, ParseSpecial::Yes)
-        .map_err(|e| format!("tokenizing the prompt: {e}"))?;
+        .map_err(|e| format!("tokenizing the prompt: {}", ErrorChain(&e)))?;
     if loaded.file.synthetic && !a.output.json {
         eprintln!(
             "note: synthetic model with random weights: the text below is gibberish; \
@@ -288,7 +289,7 @@ fn generate<'m>(a: &Args, loaded: &'m Loaded, ctx: &mut Context<'m>) -> Result<G
         GenerateParams::default().with_max_tokens(a.generation.n_predict as usize),
     );
     for item in &mut generation {
-        let item = item.map_err(|e| format!("generation: {e}"))?;
+        let item = item.map_err(|e| format!("generation: {}", ErrorChain(&e)))?;
         if stream {
             let _ = stdout.write_all(item.text.as_bytes());
             let _ = stdout.flush();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_moe::context::MemoryBreakdownRow;
 use llama_cpp_moe::model::{regex_search, OverrideKind, OverrideReport, OverrideTarget, Placement};
-use llama_cpp_moe::{Backend, Context, ContextParams, DeviceType, Model, ModelParams};
+use llama_cpp_moe::{Backend, Context, ContextParams, DeviceType, ErrorChain, Model, ModelParams};
 use llama_cpp_moe_gguf::synth::{Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 
@@ -18,7 +18,7 @@ pub fn backend_with_rpc_servers(placement: &PlacementArgs) -> Result<Backend, St
     for endpoint in &placement.rpc {
         backend
             .add_rpc_server(endpoint)
-            .map_err(|e| format!("--rpc {endpoint}: {e}"))?;
+            .map_err(|e| format!("--rpc: {}", ErrorChain(&e)))?;
     }
     Ok(backend)
 }
@@ -94,7 +94,7 @@ pub fn load_with(
 ) -> Result<Loaded, String> {
     let started = Instant::now();
     let model = Model::load(backend, &file.path, &params)
-        .map_err(|e| format!("loading {}: {e}", file.path.display()))?;
+        .map_err(|e| format!("loading the model: {}", ErrorChain(&e)))?;
     Ok(Loaded {
         model,
         params,
@@ -245,7 +245,7 @@ pub fn device_bytes_saved(loaded: &Loaded, placement: &Placement) -> Result<u64,
     } else {
         n_layer.saturating_sub(n_gpu_layers as u32)
     };
-    let gguf = GgufFile::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let gguf = GgufFile::open(path).map_err(|e| ErrorChain(&e).to_string())?;
     let patterns: Vec<&str> = params.tensor_overrides().map(|o| o.pattern()).collect();
     let mut saved = 0u64;
     for t in gguf.tensors() {
@@ -297,7 +297,7 @@ pub fn synthetic_model(choice: SyntheticChoice, progress: bool) -> Result<PathBu
             bar.set_position(p.written);
         }
     })
-    .map_err(|e| format!("generating the synthetic model: {e}"))?;
+    .map_err(|e| format!("generating the synthetic model: {}", ErrorChain(&e)))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -48,7 +48,7 @@ fn backend() -> &'static Backend {
     BACKEND.get_or_init(|| {
         // llama.cpp's log for a million rejected files would drown libFuzzer's output;
         // errors are still captured for the typed error.
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
         Backend::init()
     })
 }

@@ -123,7 +123,7 @@ fn model_load_corpus() {
 /// The load seeds must load, or the load target would only ever explore rejections.
 #[test]
 fn model_load_seeds_are_loadable_models() {
-    llama_cpp_moe::log::set_silent(true);
+    llama_cpp_moe::logging::set_silent(true);
     let backend = llama_cpp_moe::Backend::init();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/model_load");
     for entry in std::fs::read_dir(dir).expect("seed dir") {
@@ -143,7 +143,7 @@ fn model_load_seeds_are_loadable_models() {
 /// process used to abort or hang.
 #[test]
 fn known_crashes_are_fixed() {
-    llama_cpp_moe::log::set_silent(true);
+    llama_cpp_moe::logging::set_silent(true);
     let backend = llama_cpp_moe::Backend::init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let params = llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0);

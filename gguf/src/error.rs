@@ -15,7 +15,7 @@ pub enum GgufError {
         path: PathBuf,
     },
     /// Reading the file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Io {
         /// The path given.
         path: PathBuf,

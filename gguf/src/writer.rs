@@ -47,7 +47,7 @@ impl TensorDesc {
 #[non_exhaustive]
 pub enum WriteError {
     /// The output failed.
-    #[error("GGUF write failed: {0}")]
+    #[error("GGUF write failed")]
     Io(#[from] io::Error),
     /// Two tensors share a name.
     #[error("duplicate tensor name {0:?}")]

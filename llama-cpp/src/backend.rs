@@ -29,7 +29,7 @@ impl Backend {
     /// backends are runtime modules).
     pub fn init() -> Backend {
         INIT.get_or_init(|| {
-            crate::log::install();
+            crate::logging::install();
             // SAFETY: no preconditions in the pinned llama.cpp (src/llama.cpp: it starts
             // ggml's timer, fills ggml's f16 tables through one throwaway context and
             // loads the backend modules when none is registered); other calls of ours

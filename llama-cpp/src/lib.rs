@@ -43,7 +43,7 @@ pub mod context;
 mod error;
 mod ffi;
 pub mod generate;
-pub mod log;
+pub mod logging;
 pub mod model;
 pub mod plan;
 #[cfg(feature = "rpc")]
@@ -54,7 +54,7 @@ pub mod vocab;
 pub use backend::{Backend, BufferType, Device, DeviceType, Registry};
 pub use batch::{Batch, Output, Pos, SeqId};
 pub use context::{Context, ContextParams};
-pub use error::{Error, PathError, Result};
+pub use error::{Error, ErrorChain, PathError, Result};
 pub use generate::{Completion, GenerateParams, Generation, GenerationStats};
 /// The ggml storage type of a tensor, as [`model::TensorPlacement::ggml_type`] reports it.
 pub use llama_cpp_moe_gguf::GgmlType;

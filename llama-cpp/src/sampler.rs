@@ -321,13 +321,13 @@ impl SamplerBuilder {
         if let Some((gbnf, root)) = &self.grammar {
             let gbnf = CString::new(gbnf.as_str()).map_err(|_| SamplerError::GrammarNul)?;
             let root = CString::new(root.as_str()).map_err(|_| SamplerError::GrammarNul)?;
-            crate::log::clear_last_error();
+            crate::logging::clear_last_error();
             // SAFETY: vocab is valid for 'm (the sampler keeps that lifetime); both strings
             // are NUL-terminated and copied by llama.cpp. Parse errors return NULL.
             let g = unsafe {
                 sys::llama_sampler_init_grammar(vocab.as_ptr(), gbnf.as_ptr(), root.as_ptr())
             };
-            let reason = crate::log::take_last_error();
+            let reason = crate::logging::take_last_error();
             let g = NonNull::new(g).ok_or_else(|| SamplerError::Grammar {
                 reason: reason.unwrap_or_else(|| "llama.cpp rejected the grammar".into()),
             })?;
@@ -463,7 +463,10 @@ impl<'m> Sampler<'m> {
     /// Samples a token from the logits of batch index `index` of `ctx`'s last decode,
     /// and accepts it (advancing grammar, penalty and RNG state).
     ///
-    /// C equivalent: `llama_sampler_sample(chain, ctx, index)`.
+    /// C equivalent: what `llama_sampler_sample(chain, ctx, index)` does when no backend
+    /// sampler ran, without calling it: the row from [`Context::logits`], then
+    /// `llama_sampler_apply` and `llama_sampler_accept`, with typed errors where C
+    /// asserts or throws.
     pub fn sample(&mut self, ctx: &Context<'_>, index: usize) -> Result<Token, SampleError> {
         if ctx.vocab().as_ptr() != self.vocab.as_ptr() {
             return Err(SampleError::VocabMismatch);

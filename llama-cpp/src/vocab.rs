@@ -3,6 +3,7 @@
 mod chat;
 mod utf8;
 
+use std::cell::Cell;
 use std::ffi::c_char;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -115,12 +116,16 @@ pub enum VocabError {
     /// The input is longer than llama.cpp can count (`i32::MAX` bytes or tokens).
     #[error("input too long for llama.cpp ({0} elements)")]
     TooLong(usize),
-    /// llama.cpp reported a failure; the C return code is kept.
-    #[error("llama.cpp {call} failed (returned {code})")]
-    Failed {
+    /// llama.cpp returned a length that contradicts the buffer it was given (it asked
+    /// for no more room than it had, said it wrote more than fits, or kept asking for
+    /// more); the last return code is kept.
+    #[error(
+        "llama.cpp {call} returned {code}, a length inconsistent with the buffer it was given"
+    )]
+    InconsistentLength {
         /// The C function.
         call: &'static str,
-        /// Its return code.
+        /// What it returned last.
         code: i32,
     },
 }
@@ -276,12 +281,12 @@ impl<'model> Vocab<'model> {
         parse_special: ParseSpecial,
     ) -> Result<Vec<Token>, VocabError> {
         let len = i32::try_from(text.len()).map_err(|_| VocabError::TooLong(text.len()))?;
-        let tokens = fill_growing(
+        let tokens = fill_counted(
+            "llama_tokenize",
             // A first guess that fits almost always: at most one token per byte, plus
             // specials.
             text.len() + 2,
-            |out: &mut [sys::llama_token]| {
-                let cap = c_int_len(out, VocabError::TooLong)?;
+            |out: &mut [sys::llama_token], cap| {
                 // SAFETY: text is valid for `len` bytes (C copies it into a std::string,
                 // so no NUL terminator is needed); `out` has room for `cap` tokens.
                 let n = unsafe {
@@ -298,11 +303,7 @@ impl<'model> Vocab<'model> {
                 if n == i32::MIN {
                     return Err(VocabError::TooLong(text.len()));
                 }
-                Ok(Fill::from_count_or_negated_need(n))
-            },
-            || VocabError::Failed {
-                call: "llama_tokenize",
-                code: -1,
+                Ok(n)
             },
         )?;
         Ok(tokens.into_iter().map(Token).collect())
@@ -320,28 +321,20 @@ impl<'model> Vocab<'model> {
         special: RenderSpecial,
     ) -> Result<Vec<u8>, VocabError> {
         self.check(token)?;
-        fill_growing(
-            32,
-            |buf: &mut [u8]| {
-                let cap = c_int_len(buf, VocabError::TooLong)?;
-                // SAFETY: valid vocab, in-range token, `buf` has `cap` writable bytes.
-                let n = unsafe {
-                    sys::llama_token_to_piece(
-                        self.as_ptr(),
-                        token.0,
-                        buf.as_mut_ptr().cast::<c_char>(),
-                        cap,
-                        0,
-                        special.into(),
-                    )
-                };
-                Ok(Fill::from_count_or_negated_need(n))
-            },
-            || VocabError::Failed {
-                call: "llama_token_to_piece",
-                code: -1,
-            },
-        )
+        fill_counted("llama_token_to_piece", 32, |buf: &mut [u8], cap| {
+            // SAFETY: valid vocab, in-range token, `buf` has `cap` writable bytes.
+            let n = unsafe {
+                sys::llama_token_to_piece(
+                    self.as_ptr(),
+                    token.0,
+                    buf.as_mut_ptr().cast::<c_char>(),
+                    cap,
+                    0,
+                    special.into(),
+                )
+            };
+            Ok(n)
+        })
     }
 
     /// `token`'s text; a partial UTF-8 piece is shown with U+FFFD. See
@@ -372,10 +365,10 @@ impl<'model> Vocab<'model> {
         }
         let n_tokens =
             i32::try_from(tokens.len()).map_err(|_| VocabError::TooLong(tokens.len()))?;
-        let bytes = fill_growing(
+        let bytes = fill_counted(
+            "llama_detokenize",
             tokens.len() * 4 + 16,
-            |buf: &mut [u8]| {
-                let cap = c_int_len(buf, VocabError::TooLong)?;
+            |buf: &mut [u8], cap| {
                 // SAFETY: valid vocab; every token was checked to be in range; `buf` has
                 // `cap` writable bytes; Token is repr(transparent) over llama_token.
                 let n = unsafe {
@@ -392,20 +385,93 @@ impl<'model> Vocab<'model> {
                 if n == i32::MIN {
                     return Err(VocabError::TooLong(tokens.len()));
                 }
-                Ok(Fill::from_count_or_negated_need(n))
-            },
-            || VocabError::Failed {
-                call: "llama_detokenize",
-                code: -1,
+                Ok(n)
             },
         )?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
+/// Calls `c_call(buf, capacity)`, a llama.cpp function with the "count written, or
+/// minus the count needed" convention, growing `buf` while it asks for more room. A
+/// return that contradicts the buffer (see [`fill_growing`]) is
+/// [`VocabError::InconsistentLength`] with the code `call` returned last.
+fn fill_counted<T: Clone + Default>(
+    call: &'static str,
+    initial_len: usize,
+    mut c_call: impl FnMut(&mut [T], i32) -> Result<i32, VocabError>,
+) -> Result<Vec<T>, VocabError> {
+    let last = Cell::new(0);
+    fill_growing(
+        initial_len,
+        |buf: &mut [T]| {
+            let cap = c_int_len(buf, VocabError::TooLong)?;
+            let n = c_call(buf, cap)?;
+            last.set(n);
+            Ok(Fill::from_count_or_negated_need(n))
+        },
+        || VocabError::InconsistentLength {
+            call,
+            code: last.get(),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Returns that contradict the buffer are reported with the code C returned, not
+    /// an invented one.
+    #[test]
+    fn an_inconsistent_length_keeps_the_code_c_returned() {
+        // Asks for 3 elements while it has 8.
+        let asks_less = fill_counted::<u8>("asks_less", 8, |_, _| Ok(-3));
+        assert_eq!(
+            asks_less,
+            Err(VocabError::InconsistentLength {
+                call: "asks_less",
+                code: -3
+            })
+        );
+        // Says it wrote 100 into 8.
+        let wrote_more = fill_counted::<u8>("wrote_more", 8, |_, _| Ok(100));
+        assert_eq!(
+            wrote_more,
+            Err(VocabError::InconsistentLength {
+                call: "wrote_more",
+                code: 100
+            })
+        );
+        assert_eq!(
+            wrote_more.unwrap_err().to_string(),
+            "llama.cpp wrote_more returned 100, a length inconsistent with the buffer it \
+             was given"
+        );
+        // Asks for one more element every time.
+        let mut grow = 8;
+        let keeps_asking = fill_counted::<u8>("keeps_asking", 8, |buf, cap| {
+            assert_eq!(usize::try_from(cap).unwrap(), buf.len());
+            grow += 1;
+            Ok(-grow)
+        });
+        assert_eq!(
+            keeps_asking,
+            Err(VocabError::InconsistentLength {
+                call: "keeps_asking",
+                code: -12
+            })
+        );
+        // The convention itself: a short call, then the size it asked for.
+        let fits = fill_counted::<u8>("fits", 2, |buf, _| {
+            if buf.len() < 5 {
+                return Ok(-5);
+            }
+            buf.copy_from_slice(b"hello");
+            Ok(5)
+        });
+        assert_eq!(fits.unwrap(), b"hello");
+    }
 
     #[test]
     fn token_is_transparent_over_llama_token() {

@@ -104,7 +104,7 @@ fn truncated_data_names_the_tensor_and_the_missing_bytes() {
 }
 
 #[test]
-fn a_tensor_offset_out_of_bounds_is_named() {
+fn a_tensor_offset_mismatch_is_named() {
     let mut bytes = good();
     let table = GgufFile::open(model(Arch::Qwen3Moe)).unwrap();
     let second = &table.tensors()[1];
@@ -114,7 +114,7 @@ fn a_tensor_offset_out_of_bounds_is_named() {
     assert!(
         matches!(
             &err,
-            LoadError::TensorOutOfBounds { tensor, offset, expected, .. }
+            LoadError::TensorOffsetMismatch { tensor, offset, expected, .. }
                 if *tensor == second.name
                     && *offset == 1 << 40
                     && *expected == second.offset - table.data_offset()

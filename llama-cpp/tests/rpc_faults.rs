@@ -32,7 +32,7 @@ const FAKE_LIMIT: Duration = Duration::from_secs(30);
 
 fn backend() -> Backend {
     if std::env::var_os("MODEL_TEST_LOG").is_none() {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     Backend::init()
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use llama_cpp_moe::{Backend, Context, ContextParams, GenerateParams, Model, ModelParams};
-use llama_cpp_moe::{SamplerBuilder, Token};
+use llama_cpp_moe::{ErrorChain, SamplerBuilder, Token};
 use llama_cpp_moe_benches::{prompt_with_tokens, synthetic_model, Summary, PROMPTS};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use llama_cpp_moe_server::app::parse_listening_line;
@@ -70,13 +70,13 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    llama_cpp_moe::log::set_silent(true);
+    llama_cpp_moe::logging::set_silent(true);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(&args)) {
-        eprintln!("bench_http: error: {e}");
+        eprintln!("bench_http: error: {}", ErrorChain(&*e));
         std::process::exit(1);
     }
 }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let args = ServerArgs::from_env();
     cli::init_logging(args.server.verbose);
     if !args.server.verbose {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

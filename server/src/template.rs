@@ -77,7 +77,7 @@ pub fn is_builtin(template: &str) -> bool {
             &[ChatMessage::new("user", "hi")],
             AddAssistant::Yes
         ),
-        Err(ChatTemplateError::Unsupported(_))
+        Err(ChatTemplateError::Unsupported { .. })
     )
 }
 

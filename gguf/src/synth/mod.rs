@@ -47,7 +47,7 @@ use plan::{Planned, Types};
 #[non_exhaustive]
 pub enum SynthError {
     /// Creating or writing the output failed.
-    #[error("writing the synthetic model failed: {0}")]
+    #[error("writing the synthetic model failed")]
     Io(#[from] io::Error),
     /// The GGUF writer rejected the table (a bug in a hand-edited [`Hparams`], usually).
     #[error(transparent)]

@@ -96,12 +96,12 @@ impl Context<'_> {
         self.forget_outputs();
         self.validate(batch)?;
         let mut raw = batch.to_raw();
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: valid context; the raw batch points into `batch` and `raw`, both alive
         // for the call; every token and sequence id was checked above and the length is
         // within n_batch, so llama.cpp's assertions hold.
         let ret = unsafe { sys::llama_decode(self.ptr.as_ptr(), raw.raw()) };
-        let reason = crate::log::take_last_error();
+        let reason = crate::logging::take_last_error();
         self.resume_abort_panic();
         let reason = || reason.clone().unwrap_or_else(|| "no error logged".into());
         match ret {

@@ -168,12 +168,12 @@ impl<'model> Context<'model> {
                 .cast_mut()
                 .cast::<c_void>()
         });
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: the model pointer is valid for 'model; the raw params point only to
         // `abort`, which the context keeps (boxed, at a stable address) until after
         // llama_free.
         let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), params.to_raw(abort_data)) };
-        let reason = crate::log::take_last_error();
+        let reason = crate::logging::take_last_error();
         let ptr = NonNull::new(ptr).ok_or_else(|| ContextError::Failed {
             reason: reason.unwrap_or_else(|| "llama_init_from_model returned NULL".into()),
         })?;

@@ -46,7 +46,7 @@ pub enum LoadError {
     #[error("invalid model path: {0}")]
     InvalidPath(PathError),
     /// The params were rejected before llama.cpp saw them.
-    #[error("invalid model params: {0}")]
+    #[error(transparent)]
     InvalidParams(#[from] ParamsError),
     /// The progress callback returned `false`.
     #[error("loading {0} was aborted by the progress callback")]
@@ -86,14 +86,14 @@ pub enum LoadError {
         /// The file's size.
         file_size: u64,
     },
-    /// A tensor's offset points outside its place in the data section (ggml stores
-    /// tensors back to back, in table order): a damaged or forged tensor table.
+    /// A tensor's offset is not where its data must start (ggml stores tensors back to
+    /// back, in table order): a damaged or forged tensor table.
     #[error(
         "{}: tensor {tensor:?} claims data offset {offset}, but its data must start at \
          offset {expected}",
         path.display()
     )]
-    TensorOutOfBounds {
+    TensorOffsetMismatch {
         /// The file.
         path: PathBuf,
         /// The tensor.
@@ -126,8 +126,8 @@ pub enum LoadError {
     },
     /// Any other damage the GGUF check found in the header, metadata or tensor table
     /// (a truncated header, an impossible length or count, a bad alignment, ...).
-    #[error("invalid GGUF file: {0}")]
-    InvalidGguf(#[source] GgufError),
+    #[error(transparent)]
+    InvalidGguf(GgufError),
     /// llama.cpp refused a file our GGUF check accepted; `reason` is its own error
     /// lines ("; "-joined) when it logged any.
     #[error("llama.cpp failed to load {path}: {reason}")]
@@ -250,7 +250,7 @@ impl Model {
                 state as *const ProgressState<'_> as *mut c_void,
             );
         }
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: c_path is NUL-terminated. raw.raw's pointers (the tensor and kv
         // override arrays and the device list in `raw`, the patterns in `params`) and the
         // progress user_data (`state`) are valid for this call, and dangle after it. The
@@ -260,7 +260,7 @@ impl Model {
         // (device selection, the loader, the constructor, load_tensors), which
         // tests/model_params_pointers.rs checks against the pinned source.
         let ptr = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), raw.raw) };
-        let reason = crate::log::take_last_error();
+        let reason = crate::logging::take_last_error();
         let ptr = NonNull::new(ptr);
         if let Some(state) = state {
             if let Some(payload) = state.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {

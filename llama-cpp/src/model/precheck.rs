@@ -46,7 +46,7 @@ pub(super) fn check_gguf(path: &Path, kv_overrides: &[(String, KvValue)]) -> Res
                 offset,
                 expected,
                 ..
-            } => LoadError::TensorOutOfBounds {
+            } => LoadError::TensorOffsetMismatch {
                 path,
                 tensor,
                 offset,

@@ -21,7 +21,7 @@ use crate::Backend;
 #[non_exhaustive]
 pub enum DryRunError {
     /// The metadata-only load failed (missing file, bad params, unsupported model).
-    #[error("dry run: {0}")]
+    #[error("dry run")]
     Load(#[from] LoadError),
     /// The context could not be sized (e.g. invalid context params); the source says
     /// why.

@@ -7,7 +7,7 @@ use super::DryRunError;
 #[non_exhaustive]
 pub enum PlanError {
     /// A dry run failed.
-    #[error("plan: {0}")]
+    #[error("plan")]
     DryRun(#[from] DryRunError),
     /// Even with every routed expert and dense FFN in host RAM and the context at its
     /// minimum, `device` needs more than its budget.

@@ -25,7 +25,7 @@ pub enum RpcError {
     #[error("RPC endpoint {0:?} is not host:port")]
     BadEndpoint(String),
     /// Nothing accepted a TCP connection at the endpoint within the timeout.
-    #[error("RPC server {endpoint} is unreachable: {source}")]
+    #[error("RPC server {endpoint} is unreachable")]
     Unreachable {
         /// The endpoint.
         endpoint: String,
@@ -79,7 +79,7 @@ pub enum RpcError {
     #[error("RPC server {0} has no devices to serve")]
     NoDevices(String),
     /// A socket error other than the above during the handshake.
-    #[error("RPC handshake with {endpoint} failed ({during}): {source}")]
+    #[error("RPC handshake with {endpoint} failed ({during})")]
     Io {
         /// The endpoint.
         endpoint: String,
@@ -163,7 +163,7 @@ impl Backend {
         }
         let c_endpoint =
             CString::new(endpoint).map_err(|_| RpcError::BadEndpoint(endpoint.to_owned()))?;
-        crate::log::clear_last_error();
+        crate::logging::clear_last_error();
         // SAFETY: NUL-terminated endpoint; a compatible server answered our own
         // handshake just now, so ggml's connect and handshake (which abort on failure)
         // are expected to succeed.

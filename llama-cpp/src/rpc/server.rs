@@ -35,9 +35,23 @@ pub enum RpcServeError {
     /// The cache directory path cannot be passed to C.
     #[error("invalid cache directory: {0}")]
     InvalidCacheDir(PathError),
-    /// The port is already taken.
-    #[error("cannot bind {0}: {1}")]
-    Bind(String, std::io::Error),
+    /// The address cannot be bound (the port is taken, or the address is not this
+    /// machine's).
+    #[error("cannot bind {endpoint}")]
+    Bind {
+        /// The `host:port` endpoint.
+        endpoint: String,
+        /// Why the OS refused it.
+        source: std::io::Error,
+    },
+    /// This build has no RPC backend to serve with (with `dynamic-backends`: no RPC
+    /// module was loaded).
+    #[error("this build has no ggml RPC backend")]
+    NoRpcBackend,
+    /// ggml's server loop returned: it could not start or stopped accepting clients
+    /// (it prints why on stderr).
+    #[error("the RPC server on {0} stopped; see its output above")]
+    Stopped(String),
 }
 
 /// What an RPC server serves and where.
@@ -112,8 +126,10 @@ impl RpcServerConfig {
         let endpoint = self.endpoint();
         // ggml only prints and returns when it cannot bind; find out first, as an error.
         drop(
-            std::net::TcpListener::bind((ip, self.port))
-                .map_err(|e| RpcServeError::Bind(endpoint.clone(), e))?,
+            std::net::TcpListener::bind((ip, self.port)).map_err(|source| RpcServeError::Bind {
+                endpoint: endpoint.clone(),
+                source,
+            })?,
         );
         let mut devices: Vec<sys::ggml_backend_dev_t> = self
             .resolve_devices(backend)?
@@ -137,16 +153,10 @@ impl RpcServerConfig {
             )
         };
         if started.is_none() {
-            return Err(RpcServeError::Bind(
-                self.endpoint(),
-                std::io::Error::other("this build has no RPC backend"),
-            ));
+            return Err(RpcServeError::NoRpcBackend);
         }
         // ggml's server loop only returns when it could not start or accept (it printed why).
-        Err(RpcServeError::Bind(
-            self.endpoint(),
-            std::io::Error::other("the RPC server stopped; see its output above"),
-        ))
+        Err(RpcServeError::Stopped(self.endpoint()))
     }
 
     /// The devices to serve: the ones named, or by default every local accelerator, or
@@ -188,5 +198,34 @@ impl RpcServerConfig {
                     })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_a_bind_error_whose_source_is_the_os_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = RpcServerConfig::new("127.0.0.1", port)
+            .device("CPU")
+            .serve(&Backend::init())
+            .unwrap_err();
+        let RpcServeError::Bind { endpoint, source } = &err else {
+            panic!("expected Bind, got {err:?}");
+        };
+        assert_eq!(*endpoint, format!("127.0.0.1:{port}"));
+        assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}");
+        assert_eq!(err.to_string(), format!("cannot bind 127.0.0.1:{port}"));
+        let cause = err.source().expect("the OS error is the source");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
     }
 }

@@ -19,9 +19,17 @@ pub enum ChatTemplateError {
     #[error("chat text contains a NUL byte")]
     NulByte,
     /// llama.cpp does not recognise the template (it matches built-in templates only,
-    /// no Jinja interpreter); the C return code is kept.
-    #[error("unsupported chat template (llama_chat_apply_template returned {0})")]
-    Unsupported(i32),
+    /// no Jinja interpreter); the template and the C return code are kept.
+    #[error(
+        "unsupported chat template {} (llama_chat_apply_template returned {code})",
+        describe_template(template)
+    )]
+    Unsupported {
+        /// The template: a built-in's name or a template text.
+        template: String,
+        /// What `llama_chat_apply_template` returned.
+        code: i32,
+    },
     /// The formatted prompt is longer than `i32::MAX` bytes.
     #[error("formatted chat too long")]
     TooLong,
@@ -103,11 +111,24 @@ pub fn apply_chat_template(
                     cap,
                 )
             };
-            Fill::from_total_length(n, buf.len()).ok_or(ChatTemplateError::Unsupported(n))
+            Fill::from_total_length(n, buf.len()).ok_or_else(|| ChatTemplateError::Unsupported {
+                template: template.to_owned(),
+                code: n,
+            })
         },
         || ChatTemplateError::TooLong,
     )?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `template` in a message: whole when short (a built-in's name), otherwise its first
+/// characters and its length, since a model's template text runs to kilobytes.
+fn describe_template(template: &str) -> String {
+    const SHOWN_CHARS: usize = 60;
+    match template.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{template:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &template[..cut], template.len()),
+    }
 }
 
 impl Model {
@@ -157,7 +178,7 @@ mod tests {
         let msgs = [ChatMessage::new("user", "x")];
         assert!(matches!(
             apply_chat_template("no such template {{", &msgs, AddAssistant::Yes),
-            Err(ChatTemplateError::Unsupported(_))
+            Err(ChatTemplateError::Unsupported { template, .. }) if template == "no such template {{"
         ));
         assert_eq!(
             apply_chat_template(
@@ -176,5 +197,24 @@ mod tests {
         let out = apply_chat_template("chatml", &msgs, AddAssistant::Yes).unwrap();
         assert_eq!(out.matches("<|im_start|>u\n<|im_end|>\n").count(), 100);
         assert!(out.ends_with("<|im_start|>assistant\n"));
+    }
+
+    /// The message names the template: a short one whole, a long one by its start and
+    /// its length.
+    #[test]
+    fn an_unsupported_template_is_named() {
+        let msgs = [ChatMessage::new("user", "x")];
+        let err = apply_chat_template("no such template {{", &msgs, AddAssistant::Yes)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"no such template {{\""), "{err}");
+        let long = format!("{{% for m in messages %}}{}{{% endfor %}}", "é".repeat(500));
+        let err = apply_chat_template(&long, &msgs, AddAssistant::Yes)
+            .unwrap_err()
+            .to_string();
+        let start: String = long.chars().take(60).collect();
+        assert!(err.contains(&format!("{start:?}...")), "{err}");
+        assert!(err.contains(&format!("({} bytes)", long.len())), "{err}");
+        assert!(err.len() < 200, "{err}");
     }
 }

@@ -28,7 +28,7 @@ pub fn temp_dir() -> PathBuf {
 /// captured for typed errors). Set `MODEL_TEST_LOG=1` to see it through a logger.
 pub fn backend() -> Backend {
     if std::env::var_os("MODEL_TEST_LOG").is_none() {
-        llama_cpp_moe::log::set_silent(true);
+        llama_cpp_moe::logging::set_silent(true);
     }
     Backend::init()
 }
