@@ -53,7 +53,7 @@ pub enum Error {
     #[error(transparent)]
     UnknownBufferType(#[from] UnknownBufferType),
     /// ggml has no CPU device (its module did not load).
-    #[error("{0}")]
+    #[error(transparent)]
     NoCpuDevice(#[from] NoCpuDevice),
     /// A path cannot be handed to C.
     #[error(transparent)]
@@ -309,21 +309,23 @@ mod tests {
             name: "NPU0".into(),
             available: vec!["CPU".into()],
         };
-        let params = Error::from(LoadError::InvalidParams(ParamsError::UnknownBufferType(
-            unknown,
-        )));
+        let params = Error::from(LoadError::InvalidParams(ParamsError::UnknownBufferType {
+            pattern: "exps".into(),
+            source: unknown,
+        }));
         assert_each_part_once(&params);
         assert_eq!(
             ErrorChain(&params).to_string(),
-            "unknown buffer type \"NPU0\"; available: CPU"
+            "tensor override \"exps\": unknown buffer type \"NPU0\"; available: CPU"
         );
-        let context = Error::from(DryRunError::Context(ContextError::InvalidParams(
-            "n_batch 0".into(),
-        )));
+        let context = Error::from(DryRunError::Context {
+            path: "m.gguf".into(),
+            source: ContextError::InvalidParams("n_batch 0".into()),
+        });
         assert_each_part_once(&context);
         assert_eq!(
             ErrorChain(&context).to_string(),
-            "dry run: invalid context parameters: n_batch 0"
+            "dry run of m.gguf: the context could not be sized: invalid context parameters: n_batch 0"
         );
         #[cfg(feature = "rpc")]
         {
