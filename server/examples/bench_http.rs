@@ -2,7 +2,7 @@
 //! behaves under concurrent load.
 //!
 //! ```text
-//! cargo build --release -p llama-cpp-moe-server --examples   # bench_http starts moe_server
+//! cargo build --release -p llama-cpp-moe-server --bin moe_server   # bench_http starts it
 //! cargo run --release -p llama-cpp-moe-server --example bench_http            # tiny synthetic model
 //! ```
 //!
@@ -237,8 +237,12 @@ impl Server {
         parallel: u32,
         ctx_per_seq: u32,
     ) -> Result<Server, BoxError> {
+        // target/<profile>/moe_server, beside target/<profile>/examples/bench_http.
         let exe = std::env::current_exe()?
-            .with_file_name(format!("moe_server{}", std::env::consts::EXE_SUFFIX));
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("no target directory")?
+            .join(format!("moe_server{}", std::env::consts::EXE_SUFFIX));
         let mut child = Command::new(&exe)
             .arg("-m")
             .arg(model)
@@ -251,7 +255,7 @@ impl Server {
             .spawn()
             .map_err(|e| {
                 format!(
-                    "starting {} (build it: cargo build --release -p llama-cpp-moe-server --examples): {e}",
+                    "starting {} (build it: cargo build --release -p llama-cpp-moe-server --bin moe_server): {e}",
                     exe.display()
                 )
             })?;

@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use llama_cpp_moe_examples::cli::{self, Spellings};
-use llama_cpp_moe_examples::model_setup::{
+use llama_cpp_moe_cli::args::{ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS};
+use llama_cpp_moe_cli::model_setup::{
     backend_with_rpc_servers, load, model_file, new_context, print_devices, Loaded, PlacementReport,
 };
-use llama_cpp_moe_examples::simple_moe_args::{
-    ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS,
-};
+use llama_cpp_moe_cli::{self as cli, Spellings};
 
 use crate::engine::{self, run_worker};
 use crate::http::{router, AppState, Ready};

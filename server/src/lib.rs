@@ -10,7 +10,7 @@
 //! ([`engine`]). Requests beyond that wait in a bounded queue; when it is full the
 //! answer is 503 with `Retry-After`. A client that disconnects frees its sequence.
 //!
-//! The model flags are `simple_moe`'s ([`llama_cpp_moe_examples::simple_moe_args`]), and
+//! The model flags are `simple_moe`'s ([`llama_cpp_moe_cli::args`]), and
 //! so is the placement report printed at startup.
 
 pub mod api;

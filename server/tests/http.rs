@@ -1,15 +1,15 @@
-//! The real `moe_server` (the built example, as a child process on a free port) serving a
+//! The real `moe_server` (the built program, as a child process on a free port) serving a
 //! synthetic MoE model, driven over HTTP: whole and streamed answers, concurrent clients,
 //! the queue limit, disconnects and bad requests.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use llama_cpp_moe_server::app::parse_listening_line;
 use serde_json::{json, Value};
@@ -45,7 +45,7 @@ impl Server {
     /// Starts `moe_server` on the synthetic model with `extra` flags and waits (bounded)
     /// until `/health` says ok.
     async fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(built_example("moe_server"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moe_server"))
             .arg("-m")
             .arg(model())
             .args(["--port", "0", "-t", "1"])
@@ -575,6 +575,6 @@ async fn bad_requests_get_openai_error_objects() {
 
 #[test]
 fn command_line_conventions() {
-    llama_cpp_moe_examples::assert_cli_conventions("moe_server", true);
-    llama_cpp_moe_examples::assert_cli_conventions("bench_http", false);
+    assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
+    assert_cli_conventions(&built_example("bench_http"), false);
 }
