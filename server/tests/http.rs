@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
+use llama_cpp_moe_gguf::{GgufFile, GgufWriter, MetaArray, TensorDesc};
 use llama_cpp_moe_server::app::parse_listening_line;
 use serde_json::{json, Value};
 
@@ -45,9 +46,14 @@ impl Server {
     /// Starts `moe_server` on the synthetic model with `extra` flags and waits (bounded)
     /// until `/health` says ok.
     async fn start(extra: &[&str]) -> Server {
+        Server::start_with(&model(), extra).await
+    }
+
+    /// [`Server::start`] on the model at `model`.
+    async fn start_with(model: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_moe_server"))
             .arg("-m")
-            .arg(model())
+            .arg(model)
             .args(["--port", "0", "-t", "1"])
             .args(extra)
             .stdout(Stdio::null())
@@ -569,6 +575,96 @@ async fn bad_requests_get_openai_error_objects() {
             .post_json("/v1/completions", &completion("Still there?", 4, false))
             .await;
         assert_eq!(status, 200);
+    })
+    .await;
+}
+
+/// A copy of the synthetic model whose chat template is `template` (one metadata value
+/// changed), in a directory of this test process; and the texts of its BOS and EOS tokens.
+fn model_with_chat_template(name: &str, template: &str) -> (PathBuf, String, String) {
+    let source = GgufFile::open(model()).unwrap();
+    let mut writer = GgufWriter::new();
+    writer.set_alignment(source.alignment() as u32).unwrap();
+    for (key, value) in source.metadata() {
+        match key.as_str() {
+            "general.alignment" => {}
+            "tokenizer.chat_template" => writer.add_kv(key, template).unwrap(),
+            _ => writer.add_kv(key, value.clone()).unwrap(),
+        }
+    }
+    for t in source.tensors() {
+        writer
+            .add_tensor(TensorDesc {
+                name: t.name.clone(),
+                ty: t.ty,
+                shape: t.shape.clone(),
+            })
+            .unwrap();
+    }
+    let data = std::fs::read(source.path()).unwrap();
+    let dir = std::env::temp_dir().join(format!("moe-server-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.gguf"));
+    let out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writer
+        .write(out, |i, _, sink| {
+            let t = &source.tensors()[i];
+            let start = t.offset as usize;
+            sink.write_all(&data[start..start + t.n_bytes as usize])
+        })
+        .unwrap();
+    let token = |id_key: &str| {
+        let id = source.get(id_key).and_then(|v| v.as_u64()).unwrap() as usize;
+        match source
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+        {
+            Some(MetaArray::String(tokens)) => tokens[id].clone(),
+            other => panic!("no token list: {other:?}"),
+        }
+    };
+    (
+        path,
+        token("tokenizer.ggml.bos_token_id"),
+        token("tokenizer.ggml.eos_token_id"),
+    )
+}
+
+#[tokio::test]
+async fn a_jinja_template_that_writes_bos_gives_one_bos() {
+    within_timeout(async {
+        // A template llama.cpp's matcher does not know (minijinja renders it) that
+        // starts with bos_token, as Hugging Face templates do; the vocabulary adds a BOS
+        // of its own.
+        let template = "{{ bos_token }}{% for m in messages %}[{{ m.role | upper }}] \
+            {{ m.content }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}\
+            [ASSISTANT] {% endif %}";
+        let (path, bos, eos) = model_with_chat_template("custom-template", template);
+        let server = Server::start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let chat = json!({
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "max_tokens": 8, "temperature": 0,
+        });
+        let (status, answer) = server.post_json("/v1/chat/completions", &chat).await;
+        assert_eq!(status, 200, "{answer}");
+        // The same prompt as plain text: the template's rendering without its BOS, to
+        // which tokenizing adds the one BOS.
+        let rendered = format!("[USER] Say hi{eos}\n[ASSISTANT] ");
+        assert!(!rendered.contains(&bos));
+        let (status, plain) = server
+            .post_json("/v1/completions", &completion(&rendered, 8, false))
+            .await;
+        assert_eq!(status, 200, "{plain}");
+        assert_eq!(
+            answer["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"],
+            "chat {answer} vs plain {plain}: one BOS token each"
+        );
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            plain["choices"][0]["text"]
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     })
     .await;
 }
