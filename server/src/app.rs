@@ -57,7 +57,37 @@ impl ServerArgs {
     /// Parses this process's command line (simple_moe's llama.cpp spellings plus `-np`);
     /// exits on `--help` or a bad one.
     pub fn from_env() -> ServerArgs {
-        cli::parse(spellings())
+        let args: ServerArgs = cli::parse(spellings());
+        if let Err(message) = args.check() {
+            cli::usage_error("moe_server", &message);
+        }
+        args
+    }
+
+    /// What clap cannot check: every step decodes one token of each generating sequence
+    /// in one batch, and llama.cpp reserves an output per sequence in a batch of at most
+    /// `-b` tokens, capped at `-c` (`src/llama-context.cpp`: `n_outputs_max` is
+    /// `n_batch`; a context of more sequences aborts at creation).
+    pub fn check(&self) -> Result<(), String> {
+        let parallel = self.server.parallel;
+        let ContextArgs {
+            batch_size,
+            ctx_size,
+            ..
+        } = self.context;
+        if parallel > batch_size {
+            return Err(format!(
+                "--parallel {parallel} needs a batch of at least {parallel} tokens (one per \
+                 sequence and step), but -b {batch_size} is smaller: raise -b or lower --parallel"
+            ));
+        }
+        if ctx_size != 0 && parallel > ctx_size {
+            return Err(format!(
+                "--parallel {parallel} needs a batch of at least {parallel} tokens, but -c \
+                 {ctx_size} caps the batch at {ctx_size}: raise -c or lower --parallel"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -670,6 +670,50 @@ async fn a_jinja_template_that_writes_bos_gives_one_bos() {
 }
 
 #[test]
+fn more_sequences_than_a_batch_holds_are_refused_at_start_up() {
+    // llama.cpp reserves one output per sequence in a batch of -b tokens, and each step
+    // decodes one token of every generating sequence together.
+    let out = Command::new(env!("CARGO_BIN_EXE_moe_server"))
+        .arg("-m")
+        .arg(model())
+        .args([
+            "--port",
+            "0",
+            "-t",
+            "1",
+            "--parallel",
+            "8",
+            "-b",
+            "4",
+            "-ub",
+            "4",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("moe_server: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--parallel 8") && stderr.contains("-b 4"),
+        "{stderr}"
+    );
+    // Nor may the context size cap the batch below --parallel (llama.cpp does).
+    let out = Command::new(env!("CARGO_BIN_EXE_moe_server"))
+        .arg("-m")
+        .arg(model())
+        .args(["--port", "0", "--parallel", "16", "-c", "8"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-c 8"), "{stderr}");
+}
+
+#[test]
 fn command_line_conventions() {
     assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
     assert_cli_conventions(&built_example("bench_http"), false);
