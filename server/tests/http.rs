@@ -9,6 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use llama_cpp_moe::generate::StopReason;
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+use llama_cpp_moe::{
+    Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder,
+};
 use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use llama_cpp_moe_gguf::{GgufFile, GgufWriter, MetaArray, TensorDesc};
@@ -711,6 +716,120 @@ fn more_sequences_than_a_batch_holds_are_refused_at_start_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("-c 8"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_request_that_overflows_the_shared_cache_fails_and_the_other_completes() {
+    within_timeout(async {
+        // Two sequences sharing 1024 cells. The long request fits alone (about 500
+        // prompt + 500 generated tokens), and so does the short one (about 5 + 300);
+        // together they do not.
+        let server = Server::start(&["--parallel", "2", "--kv-unified", "-c", "1024"]).await;
+        let mut short = completion("The clockwork birds", 300, false);
+        short["ignore_eos"] = json!(true);
+        let (status, alone) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "{alone}");
+
+        let long_prompt = "word ".repeat(165);
+        let (status, probe) = server
+            .post_json("/v1/completions", &completion(&long_prompt, 1, false))
+            .await;
+        assert_eq!(status, 200, "{probe}");
+        let prompt_tokens = probe["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!((400..=600).contains(&prompt_tokens), "{probe}");
+        let mut long = completion(&long_prompt, 1024 - prompt_tokens as u32, true);
+        long["ignore_eos"] = json!(true);
+        let mut long = SseReader::new(server.post("/v1/completions", &long).await);
+        // 50 chunks in, the long request holds at least 550 cells; it has hundreds of
+        // tokens to go, and the short one needs more room than is left.
+        for _ in 0..50 {
+            long.next().await.expect("the long request streams");
+        }
+        let (status, together) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "the short request failed too: {together}");
+        // All its tokens, each decoded at the next position (llama.cpp refuses a batch
+        // that does not continue a sequence). Not the same text as alone: in a shared
+        // cache its cells and the attention's sums are laid out differently.
+        assert_eq!(together["choices"][0]["finish_reason"], "length");
+        assert_eq!(together["usage"], alone["usage"]);
+
+        let chunks = long.rest().await;
+        let error = chunks.last().unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("KV cache is full"), "{error}");
+        server
+            .wait_health("every sequence freed", |h| h["active"] == 0)
+            .await;
+        // The server goes on serving.
+        let (status, again) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["usage"], alone["usage"]);
+    })
+    .await;
+}
+
+/// The real SmolLM2 (`LLAMA_CPP_MOE_SMOLLM2`, from scripts/fetch-smollm2.sh). Without it
+/// the test says SKIPPED, and under `CI=true` (where `.ci/run` provides it) it fails.
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("LLAMA_CPP_MOE_SMOLLM2").map(PathBuf::from);
+    if path.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "LLAMA_CPP_MOE_SMOLLM2 is unset under CI=true"
+        );
+        eprintln!("SKIPPED: set LLAMA_CPP_MOE_SMOLLM2 (scripts/fetch-smollm2.sh)");
+    }
+    path
+}
+
+#[tokio::test]
+async fn completion_tokens_count_what_generation_stats_count() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        // A chat prompt, which SmolLM2 answers and ends with its end-of-turn token.
+        let prompt = "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n\
+                      <|im_start|>assistant\n";
+        let server = Server::start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let (status, answer) = server
+            .post_json("/v1/completions", &completion(prompt, 200, false))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+
+        // The library, greedy, on the same tokens and the same context size.
+        let backend = Backend::init();
+        let model = Model::load(&backend, &path, &ModelParams::default()).unwrap();
+        let tokens = model
+            .vocab()
+            .tokenize(prompt, AddSpecial::Yes, ParseSpecial::Yes)
+            .unwrap();
+        let params = ContextParams::default().with_n_ctx(512).with_n_threads(1);
+        let mut ctx = Context::new(&model, &params).unwrap();
+        let mut sampler = SamplerBuilder::new().greedy(&model.vocab()).unwrap();
+        let mut generation = ctx.generate(
+            &mut sampler,
+            &tokens,
+            GenerateParams::default().with_max_tokens(200),
+        );
+        let text: String = generation
+            .by_ref()
+            .map(|t| t.unwrap().text)
+            .collect::<String>();
+        let stats = generation.stats().clone();
+
+        assert!(
+            matches!(stats.stop_reason, Some(StopReason::EndOfGeneration(_))),
+            "SmolLM2 did not end its answer within 200 tokens: {stats:?}"
+        );
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
+        assert_eq!(answer["choices"][0]["text"], text.as_str(), "{answer}");
+        assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+        assert_eq!(
+            answer["usage"]["completion_tokens"], stats.generated_tokens,
+            "{answer}: the end-of-generation token is not part of the completion"
+        );
+    })
+    .await;
 }
 
 #[test]
