@@ -2,10 +2,8 @@
 //! synthetic MoE model, driven over HTTP: whole and streamed answers, concurrent clients,
 //! the queue limit, disconnects and bad requests.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,8 +15,10 @@ use llama_cpp_moe::{
 use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use llama_cpp_moe_gguf::{GgufFile, GgufWriter, MetaArray, TensorDesc};
-use llama_cpp_moe_server::app::parse_listening_line;
 use serde_json::{json, Value};
+use support::ServerProcess;
+
+mod support;
 
 /// Every test's upper bound: a hung server fails the test instead of the CI job.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -33,77 +33,27 @@ fn model() -> PathBuf {
     .clone()
 }
 
-/// A running server; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
+/// Starts `moe_server` on the synthetic model with `extra` flags (one thread) and waits
+/// (bounded) until `/health` says ok.
+async fn start(extra: &[&str]) -> ServerProcess {
+    start_with(&model(), extra).await
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// [`start`] on the model at `model`.
+async fn start_with(model: &Path, extra: &[&str]) -> ServerProcess {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let args: Vec<&str> = ["-t", "1"].iter().chain(extra).copied().collect();
+    let exe = Path::new(env!("CARGO_BIN_EXE_moe_server"));
+    ServerProcess::start(exe, model, &args, http, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Server {
-    /// Starts `moe_server` on the synthetic model with `extra` flags and waits (bounded)
-    /// until `/health` says ok.
-    async fn start(extra: &[&str]) -> Server {
-        Server::start_with(&model(), extra).await
-    }
-
-    /// [`Server::start`] on the model at `model`.
-    async fn start_with(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moe_server"))
-            .arg("-m")
-            .arg(model)
-            .args(["--port", "0", "-t", "1"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting moe_server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = parse_listening_line(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("moe_server printed no URL");
-        let server = Server {
-            child,
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let health = server.http.get(server.url("/health")).send().await;
-            if health.is_ok_and(|r| r.status() == 200) {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "moe_server never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
+/// The requests of these tests.
+impl ServerProcess {
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
@@ -254,7 +204,7 @@ async fn within_timeout(test: impl std::future::Future<Output = ()>) {
 #[tokio::test]
 async fn whole_and_streamed_answers_agree_and_count_real_tokens() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "2", "-c", "1024"]).await;
+        let server = start(&["--parallel", "2", "-c", "1024"]).await;
         let health = server.health().await;
         assert_eq!(health["status"], "ok");
         let models = server
@@ -361,7 +311,7 @@ async fn whole_and_streamed_answers_agree_and_count_real_tokens() {
     .await;
 }
 
-async fn whole_text(server: &Server, prompt: &str, max_tokens: u32) -> String {
+async fn whole_text(server: &ServerProcess, prompt: &str, max_tokens: u32) -> String {
     let (status, value) = server
         .post_json("/v1/completions", &completion(prompt, max_tokens, false))
         .await;
@@ -372,7 +322,7 @@ async fn whole_text(server: &Server, prompt: &str, max_tokens: u32) -> String {
 #[tokio::test]
 async fn concurrent_clients_all_finish_with_the_single_client_output() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "4", "-c", "2048"]).await;
+        let server = start(&["--parallel", "4", "-c", "2048"]).await;
         let prompts = [
             "The clockwork birds",
             "A mixture of experts routes each token",
@@ -425,7 +375,7 @@ async fn concurrent_clients_all_finish_with_the_single_client_output() {
 #[tokio::test]
 async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
+        let server = start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
         // Long enough (over a second even on a fast machine) to be cut off.
         let mut long = completion("Once upon a time", 16000, true);
         long["ignore_eos"] = json!(true);
@@ -487,7 +437,7 @@ async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences(
 #[tokio::test]
 async fn bad_requests_get_openai_error_objects() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "2", "-c", "256"]).await;
+        let server = start(&["--parallel", "2", "-c", "256"]).await;
         let bad = |body: String| {
             let http = server.http.clone();
             let url = server.url("/v1/chat/completions");
@@ -645,7 +595,7 @@ async fn a_jinja_template_that_writes_bos_gives_one_bos() {
             {{ m.content }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}\
             [ASSISTANT] {% endif %}";
         let (path, bos, eos) = model_with_chat_template("custom-template", template);
-        let server = Server::start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
         let chat = json!({
             "messages": [{"role": "user", "content": "Say hi"}],
             "max_tokens": 8, "temperature": 0,
@@ -724,7 +674,7 @@ async fn a_request_that_overflows_the_shared_cache_fails_and_the_other_completes
         // Two sequences sharing 1024 cells. The long request fits alone (about 500
         // prompt + 500 generated tokens), and so does the short one (about 5 + 300);
         // together they do not.
-        let server = Server::start(&["--parallel", "2", "--kv-unified", "-c", "1024"]).await;
+        let server = start(&["--parallel", "2", "--kv-unified", "-c", "1024"]).await;
         let mut short = completion("The clockwork birds", 300, false);
         short["ignore_eos"] = json!(true);
         let (status, alone) = server.post_json("/v1/completions", &short).await;
@@ -790,7 +740,7 @@ async fn completion_tokens_count_what_generation_stats_count() {
         // A chat prompt, which SmolLM2 answers and ends with its end-of-turn token.
         let prompt = "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n\
                       <|im_start|>assistant\n";
-        let server = Server::start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
         let (status, answer) = server
             .post_json("/v1/completions", &completion(prompt, 200, false))
             .await;
