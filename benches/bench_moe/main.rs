@@ -26,7 +26,7 @@ use llama_cpp_moe::{
 use llama_cpp_moe_benches::{
     geomean, prompt_with_tokens, synthetic_model, Summary, NATIVE_EXE, PROMPTS,
 };
-use llama_cpp_moe_examples::cli::{self, GpuLayers, LayerList, Spellings};
+use llama_cpp_moe_cli::{self as cli, GpuLayers, LayerList, Spellings};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 use serde_json::{json, Value};
 

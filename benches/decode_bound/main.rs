@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 

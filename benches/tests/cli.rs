@@ -1,14 +1,14 @@
 //! The benchmark programs answer `--help` with exit 0 and a bad flag with one line and
-//! exit 2, like the examples (they share `llama_cpp_moe_examples::cli`).
+//! exit 2, like the examples (they share the `llama-cpp-moe-cli` crate).
 
 use std::process::Command;
 
-use llama_cpp_moe_examples::{assert_cli_conventions, built_example};
+use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 
 #[test]
 fn help_exits_0_and_bad_flags_exit_2() {
     for name in ["bench_moe", "decode_bound"] {
-        assert_cli_conventions(name, true);
+        assert_cli_conventions(&built_example(name), true);
     }
 }
 

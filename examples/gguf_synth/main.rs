@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use llama_cpp_moe::ErrorChain;
-use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_gguf::synth::{Arch, Preset, Progress, PublicModel, SynthSpec};
 use llama_cpp_moe_gguf::{GgmlType, GgufFile, TensorKind};
 

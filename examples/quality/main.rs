@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::{Backend, ErrorChain};
-use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_examples::quality::{
     self, PlacementRun, LOOP_MIN_TOKENS, PERPLEXITY_TEXT, PERPLEXITY_TOLERANCE, PROMPTS,
 };

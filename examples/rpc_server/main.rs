@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::{Backend, ErrorChain};
-use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_cli as cli;
 
 /// Serve this machine's devices over ggml RPC (no authentication: loopback unless
 /// --allow-remote).

@@ -19,12 +19,12 @@ use llama_cpp_moe::{
     AddSpecial, Backend, Context, DeviceType, ErrorChain, GenerateParams, GenerationStats, Model,
     ParseSpecial, Sampler, SamplerBuilder,
 };
-use llama_cpp_moe_examples::cli;
-use llama_cpp_moe_examples::model_setup::{
+use llama_cpp_moe_cli as cli;
+use llama_cpp_moe_cli::args::{Args, FitArgs, FitOrder, GenerationArgs};
+use llama_cpp_moe_cli::model_setup::{
     backend_with_rpc_servers, context_params, load, load_with, mib, model_file, model_params, ms,
     new_context, print_devices, Loaded, ModelFile, PlacementReport,
 };
-use llama_cpp_moe_examples::simple_moe_args::{Args, FitArgs, FitOrder, GenerationArgs};
 use serde_json::json;
 
 fn main() -> ExitCode {

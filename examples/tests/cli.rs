@@ -3,16 +3,16 @@
 
 use std::process::Command;
 
-use llama_cpp_moe_examples::{assert_cli_conventions, built_example};
+use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
 #[test]
 fn help_exits_0_and_bad_flags_exit_2() {
     for name in ["simple_moe", "rpc_server", "gguf_synth", "quality"] {
-        assert_cli_conventions(name, true);
+        assert_cli_conventions(&built_example(name), true);
     }
     // What people copy uses plain clap: its errors are clap's own, several lines.
-    assert_cli_conventions("minimal", false);
+    assert_cli_conventions(&built_example("minimal"), false);
 }
 
 #[test]

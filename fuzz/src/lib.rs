@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use llama_cpp_moe::model::{regex_search, OverrideTarget};
 use llama_cpp_moe::{Backend, Model, ModelParams};
-use llama_cpp_moe_examples::cli::{one_line, try_parse_from};
-use llama_cpp_moe_examples::simple_moe_args::{Args, LLAMA_SPELLINGS};
+use llama_cpp_moe_cli::args::{Args, LLAMA_SPELLINGS};
+use llama_cpp_moe_cli::{one_line, try_parse_from};
 use llama_cpp_moe_gguf::{GgufFile, MetaArray, MetaValue};
 
 /// A per-process scratch file for the targets whose entry point takes a path. It lives

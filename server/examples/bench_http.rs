@@ -2,7 +2,7 @@
 //! behaves under concurrent load.
 //!
 //! ```text
-//! cargo build --release -p llama-cpp-moe-server --examples   # bench_http starts moe_server
+//! cargo build --release -p llama-cpp-moe-server --bin moe_server   # bench_http starts it
 //! cargo run --release -p llama-cpp-moe-server --example bench_http            # tiny synthetic model
 //! ```
 //!
@@ -16,10 +16,7 @@
 //! busy for a fixed time each: requests/s, aggregate tok/s, p50/p99 TTFT and latency,
 //! errors, the server's RSS before and after.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -27,8 +24,11 @@ use llama_cpp_moe::{Backend, Context, ContextParams, GenerateParams, Model, Mode
 use llama_cpp_moe::{ErrorChain, SamplerBuilder, Token};
 use llama_cpp_moe_benches::{prompt_with_tokens, synthetic_model, Summary, PROMPTS};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
-use llama_cpp_moe_server::app::parse_listening_line;
 use serde_json::{json, Value};
+use support::ServerProcess;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -216,19 +216,9 @@ fn library_run(model: &Model, args: &Args, prompt: &[Token]) -> Result<Timing, B
     })
 }
 
-/// A `moe_server` child process; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A `moe_server --parallel N` for the runs, whose sequences hold `ctx_per_seq` tokens
+/// each; killed on drop.
+struct Server(ServerProcess);
 
 impl Server {
     async fn start(
@@ -237,55 +227,38 @@ impl Server {
         parallel: u32,
         ctx_per_seq: u32,
     ) -> Result<Server, BoxError> {
-        let exe = std::env::current_exe()?
-            .with_file_name(format!("moe_server{}", std::env::consts::EXE_SUFFIX));
-        let mut child = Command::new(&exe)
-            .arg("-m")
-            .arg(model)
-            .args(["--port", "0", "--queue", "256"])
-            .args(["-t", &args.threads.to_string()])
-            .args(["--parallel", &parallel.to_string()])
-            .args(["-c", &(ctx_per_seq * parallel).to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "starting {} (build it: cargo build --release -p llama-cpp-moe-server --examples): {e}",
-                    exe.display()
-                )
-            })?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = parse_listening_line(&line) {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(120))?;
-        let server = Server {
-            child,
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(600))
-                .pool_max_idle_per_host(64)
-                .build()?,
-        };
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < deadline {
-            let health = server.http.get(format!("{}/health", server.base)).send();
-            if health.await.is_ok_and(|r| r.status() == 200) {
-                return Ok(server);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let exe = built_moe_server()?;
+        if !exe.exists() {
+            return Err(format!(
+                "no {} (build it: cargo build --release -p llama-cpp-moe-server --bin moe_server)",
+                exe.display()
+            )
+            .into());
         }
-        Err("moe_server did not become ready".into())
+        let threads = args.threads.to_string();
+        let parallel_arg = parallel.to_string();
+        let ctx = (ctx_per_seq * parallel).to_string();
+        let flags = [
+            "--queue",
+            "256",
+            "-t",
+            &threads,
+            "--parallel",
+            &parallel_arg,
+            "-c",
+            &ctx,
+        ];
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let process =
+            ServerProcess::start(&exe, model, &flags, http, Duration::from_secs(300)).await?;
+        Ok(Server(process))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     async fn completion(
@@ -294,8 +267,19 @@ impl Server {
         max_tokens: usize,
         stream: bool,
     ) -> Result<Timing, BoxError> {
-        timed_completion(&self.http, &self.base, prompt, max_tokens, stream).await
+        timed_completion(&self.0.http, &self.0.base, prompt, max_tokens, stream).await
     }
+}
+
+/// The `moe_server` cargo built beside this program: `target/<profile>/moe_server`, next
+/// to `target/<profile>/examples/bench_http`.
+fn built_moe_server() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target directory")?;
+    Ok(dir.join(format!("moe_server{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// One `/v1/completions` request timed at the client: TTFT at the first chunk with
@@ -390,8 +374,8 @@ async fn load_run(args: &Args, model_path: &Path) -> Result<(), BoxError> {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let http = server.http.clone();
-            let base = server.base.clone();
+            let http = server.0.http.clone();
+            let base = server.0.base.clone();
             let n = args.n_predict;
             tasks.push(tokio::spawn(async move {
                 let mut timings = Vec::new();

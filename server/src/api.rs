@@ -143,6 +143,18 @@ impl ApiError {
         }
     }
 
+    /// 503 without `Retry-After`: the server cannot serve any more (its decoding worker
+    /// has stopped), and waiting will not change that.
+    pub fn stopped(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            retry_after: None,
+        }
+    }
+
     /// 500: something failed on our side.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use llama_cpp_moe_examples::cli::{self, Spellings};
-use llama_cpp_moe_examples::model_setup::{
-    backend_with_rpc_servers, load, model_file, new_context, print_devices, Loaded, PlacementReport,
+use llama_cpp_moe::Context;
+use llama_cpp_moe_cli::args::{ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS};
+use llama_cpp_moe_cli::model_setup::{
+    backend_with_rpc_servers, context_params, load, model_file, print_devices, Loaded,
+    PlacementReport,
 };
-use llama_cpp_moe_examples::simple_moe_args::{
-    ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS,
-};
+use llama_cpp_moe_cli::{self as cli, Spellings};
 
 use crate::engine::{self, run_worker};
 use crate::http::{router, AppState, Ready};
@@ -47,6 +47,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     #[arg(value_parser = clap::value_parser!(u32).range(1..=256))]
     pub parallel: u32,
+    /// One KV cache shared by all sequences (-kvu): a request may use up to -c tokens,
+    /// as long as the requests being served fit together
+    #[arg(long)]
+    pub kv_unified: bool,
     /// Requests that may wait for a free sequence; beyond that, 503 with Retry-After
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub queue: usize,
@@ -56,17 +60,48 @@ pub struct ServeArgs {
 }
 
 impl ServerArgs {
-    /// Parses this process's command line (simple_moe's llama.cpp spellings plus `-np`);
-    /// exits on `--help` or a bad one.
+    /// Parses this process's command line (simple_moe's llama.cpp spellings plus `-np`
+    /// and `-kvu`); exits on `--help` or a bad one.
     pub fn from_env() -> ServerArgs {
-        cli::parse(spellings())
+        let args: ServerArgs = cli::parse(spellings());
+        if let Err(message) = args.check() {
+            cli::usage_error("moe_server", &message);
+        }
+        args
+    }
+
+    /// What clap cannot check: every step decodes one token of each generating sequence
+    /// in one batch, and llama.cpp reserves an output per sequence in a batch of at most
+    /// `-b` tokens, capped at `-c` (`src/llama-context.cpp`: `n_outputs_max` is
+    /// `n_batch`; a context of more sequences aborts at creation).
+    pub fn check(&self) -> Result<(), String> {
+        let parallel = self.server.parallel;
+        let ContextArgs {
+            batch_size,
+            ctx_size,
+            ..
+        } = self.context;
+        if parallel > batch_size {
+            return Err(format!(
+                "--parallel {parallel} needs a batch of at least {parallel} tokens (one per \
+                 sequence and step), but -b {batch_size} is smaller: raise -b or lower --parallel"
+            ));
+        }
+        if ctx_size != 0 && parallel > ctx_size {
+            return Err(format!(
+                "--parallel {parallel} needs a batch of at least {parallel} tokens, but -c \
+                 {ctx_size} caps the batch at {ctx_size}: raise -c or lower --parallel"
+            ));
+        }
+        Ok(())
     }
 }
 
-/// simple_moe's spellings and `-np`.
+/// simple_moe's spellings, `-np` and `-kvu`.
 pub fn spellings() -> Spellings {
     let mut all = LLAMA_SPELLINGS.to_vec();
     all.push(("-np", "--parallel"));
+    all.push(("-kvu", "--kv-unified"));
     // Parsed once per process: the leak is the program's lifetime.
     Box::leak(all.into_boxed_slice())
 }
@@ -114,12 +149,10 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                 &*Box::leak(Box::new(l))
             });
             let result = loaded.and_then(|loaded: &'static Loaded| {
-                let mut ctx = new_context(
-                    &args.context,
-                    &args.placement,
-                    args.server.parallel,
-                    &loaded.model,
-                )?;
+                let params = context_params(&args.context, &args.placement, args.server.parallel)
+                    .with_kv_unified(args.server.kv_unified);
+                let mut ctx = Context::new(&loaded.model, &params)
+                    .map_err(|e| format!("creating context: {e}"))?;
                 let report = PlacementReport::collect(&args.placement, &backend, loaded, &ctx)?;
                 eprintln!();
                 report.print_model(loaded);
@@ -143,8 +176,13 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                     n_ctx_seq,
                     chat_template,
                 });
+                let sequences = if args.server.kv_unified {
+                    format!("sequences sharing {n_ctx_seq} tokens")
+                } else {
+                    format!("sequences of {n_ctx_seq} tokens")
+                };
                 eprintln!(
-                    "moe_server: ready: http://{addr}/v1 ({} sequences of {n_ctx_seq} tokens)",
+                    "moe_server: ready: http://{addr}/v1 ({} {sequences})",
                     args.server.parallel
                 );
                 run_worker(&mut ctx, queue);

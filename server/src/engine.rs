@@ -5,13 +5,19 @@
 //! sequence is free. Each request gets its events back over its own channel; when the
 //! HTTP side drops that channel (the client went away) the worker stops the generation
 //! and frees the sequence's KV cells.
+//!
+//! A decode that fails fails only the request(s) that caused it, and the others are
+//! decoded again (`Worker::recover`). A worker that dies (a panic) says so in
+//! [`Load::stopped`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
+use llama_cpp_moe::context::DecodeError;
 use llama_cpp_moe::{
     Batch, Context, Output, Pos, RenderSpecial, Sampler, SamplerBuilder, SeqId, Token, Utf8Decoder,
+    Vocab,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -85,6 +91,9 @@ pub struct Load {
     pub queued: AtomicUsize,
     /// Jobs stopped because their client went away.
     pub cancelled: AtomicUsize,
+    /// Set when the worker has ended, by returning or by a panic: nothing is decoded any
+    /// more (`/health` answers 503).
+    pub stopped: AtomicBool,
 }
 
 /// The HTTP side's handle on the worker.
@@ -123,6 +132,11 @@ impl EngineHandle {
     pub fn load(&self) -> &Load {
         &self.load
     }
+
+    /// Whether the worker still runs.
+    pub fn is_running(&self) -> bool {
+        !self.load.stopped.load(Ordering::SeqCst)
+    }
 }
 
 /// The worker's end of the queue; [`run_worker`] consumes it.
@@ -158,11 +172,9 @@ struct Slot<'m> {
     decoder: Utf8Decoder,
     /// Generated text not yet sent because it may be the start of a stop text.
     held: String,
+    /// Tokens of the completion so far: an end-of-generation token that ends it is not
+    /// one (as in the library's `GenerationStats::generated_tokens`).
     generated: usize,
-    /// Batch index of this slot's output in the current step.
-    output_index: Option<usize>,
-    /// Tokens of this slot in the current step's batch.
-    in_batch: usize,
 }
 
 impl Slot<'_> {
@@ -175,22 +187,61 @@ impl Slot<'_> {
     }
 }
 
+/// A slot's share of one decode step: its next token, or the next `len` tokens of its
+/// prompt.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// The slot (its index is its sequence id).
+    slot: usize,
+    /// Tokens from the slot's `n_past` on.
+    len: usize,
+}
+
+/// Why a step's decode failed.
+enum StepError {
+    /// The KV cache has no room for the step (llama_decode returned 1; memory unchanged).
+    Full,
+    /// Anything else, in words.
+    Failed(String),
+}
+
+/// Sets [`Load::stopped`] when dropped: when the worker returns, and when a panic
+/// unwinds it.
+struct StoppedOnDrop<'a>(&'a Load);
+
+impl Drop for StoppedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        if std::thread::panicking() {
+            log::error!("the decoding worker panicked: no request is served any more");
+        }
+    }
+}
+
 /// Runs the worker until every [`EngineHandle`] is dropped: admits jobs into free
 /// sequences, decodes all active sequences in one batch per step, samples, streams.
 pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
     let n_seq = ctx.n_seq_max() as usize;
     let n_batch = ctx.n_batch() as usize;
-    let n_ctx_seq = ctx.n_ctx_seq() as usize;
-    let model = ctx.model();
-    let vocab = model.vocab();
-    let mut slots: Vec<Option<Slot<'_>>> = (0..n_seq).map(|_| None).collect();
-    let mut batch = Batch::with_capacity(n_batch);
+    let vocab = ctx.model().vocab();
+    let mut worker = Worker {
+        slots: (0..n_seq).map(|_| None).collect(),
+        batch: Batch::with_capacity(n_batch),
+        n_batch,
+        n_ctx_seq: ctx.n_ctx_seq() as usize,
+        load: &queue.load,
+        vocab,
+        ctx,
+    };
+    // Declared after the worker, so dropped before it: `/health` says 503 before the
+    // clients of the requests it held see their streams end.
+    let _stopped = StoppedOnDrop(&queue.load);
     let mut disconnected = false;
 
     loop {
         // Admit waiting jobs into free sequences; block only when nothing is running.
-        while let Some(free) = slots.iter().position(Option::is_none) {
-            let job = if slots.iter().all(Option::is_none) && !disconnected {
+        while let Some(free) = worker.slots.iter().position(Option::is_none) {
+            let job = if worker.slots.iter().all(Option::is_none) && !disconnected {
                 match queue.jobs.recv() {
                     Ok(job) => job,
                     Err(_) => {
@@ -213,7 +264,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
                 queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
-            let sampler = match sampler(&vocab, &job.sampling) {
+            let sampler = match sampler(&worker.vocab, &job.sampling) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = job.events.send(Event::Failed(e));
@@ -221,7 +272,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
                 }
             };
             queue.load.active.fetch_add(1, Ordering::SeqCst);
-            slots[free] = Some(Slot {
+            worker.slots[free] = Some(Slot {
                 seq: SeqId(free as i32),
                 prompt: job.prompt,
                 n_past: 0,
@@ -232,11 +283,9 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
                 decoder: Utf8Decoder::new(),
                 held: String::new(),
                 generated: 0,
-                output_index: None,
-                in_batch: 0,
             });
         }
-        if slots.iter().all(Option::is_none) {
+        if worker.slots.iter().all(Option::is_none) {
             if disconnected {
                 return;
             }
@@ -244,106 +293,224 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
         }
 
         // Clients that went away: stop and free their sequences.
-        for slot in &mut slots {
-            if slot.as_ref().is_some_and(|s| s.events.is_closed()) {
+        for i in 0..worker.slots.len() {
+            if worker.slots[i]
+                .as_ref()
+                .is_some_and(|s| s.events.is_closed())
+            {
                 queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
-                free_slot(ctx, slot, &queue.load);
+                worker.free(i);
             }
         }
 
-        // One batch: every generating sequence's next token first, then prompt chunks
-        // in the room left (so a long prompt does not stall the others' decoding).
-        batch.clear();
-        let mut build_error = None;
-        for slot in slots.iter_mut().flatten() {
-            slot.output_index = None;
-            slot.in_batch = 0;
-            if let Some(token) = slot.next {
-                let index = batch.len();
-                if let Err(e) = batch.add(token, pos(slot.n_past), &[slot.seq], Output::Yes) {
-                    build_error = Some(e.to_string());
-                }
-                slot.output_index = Some(index);
-                slot.in_batch = 1;
+        let parts = worker.plan();
+        if !parts.is_empty() {
+            worker.step(parts);
+        }
+    }
+}
+
+/// The worker's state: the context, the active requests and the batch it reuses.
+struct Worker<'c, 'm> {
+    ctx: &'c mut Context<'m>,
+    vocab: Vocab<'m>,
+    /// One per sequence; `None` when the sequence is free.
+    slots: Vec<Option<Slot<'m>>>,
+    batch: Batch,
+    n_batch: usize,
+    n_ctx_seq: usize,
+    load: &'c Load,
+}
+
+impl Worker<'_, '_> {
+    /// The next step: every generating sequence's next token first, then prompt chunks
+    /// in the room left, so a long prompt does not stall the others' decoding. At most
+    /// `n_batch` tokens: a generating sequence beyond that waits for the next step (the
+    /// server refuses `--parallel` above the batch size at start-up, so none does).
+    fn plan(&self) -> Vec<Part> {
+        let mut parts = Vec::new();
+        let mut room = self.n_batch;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if room > 0 && slot.as_ref().is_some_and(|s| s.next.is_some()) {
+                parts.push(Part { slot: i, len: 1 });
+                room -= 1;
             }
         }
-        for slot in slots.iter_mut().flatten() {
-            if slot.next.is_some() || slot.n_past >= slot.prompt.len() {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if room == 0 || slot.next.is_some() || slot.n_past >= slot.prompt.len() {
                 continue;
             }
-            let room = n_batch.saturating_sub(batch.len());
-            let chunk = room.min(slot.prompt.len() - slot.n_past);
-            slot.in_batch = chunk;
-            for i in 0..chunk {
-                let at = slot.n_past + i;
-                let last = at + 1 == slot.prompt.len();
-                if let Err(e) = batch.add(slot.prompt[at], pos(at), &[slot.seq], last.into()) {
-                    build_error = Some(e.to_string());
-                }
-                if last {
-                    slot.output_index = Some(batch.len() - 1);
-                }
-            }
+            let len = room.min(slot.prompt.len() - slot.n_past);
+            parts.push(Part { slot: i, len });
+            room -= len;
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let decoded = match build_error {
-            Some(e) => Err(e),
-            None => ctx.decode(&batch).map_err(|e| e.to_string()),
-        };
-        if let Err(e) = decoded {
-            log::error!("decode failed: {e}");
-            for slot in &mut slots {
-                if let Some(s) = slot.as_ref() {
-                    let _ = s.events.send(Event::Failed(format!("decode failed: {e}")));
-                }
-                free_slot(ctx, slot, &queue.load);
-            }
-            continue;
-        }
+        parts
+    }
 
-        // Advance every slot that took part; sample where there is an output.
-        for slot_entry in &mut slots {
-            let Some(slot) = slot_entry.as_mut() else {
+    /// Decodes `parts` in one batch, then samples each part that ends with an output. A
+    /// failed decode fails only the request(s) at fault ([`Worker::recover`]).
+    fn step(&mut self, parts: Vec<Part>) {
+        match self.decode(&parts) {
+            Ok(outputs) => self.advance(&parts, &outputs),
+            Err(e) => self.recover(parts, e),
+        }
+    }
+
+    /// Decodes `parts` in one batch; the batch index of each part's output, if it has
+    /// one.
+    fn decode(&mut self, parts: &[Part]) -> Result<Vec<Option<usize>>, StepError> {
+        self.batch.clear();
+        let mut outputs = Vec::with_capacity(parts.len());
+        for part in parts {
+            let Some(slot) = &self.slots[part.slot] else {
+                outputs.push(None);
+                continue;
+            };
+            let added = match slot.next {
+                Some(token) => self
+                    .batch
+                    .add(token, pos(slot.n_past), &[slot.seq], Output::Yes)
+                    .map(|()| true),
+                None => {
+                    let end = slot.n_past + part.len;
+                    let last = end == slot.prompt.len();
+                    (slot.n_past..end)
+                        .try_for_each(|at| {
+                            let output = (last && at + 1 == end).into();
+                            self.batch
+                                .add(slot.prompt[at], pos(at), &[slot.seq], output)
+                        })
+                        .map(|()| last)
+                }
+            };
+            match added {
+                Ok(output) => outputs.push(output.then(|| self.batch.len() - 1)),
+                Err(e) => return Err(StepError::Failed(format!("building the batch: {e}"))),
+            }
+        }
+        match self.ctx.decode(&self.batch) {
+            Ok(()) => Ok(outputs),
+            Err(DecodeError::NoKvSlot) => Err(StepError::Full),
+            Err(e) => Err(StepError::Failed(e.to_string())),
+        }
+    }
+
+    /// After a successful decode: moves each part's sequence on and samples where the
+    /// part has an output.
+    fn advance(&mut self, parts: &[Part], outputs: &[Option<usize>]) {
+        for (part, output) in parts.iter().zip(outputs) {
+            let Some(slot) = self.slots[part.slot].as_mut() else {
                 continue;
             };
             slot.next = None;
-            slot.n_past += slot.in_batch;
-            let Some(index) = slot.output_index else {
-                continue;
-            };
-            let ended = match slot.sampler.sample(ctx, index) {
+            slot.n_past += part.len;
+            let Some(index) = *output else { continue };
+            let ended = match slot.sampler.sample(self.ctx, index) {
                 Err(e) => {
                     let _ = slot.events.send(Event::Failed(format!("sampling: {e}")));
                     true
                 }
-                Ok(token) => {
-                    slot.generated += 1;
-                    step(slot, token, &vocab, n_ctx_seq)
-                }
+                Ok(token) => take(slot, token, &self.vocab, self.n_ctx_seq),
             };
             if ended {
-                free_slot(ctx, slot_entry, &queue.load);
+                self.free(part.slot);
             }
+        }
+    }
+
+    /// A failed decode of `parts`: fails the request(s) that caused it and decodes the
+    /// others again.
+    ///
+    /// With no room in the KV cache (possible when the sequences share it,
+    /// `--kv-unified`), the request that would hold the most cells gives way, as often as
+    /// needed. Any other failure does not say whose tokens it was about, so each part is
+    /// decoded on its own, and the ones that fail alone fail.
+    fn recover(&mut self, mut parts: Vec<Part>, error: StepError) {
+        // Each sequence back where the step found it: a compute failure can leave the
+        // cells of the micro-batches before it.
+        for part in &parts {
+            if let Some(slot) = &self.slots[part.slot] {
+                if let Err(e) = self.ctx.seq_rm(Some(slot.seq), pos(slot.n_past)..) {
+                    log::error!("rolling back sequence {}: {e}", slot.seq);
+                }
+            }
+        }
+        let full = || {
+            format!(
+                "the KV cache is full: the requests being served need more than its {} \
+                 cells (-c), and this one held the most",
+                self.ctx.n_ctx()
+            )
+        };
+        if let [part] = parts[..] {
+            let message = match error {
+                StepError::Full => full(),
+                StepError::Failed(e) => format!("decode failed: {e}"),
+            };
+            log::warn!("request in sequence {} failed: {message}", part.slot);
+            self.fail(part.slot, message);
+            return;
+        }
+        match error {
+            StepError::Full => {
+                let held = |p: &Part| self.slots[p.slot].as_ref().map_or(0, |s| s.n_past) + p.len;
+                let Some(at) = (0..parts.len()).max_by_key(|&i| held(&parts[i])) else {
+                    return;
+                };
+                let victim = parts.remove(at);
+                let message = full();
+                log::warn!("request in sequence {} stopped: {message}", victim.slot);
+                self.fail(victim.slot, message);
+                self.step(parts);
+            }
+            StepError::Failed(e) => {
+                log::warn!(
+                    "decode of {} requests together failed ({e}): each alone",
+                    parts.len()
+                );
+                for part in parts {
+                    self.step(vec![part]);
+                }
+            }
+        }
+    }
+
+    /// Ends the request in `slot` with an error.
+    fn fail(&mut self, slot: usize, message: String) {
+        if let Some(s) = &self.slots[slot] {
+            let _ = s.events.send(Event::Failed(message));
+        }
+        self.free(slot);
+    }
+
+    /// Ends the request in `slot`: removes its sequence's KV cells and marks it free.
+    fn free(&mut self, slot: usize) {
+        if let Some(s) = self.slots[slot].take() {
+            if let Err(e) = self.ctx.seq_rm(Some(s.seq), ..) {
+                log::error!("freeing sequence {}: {e}", s.seq);
+            }
+            self.load.active.fetch_sub(1, Ordering::SeqCst);
+            log::debug!(
+                "sequence {} done: {} prompt + {} generated tokens",
+                s.seq,
+                s.prompt.len(),
+                s.generated
+            );
         }
     }
 }
 
 /// Takes the sampled `token` into `slot`: sends its text, or ends the generation
 /// (returns true, after sending [`Event::Done`]).
-fn step(
-    slot: &mut Slot<'_>,
-    token: Token,
-    vocab: &llama_cpp_moe::Vocab<'_>,
-    n_ctx_seq: usize,
-) -> bool {
+fn take(slot: &mut Slot<'_>, token: Token, vocab: &Vocab<'_>, n_ctx_seq: usize) -> bool {
     if vocab.is_eog(token) && !slot.sampling.ignore_eos {
         let rest = std::mem::take(&mut slot.held) + &slot.decoder.finish();
         send_text(slot, rest);
         let _ = slot.events.send(slot.finish(FinishReason::Stop));
         return true;
     }
+    slot.generated += 1;
     let bytes = vocab
         .token_to_bytes(token, RenderSpecial::No)
         .unwrap_or_default();
@@ -399,23 +566,7 @@ fn pos(i: usize) -> Pos {
     Pos(i32::try_from(i).unwrap_or(i32::MAX))
 }
 
-/// Ends `slot`: removes its sequence's KV cells and marks it free.
-fn free_slot(ctx: &mut Context<'_>, slot: &mut Option<Slot<'_>>, load: &Load) {
-    if let Some(s) = slot.take() {
-        if let Err(e) = ctx.seq_rm(Some(s.seq), ..) {
-            log::error!("freeing sequence {}: {e}", s.seq);
-        }
-        load.active.fetch_sub(1, Ordering::SeqCst);
-        log::debug!(
-            "sequence {} done: {} prompt + {} generated tokens",
-            s.seq,
-            s.prompt.len(),
-            s.generated
-        );
-    }
-}
-
-fn sampler<'m>(vocab: &llama_cpp_moe::Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
+fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
     if s.temperature <= 0.0 {
         return SamplerBuilder::new()
             .greedy(vocab)

@@ -1,5 +1,6 @@
 //! The axum routes: OpenAI's completions, chat completions and models endpoints, and a
-//! health check that says `ok` only once the model is loaded.
+//! health check that says `ok` only while the model is loaded and the decoding worker
+//! runs.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,14 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+        Some(ready) if !ready.engine.is_running() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "error",
+                "error": "the decoding worker has stopped: no request can be served",
+            })),
         )
             .into_response(),
         Some(ready) => {
@@ -227,7 +236,7 @@ async fn start(
         })
         .map_err(|e| match e {
             SubmitError::QueueFull => ApiError::unavailable("the request queue is full", 1),
-            SubmitError::Stopped => ApiError::internal("the decoding worker has stopped"),
+            SubmitError::Stopped => ApiError::stopped("the decoding worker has stopped"),
         })?;
     let meta = Meta {
         id: format!(

@@ -3,14 +3,16 @@
 //! - `POST /v1/chat/completions` (through the model's chat template) and
 //!   `POST /v1/completions`, streamed with Server-Sent Events or answered whole, with the
 //!   real token counts in `usage`;
-//! - `GET /v1/models`, and `GET /health`, which says `ok` only once the model is loaded.
+//! - `GET /v1/models`, and `GET /health`, which says `ok` only once the model is loaded
+//!   and while the decoding worker runs (503 before, and after it died).
 //!
 //! Concurrency: one worker thread owns the llama.cpp context and decodes up to
 //! `--parallel` requests together, one sequence each, in one batch per step
 //! ([`engine`]). Requests beyond that wait in a bounded queue; when it is full the
-//! answer is 503 with `Retry-After`. A client that disconnects frees its sequence.
+//! answer is 503 with `Retry-After`. A client that disconnects frees its sequence. A
+//! failed decode fails only the request(s) that caused it; the others go on.
 //!
-//! The model flags are `simple_moe`'s ([`llama_cpp_moe_examples::simple_moe_args`]), and
+//! The model flags are `simple_moe`'s ([`llama_cpp_moe_cli::args`]), and
 //! so is the placement report printed at startup.
 
 pub mod api;

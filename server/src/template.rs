@@ -19,6 +19,11 @@ pub struct ChatTemplate {
     /// The texts of the BOS and EOS tokens, which Jinja templates refer to.
     pub bos_token: String,
     pub eos_token: String,
+    /// Whether tokenizing adds a BOS token (the vocabulary's `add_bos`): then a prompt
+    /// the template starts with `bos_token` loses that text, or it would hold two.
+    pub adds_bos: bool,
+    /// Whether tokenizing adds an EOS token: likewise at the end.
+    pub adds_eos: bool,
 }
 
 impl ChatTemplate {
@@ -34,12 +39,29 @@ impl ChatTemplate {
             builtin: is_builtin(&source),
             bos_token: text(vocab.bos()),
             eos_token: text(vocab.eos()),
+            adds_bos: vocab.adds_bos(),
+            adds_eos: vocab.adds_eos(),
             source,
         })
     }
 
-    /// The prompt text of `messages`, ending with the opening of an assistant turn.
+    /// The prompt text of `messages`, ending with the opening of an assistant turn, to be
+    /// tokenized with the vocabulary's special tokens added (as any prompt is): a BOS (EOS)
+    /// text the template writes at the start (end) is left out when tokenizing adds that
+    /// token anyway, as llama.cpp does for Jinja templates (`common/chat.cpp`).
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+        let mut text = self.render_as_written(messages)?;
+        if self.adds_bos && !self.bos_token.is_empty() && text.starts_with(&self.bos_token) {
+            text.drain(..self.bos_token.len());
+        }
+        if self.adds_eos && !self.eos_token.is_empty() && text.ends_with(&self.eos_token) {
+            text.truncate(text.len() - self.eos_token.len());
+        }
+        Ok(text)
+    }
+
+    /// The prompt text of `messages` as the template writes it.
+    fn render_as_written(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
         if messages
             .iter()
             .any(|m| m.content.contains('\0') || m.role.contains('\0'))
@@ -122,22 +144,26 @@ mod tests {
     #[test]
     fn templates_llama_cpp_does_not_know_are_rendered_with_jinja() {
         assert!(!is_builtin(CUSTOM));
-        let template = ChatTemplate {
+        let mut template = ChatTemplate {
             source: CUSTOM.to_owned(),
             builtin: false,
             bos_token: "<s>".into(),
             eos_token: "</s>".into(),
+            adds_bos: false,
+            adds_eos: false,
         };
-        let prompt = template
-            .render(&[
-                ChatMessage::new("system", "Be brief."),
-                ChatMessage::new("user", "Hi"),
-            ])
-            .unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ];
+        let prompt = template.render(&messages).unwrap();
         assert_eq!(
             prompt,
             "<s>[SYSTEM] Be brief.</s>\n[USER] Hi</s>\n[ASSISTANT] "
         );
+        // A vocabulary that adds BOS itself: the template's own goes.
+        template.adds_bos = true;
+        assert_eq!(template.render(&messages).unwrap(), &prompt["<s>".len()..]);
         // raise_exception is an error, not a panic.
         let raising = "{{ raise_exception('roles must alternate') }}";
         let err = render_jinja(raising, &[], true, "", "").unwrap_err();
@@ -154,6 +180,8 @@ mod tests {
             builtin: true,
             bos_token: String::new(),
             eos_token: String::new(),
+            adds_bos: true,
+            adds_eos: false,
         };
         let prompt = template.render(&[ChatMessage::new("user", "hi")]).unwrap();
         assert_eq!(

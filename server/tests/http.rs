@@ -1,18 +1,24 @@
-//! The real `moe_server` (the built example, as a child process on a free port) serving a
+//! The real `moe_server` (the built program, as a child process on a free port) serving a
 //! synthetic MoE model, driven over HTTP: whole and streamed answers, concurrent clients,
 //! the queue limit, disconnects and bad requests.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe::generate::StopReason;
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+use llama_cpp_moe::{
+    Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder,
+};
+use llama_cpp_moe_cli::testing::{assert_cli_conventions, built_example};
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
-use llama_cpp_moe_server::app::parse_listening_line;
+use llama_cpp_moe_gguf::{GgufFile, GgufWriter, MetaArray, TensorDesc};
 use serde_json::{json, Value};
+use support::ServerProcess;
+
+mod support;
 
 /// Every test's upper bound: a hung server fails the test instead of the CI job.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -27,72 +33,27 @@ fn model() -> PathBuf {
     .clone()
 }
 
-/// A running server; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
+/// Starts `moe_server` on the synthetic model with `extra` flags (one thread) and waits
+/// (bounded) until `/health` says ok.
+async fn start(extra: &[&str]) -> ServerProcess {
+    start_with(&model(), extra).await
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// [`start`] on the model at `model`.
+async fn start_with(model: &Path, extra: &[&str]) -> ServerProcess {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let args: Vec<&str> = ["-t", "1"].iter().chain(extra).copied().collect();
+    let exe = Path::new(env!("CARGO_BIN_EXE_moe_server"));
+    ServerProcess::start(exe, model, &args, http, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Server {
-    /// Starts `moe_server` on the synthetic model with `extra` flags and waits (bounded)
-    /// until `/health` says ok.
-    async fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(built_example("moe_server"))
-            .arg("-m")
-            .arg(model())
-            .args(["--port", "0", "-t", "1"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting moe_server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = parse_listening_line(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("moe_server printed no URL");
-        let server = Server {
-            child,
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let health = server.http.get(server.url("/health")).send().await;
-            if health.is_ok_and(|r| r.status() == 200) {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "moe_server never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
+/// The requests of these tests.
+impl ServerProcess {
     async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
@@ -243,7 +204,7 @@ async fn within_timeout(test: impl std::future::Future<Output = ()>) {
 #[tokio::test]
 async fn whole_and_streamed_answers_agree_and_count_real_tokens() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "2", "-c", "1024"]).await;
+        let server = start(&["--parallel", "2", "-c", "1024"]).await;
         let health = server.health().await;
         assert_eq!(health["status"], "ok");
         let models = server
@@ -350,7 +311,7 @@ async fn whole_and_streamed_answers_agree_and_count_real_tokens() {
     .await;
 }
 
-async fn whole_text(server: &Server, prompt: &str, max_tokens: u32) -> String {
+async fn whole_text(server: &ServerProcess, prompt: &str, max_tokens: u32) -> String {
     let (status, value) = server
         .post_json("/v1/completions", &completion(prompt, max_tokens, false))
         .await;
@@ -361,7 +322,7 @@ async fn whole_text(server: &Server, prompt: &str, max_tokens: u32) -> String {
 #[tokio::test]
 async fn concurrent_clients_all_finish_with_the_single_client_output() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "4", "-c", "2048"]).await;
+        let server = start(&["--parallel", "4", "-c", "2048"]).await;
         let prompts = [
             "The clockwork birds",
             "A mixture of experts routes each token",
@@ -414,7 +375,7 @@ async fn concurrent_clients_all_finish_with_the_single_client_output() {
 #[tokio::test]
 async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
+        let server = start(&["--parallel", "1", "--queue", "1", "-c", "16384"]).await;
         // Long enough (over a second even on a fast machine) to be cut off.
         let mut long = completion("Once upon a time", 16000, true);
         long["ignore_eos"] = json!(true);
@@ -476,7 +437,7 @@ async fn a_full_queue_answers_503_and_disconnected_clients_free_their_sequences(
 #[tokio::test]
 async fn bad_requests_get_openai_error_objects() {
     within_timeout(async {
-        let server = Server::start(&["--parallel", "2", "-c", "256"]).await;
+        let server = start(&["--parallel", "2", "-c", "256"]).await;
         let bad = |body: String| {
             let http = server.http.clone();
             let url = server.url("/v1/chat/completions");
@@ -573,8 +534,256 @@ async fn bad_requests_get_openai_error_objects() {
     .await;
 }
 
+/// A copy of the synthetic model whose chat template is `template` (one metadata value
+/// changed), in a directory of this test process; and the texts of its BOS and EOS tokens.
+fn model_with_chat_template(name: &str, template: &str) -> (PathBuf, String, String) {
+    let source = GgufFile::open(model()).unwrap();
+    let mut writer = GgufWriter::new();
+    writer.set_alignment(source.alignment() as u32).unwrap();
+    for (key, value) in source.metadata() {
+        match key.as_str() {
+            "general.alignment" => {}
+            "tokenizer.chat_template" => writer.add_kv(key, template).unwrap(),
+            _ => writer.add_kv(key, value.clone()).unwrap(),
+        }
+    }
+    for t in source.tensors() {
+        writer
+            .add_tensor(TensorDesc {
+                name: t.name.clone(),
+                ty: t.ty,
+                shape: t.shape.clone(),
+            })
+            .unwrap();
+    }
+    let data = std::fs::read(source.path()).unwrap();
+    let dir = std::env::temp_dir().join(format!("moe-server-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.gguf"));
+    let out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writer
+        .write(out, |i, _, sink| {
+            let t = &source.tensors()[i];
+            let start = t.offset as usize;
+            sink.write_all(&data[start..start + t.n_bytes as usize])
+        })
+        .unwrap();
+    let token = |id_key: &str| {
+        let id = source.get(id_key).and_then(|v| v.as_u64()).unwrap() as usize;
+        match source
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+        {
+            Some(MetaArray::String(tokens)) => tokens[id].clone(),
+            other => panic!("no token list: {other:?}"),
+        }
+    };
+    (
+        path,
+        token("tokenizer.ggml.bos_token_id"),
+        token("tokenizer.ggml.eos_token_id"),
+    )
+}
+
+#[tokio::test]
+async fn a_jinja_template_that_writes_bos_gives_one_bos() {
+    within_timeout(async {
+        // A template llama.cpp's matcher does not know (minijinja renders it) that
+        // starts with bos_token, as Hugging Face templates do; the vocabulary adds a BOS
+        // of its own.
+        let template = "{{ bos_token }}{% for m in messages %}[{{ m.role | upper }}] \
+            {{ m.content }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}\
+            [ASSISTANT] {% endif %}";
+        let (path, bos, eos) = model_with_chat_template("custom-template", template);
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let chat = json!({
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "max_tokens": 8, "temperature": 0,
+        });
+        let (status, answer) = server.post_json("/v1/chat/completions", &chat).await;
+        assert_eq!(status, 200, "{answer}");
+        // The same prompt as plain text: the template's rendering without its BOS, to
+        // which tokenizing adds the one BOS.
+        let rendered = format!("[USER] Say hi{eos}\n[ASSISTANT] ");
+        assert!(!rendered.contains(&bos));
+        let (status, plain) = server
+            .post_json("/v1/completions", &completion(&rendered, 8, false))
+            .await;
+        assert_eq!(status, 200, "{plain}");
+        assert_eq!(
+            answer["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"],
+            "chat {answer} vs plain {plain}: one BOS token each"
+        );
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            plain["choices"][0]["text"]
+        );
+        drop(server);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    })
+    .await;
+}
+
+#[test]
+fn more_sequences_than_a_batch_holds_are_refused_at_start_up() {
+    // llama.cpp reserves one output per sequence in a batch of -b tokens, and each step
+    // decodes one token of every generating sequence together.
+    let out = Command::new(env!("CARGO_BIN_EXE_moe_server"))
+        .arg("-m")
+        .arg(model())
+        .args([
+            "--port",
+            "0",
+            "-t",
+            "1",
+            "--parallel",
+            "8",
+            "-b",
+            "4",
+            "-ub",
+            "4",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("moe_server: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--parallel 8") && stderr.contains("-b 4"),
+        "{stderr}"
+    );
+    // Nor may the context size cap the batch below --parallel (llama.cpp does).
+    let out = Command::new(env!("CARGO_BIN_EXE_moe_server"))
+        .arg("-m")
+        .arg(model())
+        .args(["--port", "0", "--parallel", "16", "-c", "8"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-c 8"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_request_that_overflows_the_shared_cache_fails_and_the_other_completes() {
+    within_timeout(async {
+        // Two sequences sharing 1024 cells. The long request fits alone (about 500
+        // prompt + 500 generated tokens), and so does the short one (about 5 + 300);
+        // together they do not.
+        let server = start(&["--parallel", "2", "--kv-unified", "-c", "1024"]).await;
+        let mut short = completion("The clockwork birds", 300, false);
+        short["ignore_eos"] = json!(true);
+        let (status, alone) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "{alone}");
+
+        let long_prompt = "word ".repeat(165);
+        let (status, probe) = server
+            .post_json("/v1/completions", &completion(&long_prompt, 1, false))
+            .await;
+        assert_eq!(status, 200, "{probe}");
+        let prompt_tokens = probe["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!((400..=600).contains(&prompt_tokens), "{probe}");
+        let mut long = completion(&long_prompt, 1024 - prompt_tokens as u32, true);
+        long["ignore_eos"] = json!(true);
+        let mut long = SseReader::new(server.post("/v1/completions", &long).await);
+        // 50 chunks in, the long request holds at least 550 cells; it has hundreds of
+        // tokens to go, and the short one needs more room than is left.
+        for _ in 0..50 {
+            long.next().await.expect("the long request streams");
+        }
+        let (status, together) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "the short request failed too: {together}");
+        // All its tokens, each decoded at the next position (llama.cpp refuses a batch
+        // that does not continue a sequence). Not the same text as alone: in a shared
+        // cache its cells and the attention's sums are laid out differently.
+        assert_eq!(together["choices"][0]["finish_reason"], "length");
+        assert_eq!(together["usage"], alone["usage"]);
+
+        let chunks = long.rest().await;
+        let error = chunks.last().unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("KV cache is full"), "{error}");
+        server
+            .wait_health("every sequence freed", |h| h["active"] == 0)
+            .await;
+        // The server goes on serving.
+        let (status, again) = server.post_json("/v1/completions", &short).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["usage"], alone["usage"]);
+    })
+    .await;
+}
+
+/// The real SmolLM2 (`LLAMA_CPP_MOE_SMOLLM2`, from scripts/fetch-smollm2.sh). Without it
+/// the test says SKIPPED, and under `CI=true` (where `.ci/run` provides it) it fails.
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("LLAMA_CPP_MOE_SMOLLM2").map(PathBuf::from);
+    if path.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "LLAMA_CPP_MOE_SMOLLM2 is unset under CI=true"
+        );
+        eprintln!("SKIPPED: set LLAMA_CPP_MOE_SMOLLM2 (scripts/fetch-smollm2.sh)");
+    }
+    path
+}
+
+#[tokio::test]
+async fn completion_tokens_count_what_generation_stats_count() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        // A chat prompt, which SmolLM2 answers and ends with its end-of-turn token.
+        let prompt = "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n\
+                      <|im_start|>assistant\n";
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let (status, answer) = server
+            .post_json("/v1/completions", &completion(prompt, 200, false))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+
+        // The library, greedy, on the same tokens and the same context size.
+        let backend = Backend::init();
+        let model = Model::load(&backend, &path, &ModelParams::default()).unwrap();
+        let tokens = model
+            .vocab()
+            .tokenize(prompt, AddSpecial::Yes, ParseSpecial::Yes)
+            .unwrap();
+        let params = ContextParams::default().with_n_ctx(512).with_n_threads(1);
+        let mut ctx = Context::new(&model, &params).unwrap();
+        let mut sampler = SamplerBuilder::new().greedy(&model.vocab()).unwrap();
+        let mut generation = ctx.generate(
+            &mut sampler,
+            &tokens,
+            GenerateParams::default().with_max_tokens(200),
+        );
+        let text: String = generation
+            .by_ref()
+            .map(|t| t.unwrap().text)
+            .collect::<String>();
+        let stats = generation.stats().clone();
+
+        assert!(
+            matches!(stats.stop_reason, Some(StopReason::EndOfGeneration(_))),
+            "SmolLM2 did not end its answer within 200 tokens: {stats:?}"
+        );
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
+        assert_eq!(answer["choices"][0]["text"], text.as_str(), "{answer}");
+        assert_eq!(answer["usage"]["prompt_tokens"], tokens.len());
+        assert_eq!(
+            answer["usage"]["completion_tokens"], stats.generated_tokens,
+            "{answer}: the end-of-generation token is not part of the completion"
+        );
+    })
+    .await;
+}
+
 #[test]
 fn command_line_conventions() {
-    llama_cpp_moe_examples::assert_cli_conventions("moe_server", true);
-    llama_cpp_moe_examples::assert_cli_conventions("bench_http", false);
+    assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
+    assert_cli_conventions(&built_example("bench_http"), false);
 }

@@ -1,12 +1,5 @@
-//! The one command-line helper of every example and benchmark program: clap, plus
-//! llama.cpp's single-dash multi-letter spellings (`-ngl`, `-ub`, `-ot`), plus logging.
-//!
-//! clap has no multi-letter short flags, so each program lists its llama.cpp spellings
-//! as `(spelling, long flag)` pairs; [`parse`] rewrites them to the long flag before
-//! clap sees the command line, and lists them under the program's `--help`.
-//!
-//! Exit codes are the same everywhere: `--help` prints the help and exits 0; a bad flag
-//! or value prints one line, `PROGRAM: what is wrong (see --help)`, and exits 2.
+//! Parsing: clap plus llama.cpp's single-dash multi-letter spellings; the exit codes;
+//! logging; the value types of the layer flags.
 
 use std::ffi::{OsStr, OsString};
 use std::str::FromStr;
@@ -15,7 +8,7 @@ use std::str::FromStr;
 pub type Spellings = &'static [(&'static str, &'static str)];
 
 /// Parses this process's command line into `P`, honouring `spellings`; on `--help` or a
-/// bad command line it prints and exits (see the module documentation).
+/// bad command line it prints and exits (see the crate documentation).
 pub fn parse<P: clap::Parser>(spellings: Spellings) -> P {
     match try_parse_from(std::env::args_os(), spellings) {
         Ok(parsed) => parsed,

@@ -1,5 +1,8 @@
-//! `simple_moe`'s command-line flags, spelled as llama.cpp spells them (`-m`, `-ngl`,
-//! `-ub`, `-ot`, `--n-cpu-moe`, ...): the multi-letter ones through [`crate::cli`].
+//! The flags of a program that loads a (MoE) model, spelled as llama.cpp spells them
+//! (`-m`, `-ngl`, `-ub`, `-ot`, `--n-cpu-moe`, ...; the multi-letter ones through
+//! [`crate::parse`]), in groups a program flattens into its own clap command:
+//! [`ModelArgs`], [`ContextArgs`], [`PlacementArgs`] (with the planner's [`FitArgs`]),
+//! [`GenerationArgs`] and [`OutputArgs`]. [`Args`] is all of them: `simple_moe`'s command.
 
 use std::path::PathBuf;
 
@@ -7,8 +10,7 @@ use clap::Parser;
 use llama_cpp_moe::context::FlashAttention;
 use llama_cpp_moe_gguf::synth::{Arch, Preset};
 
-pub use crate::cli::GpuLayers;
-use crate::cli::{LayerList, Spellings};
+use crate::{GpuLayers, LayerList, Spellings};
 
 /// llama.cpp's single-dash multi-letter spellings of `simple_moe`'s flags.
 pub const LLAMA_SPELLINGS: Spellings = &[
@@ -26,14 +28,18 @@ pub const LLAMA_SPELLINGS: Spellings = &[
 /// One `-ot PATTERN=BUFT` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverrideArg {
+    /// The regular expression tensor names are searched with.
     pub pattern: String,
+    /// The buffer type matching tensors go to (`CPU`, `CUDA0`, `RPC0`, ...).
     pub buft: String,
 }
 
 /// The synthetic model `--synthetic ARCH:PRESET` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyntheticChoice {
+    /// The architecture.
     pub arch: Arch,
+    /// The size.
     pub preset: Preset,
 }
 
@@ -43,12 +49,16 @@ pub struct SyntheticChoice {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "simple_moe")]
 pub struct Args {
+    /// Which model.
     #[command(flatten, next_help_heading = "Model")]
     pub model: ModelArgs,
+    /// The context, the sampler and how much to generate.
     #[command(flatten, next_help_heading = "Generation")]
     pub generation: GenerationArgs,
+    /// Where the tensors go.
     #[command(flatten, next_help_heading = "Placement")]
     pub placement: PlacementArgs,
+    /// What is printed.
     #[command(flatten, next_help_heading = "Output")]
     pub output: OutputArgs,
 }
@@ -75,6 +85,7 @@ pub struct GenerationArgs {
     /// Tokens to generate
     #[arg(short = 'n', long, value_name = "N", default_value_t = 64)]
     pub n_predict: u32,
+    /// The context's size, batches and threads.
     #[command(flatten)]
     pub context: ContextArgs,
     /// Sampling seed
@@ -153,6 +164,7 @@ pub struct PlacementArgs {
     /// Do not offload host-tensor ops to accelerators
     #[arg(long)]
     pub no_op_offload: bool,
+    /// The memory planner.
     #[command(flatten)]
     pub fit: FitArgs,
 }
@@ -227,7 +239,7 @@ const DEFAULT_PROMPT: &str = "Once upon a time, in a valley full of clockwork bi
 impl Args {
     /// Parses this process's command line; exits on `--help` or a bad one.
     pub fn from_env() -> Args {
-        crate::cli::parse(LLAMA_SPELLINGS)
+        crate::parse(LLAMA_SPELLINGS)
     }
 }
 
@@ -292,7 +304,7 @@ mod tests {
     use super::*;
 
     fn args(line: &str) -> Result<Args, clap::Error> {
-        crate::cli::try_parse_from(
+        crate::try_parse_from(
             std::iter::once("simple_moe").chain(line.split_whitespace()),
             LLAMA_SPELLINGS,
         )

@@ -1,5 +1,5 @@
 //! Loading a model the way `simple_moe` and `moe_server` do from the shared flags
-//! ([`crate::simple_moe_args`]): RPC servers, the model file (or the cached synthetic
+//! ([`crate::args`]): RPC servers, the model file (or the cached synthetic
 //! one), model and context parameters, and the placement report printed after loading.
 
 use std::path::PathBuf;
@@ -11,8 +11,9 @@ use llama_cpp_moe::{Backend, Context, ContextParams, DeviceType, ErrorChain, Mod
 use llama_cpp_moe_gguf::synth::{Preset, SynthSpec};
 use llama_cpp_moe_gguf::GgufFile;
 
-use crate::simple_moe_args::{ContextArgs, ModelArgs, PlacementArgs, SyntheticChoice};
+use crate::args::{ContextArgs, ModelArgs, PlacementArgs, SyntheticChoice};
 
+/// The llama.cpp backend with the `--rpc` servers added as devices.
 pub fn backend_with_rpc_servers(placement: &PlacementArgs) -> Result<Backend, String> {
     let backend = Backend::init();
     for endpoint in &placement.rpc {
@@ -23,6 +24,7 @@ pub fn backend_with_rpc_servers(placement: &PlacementArgs) -> Result<Backend, St
     Ok(backend)
 }
 
+/// `--list-devices`: every device with its type and memory, on stdout.
 pub fn print_devices(backend: &Backend) {
     for dev in backend.devices() {
         let (free, total) = dev.memory();
@@ -52,10 +54,14 @@ pub fn print_devices(backend: &Backend) {
 
 /// The GGUF file to load: `-m`, or the cached synthetic model.
 pub struct ModelFile {
+    /// The file.
     pub path: PathBuf,
+    /// Whether it is the cached synthetic model (random weights) rather than `-m`.
     pub synthetic: bool,
 }
 
+/// The file `-m` names, or the synthetic model of `--synthetic`, generated once into
+/// [`cache_dir`] (with a progress bar when `progress`).
 pub fn model_file(m: &ModelArgs, progress: bool) -> Result<ModelFile, String> {
     Ok(match &m.path {
         Some(path) => ModelFile {
@@ -71,12 +77,17 @@ pub fn model_file(m: &ModelArgs, progress: bool) -> Result<ModelFile, String> {
 
 /// A loaded model with what it was loaded from and with.
 pub struct Loaded {
+    /// The model.
     pub model: Model,
+    /// The parameters it was loaded with.
     pub params: ModelParams,
+    /// The file it was loaded from.
     pub file: ModelFile,
+    /// How long loading took.
     pub load_time: Duration,
 }
 
+/// Loads `file` with the placement flags (see [`model_params`]).
 pub fn load(
     placement: &PlacementArgs,
     backend: &Backend,
@@ -130,14 +141,19 @@ pub fn context_params(g: &ContextArgs, placement: &PlacementArgs, n_seq_max: u32
     params
 }
 
+/// `d` in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// `bytes` in MiB, for reports: `12.34 MiB`.
 pub fn mib(bytes: usize) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// The model parameters of the placement flags (`-ngl`, `-dev`, `-ot`, the MoE and FFN
+/// options, in llama.cpp's order), checked against `backend`; with a progress bar when
+/// `progress`.
 pub fn model_params(
     placement: &PlacementArgs,
     backend: &Backend,
@@ -208,6 +224,8 @@ pub fn cpu_moe_layers(params: &ModelParams, n_layer: u32) -> Vec<u32> {
     layers
 }
 
+/// Whether the devices `-dev` names (or, without `-dev`, the backend's) include one that
+/// is not the CPU.
 pub fn has_accelerator(devices: &[String], backend: &Backend) -> bool {
     let accelerator = |t: DeviceType| !matches!(t, DeviceType::Cpu);
     if devices.is_empty() {
@@ -322,10 +340,15 @@ pub fn cache_dir() -> PathBuf {
 /// Where the loaded model's tensors went: the report `simple_moe` and `moe_server` print
 /// after loading.
 pub struct PlacementReport {
+    /// Where each tensor went.
     pub placement: Placement,
+    /// Model, context and compute bytes per buffer type.
     pub breakdown: Vec<MemoryBreakdownRow>,
+    /// The layers whose routed experts stay in host memory.
     pub cpu_moe_layers: Vec<u32>,
+    /// See [`device_bytes_saved`].
     pub device_bytes_saved: u64,
+    /// See [`has_accelerator`].
     pub accelerator: bool,
     /// What each override matched (first match wins, as in the loader).
     pub overrides: OverrideReport,

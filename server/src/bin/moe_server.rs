@@ -2,14 +2,15 @@
 //! model and placement flags.
 //!
 //! ```text
-//! cargo run --release --example moe_server -- -m model.gguf --cpu-moe
+//! cargo install --path server        # or: cargo run --release --bin moe_server -- ...
+//! moe_server -m model.gguf --cpu-moe
 //! curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \
 //!   -d '{"messages":[{"role":"user","content":"Hello"}],"stream":true,"max_tokens":32}'
 //! ```
 
 use std::process::ExitCode;
 
-use llama_cpp_moe_examples::cli;
+use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_server::app::{run, ServerArgs};
 
 fn main() -> ExitCode {
