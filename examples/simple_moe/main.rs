@@ -92,15 +92,10 @@ fn run(a: &Args) -> Result<(), String> {
 fn make_plan(a: &Args, backend: &Backend, file: &ModelFile) -> Result<Plan, String> {
     let fit: &FitArgs = &a.placement.fit;
     let params = model_params(&a.placement, backend, false)?;
-    let devices: Vec<_> = if params.devices().is_empty() {
-        backend
-            .devices()
-            .into_iter()
-            .filter(|d| d.device_type() != DeviceType::Cpu)
-            .collect()
-    } else {
-        params.devices().to_vec()
-    };
+    let planner = Planner::new(backend, &file.path).with_params(params);
+    // llama.cpp's own list for these params (RPC servers first, only the main GPU with
+    // -sm none), the one the budgets apply to.
+    let devices = planner.devices().map_err(|e| e.to_string())?;
     if devices.is_empty() {
         return Err("--fit/--plan: no device to plan for (only the CPU; try --rpc)".into());
     }
@@ -138,15 +133,13 @@ fn make_plan(a: &Args, backend: &Backend, file: &ModelFile) -> Result<Plan, Stri
     };
     let ctx = context_params(&a.generation.context, &a.placement, 1);
     let n_ctx_min = fit.fit_ctx.unwrap_or(a.generation.context.ctx_size);
-    let mut planner = Planner::new(backend, &file.path)
-        .with_params(params)
+    planner
         .with_context(ctx, n_ctx_min)
         .with_order(order)
-        .with_bandwidths(Bandwidths::new(fit.host_bw * 1e9, fit.device_bw * 1e9));
-    for (dev, budget) in devices.iter().zip(budgets) {
-        planner = planner.with_budget(*dev, budget);
-    }
-    planner.plan().map_err(|e| ErrorChain(&e).to_string())
+        .with_bandwidths(Bandwidths::new(fit.host_bw * 1e9, fit.device_bw * 1e9))
+        .with_budgets(budgets)
+        .plan()
+        .map_err(|e| ErrorChain(&e).to_string())
 }
 
 fn plan_json(plan: &Plan) -> serde_json::Value {

@@ -11,8 +11,9 @@
 
 #include "ggml-backend.h"
 // llama.cpp's own internal declarations, from the source tree being built (its src/
-// directory is on the include path): llama_get_memory_breakdown, llama_model_n_expert
-// (llama-ext.h) and llama_internal_get_tensor_map (llama-model.h). The shim declares no
+// directory is on the include path): llama_get_memory_breakdown, llama_model_n_expert,
+// llama_model_n_devices, llama_model_get_device (llama-ext.h) and
+// llama_internal_get_tensor_map (llama-model.h). The shim declares no
 // llama.cpp symbol itself, so an upstream signature change fails to compile here
 // instead of linking and misbehaving (tests/shim_declarations.rs keeps it that way).
 #include "llama-ext.h"
@@ -64,6 +65,28 @@ extern "C" int32_t llama_moe_model_n_expert(const struct llama_model * model) {
         return llama_model_n_expert(model);
     } catch (...) {
         return 0;
+    }
+}
+
+extern "C" int32_t llama_moe_model_n_devices(const struct llama_model * model) {
+    if (model == nullptr) {
+        return 0;
+    }
+    try {
+        return llama_model_n_devices(model);
+    } catch (...) {
+        return 0;
+    }
+}
+
+extern "C" ggml_backend_dev_t llama_moe_model_device(const struct llama_model * model, int32_t i) {
+    if (model == nullptr) {
+        return nullptr;
+    }
+    try {
+        return llama_model_get_device(model, i);
+    } catch (...) {
+        return nullptr;
     }
 }
 

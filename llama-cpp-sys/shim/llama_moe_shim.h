@@ -22,6 +22,16 @@ int llama_moe_regex_search(const char * pattern, const char * name);
 // Number of experts per MoE layer (0 for a dense model).
 int32_t llama_moe_model_n_expert(const struct llama_model * model);
 
+// Number of devices llama.cpp loaded the model onto (llama_model::devices): the params'
+// device list, or llama.cpp's default selection (RPC servers first, then GPUs, iGPUs
+// only when there is no GPU, no ACCEL devices; only the main GPU with split mode none).
+// 0 for NULL.
+int32_t llama_moe_model_n_devices(const struct llama_model * model);
+
+// Device `i` (< llama_moe_model_n_devices) of the model, in llama.cpp's order; NULL when
+// out of range. Devices live in ggml's registry for the life of the process.
+ggml_backend_dev_t llama_moe_model_device(const struct llama_model * model, int32_t i);
+
 // One model tensor and where it lives.
 struct llama_moe_tensor_info {
     const char * name;      // owned by the model; valid while it lives

@@ -118,3 +118,12 @@ fn version_names_llama_and_ggml() {
     assert!(sys::LLAMA_CPP_VERSION.starts_with("llama "));
     assert!(sys::LLAMA_CPP_VERSION.contains("ggml "));
 }
+
+#[test]
+fn model_device_shim_answers_null_for_no_model() {
+    // SAFETY: the shim checks for NULL before touching the model.
+    unsafe {
+        assert_eq!(sys::llama_moe_model_n_devices(std::ptr::null()), 0);
+        assert!(sys::llama_moe_model_device(std::ptr::null(), 0).is_null());
+    }
+}

@@ -79,3 +79,26 @@ fn unreachable_or_malformed_rpc_endpoints_are_typed_errors() {
         assert!(matches!(err, RpcError::BadEndpoint(_)), "{bad}: {err}");
     }
 }
+
+/// `Model::devices` is llama.cpp's own list for the load: the params' devices, and
+/// none at all with split mode none and a negative main GPU.
+#[cfg(feature = "rpc")]
+#[test]
+fn a_model_lists_the_devices_llama_cpp_loaded_it_onto() {
+    use llama_cpp_moe::model::SplitMode;
+    use llama_cpp_moe::{Model, ModelParams};
+    use llama_cpp_moe_gguf::synth::Arch;
+
+    let backend = backend();
+    let endpoint = rpc_endpoint(&backend);
+    let rpc = backend.add_rpc_server(&endpoint).unwrap()[0];
+    let path = model_support::model(Arch::Qwen3Moe);
+    let on_rpc = ModelParams::default()
+        .with_all_gpu_layers()
+        .with_devices([rpc]);
+    let model = Model::load(&backend, &path, &on_rpc).unwrap();
+    assert_eq!(model.devices(), [rpc]);
+    let cpu_only = on_rpc.with_split_mode(SplitMode::None).with_main_gpu(-1);
+    let model = Model::load(&backend, &path, &cpu_only).unwrap();
+    assert_eq!(model.devices(), []);
+}

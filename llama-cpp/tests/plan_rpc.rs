@@ -7,46 +7,25 @@ mod ctx_support;
 mod model_support;
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use ctx_support::greedy_in_context;
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Budget, LayerOrder, Plan, PlanError, Planner};
-use llama_cpp_moe::{
-    Backend, Context, ContextParams, Device, DeviceType, Model, ModelParams, Token,
-};
+use llama_cpp_moe::{Backend, Context, ContextParams, Device, Model, ModelParams, Token};
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
-use model_support::{backend, rpc_endpoint, start_rpc_server, temp_dir};
-
-/// A second RPC server (the first is `model_support::rpc_endpoint`), once per process.
-fn second_rpc_device(backend: &Backend) -> Device {
-    static DEVICE: OnceLock<String> = OnceLock::new();
-    let name = DEVICE.get_or_init(|| start_rpc_server(backend).1[0].name());
-    backend.device_by_name(name).unwrap()
-}
+use model_support::{backend, small_model, temp_dir, two_rpc_devices};
 
 fn first_rpc_device(backend: &Backend) -> Device {
-    // Registered before any other (second_rpc_device always runs after this).
-    rpc_endpoint(backend);
-    backend
-        .devices()
-        .into_iter()
-        .find(|d| d.device_type() != DeviceType::Cpu)
-        .expect("RPC device")
+    two_rpc_devices(backend)[0]
+}
+
+fn second_rpc_device(backend: &Backend) -> Device {
+    two_rpc_devices(backend)[1]
 }
 
 /// The small qwen3moe (more layers than tiny, so whole layers and a split both occur).
 fn small_moe() -> std::path::PathBuf {
-    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = temp_dir().join("qwen3moe-small-plan.gguf");
-        SynthSpec::new(Arch::Qwen3Moe, Preset::Small)
-            .seed(7)
-            .write(&path)
-            .expect("synthetic model");
-        path
-    })
-    .clone()
+    small_model(Arch::Qwen3Moe)
 }
 
 fn ctx_params() -> ContextParams {

@@ -28,7 +28,7 @@ pub use placement::{is_routed_expert, Placement, TensorPlacement, TensorTotals};
 // else in `model` does); its names stay here too, where they were first published.
 pub use crate::plan::{bytes_by_location, DryRun, DryRunError, MemoryBytes, MemoryLocation};
 
-use crate::backend::BufferType;
+use crate::backend::{BufferType, Device};
 use crate::error::PathError;
 use crate::ffi::{fill_growing, path_to_cstring, str_from_c, string_from_c, Fill};
 use crate::Backend;
@@ -338,6 +338,29 @@ impl Model {
     /// ```
     pub fn override_report(&self) -> &OverrideReport {
         &self.override_report
+    }
+
+    /// The devices llama.cpp offloads this model to, in its order: the params' own list
+    /// ([`ModelParams::with_devices`]), or llama.cpp's default selection: RPC servers
+    /// first, then GPUs, integrated GPUs only when there is no discrete one, never
+    /// accelerators (BLAS, AMX); with [`SplitMode::None`] only the main GPU, or none
+    /// when it is negative. The CPU is not listed. With [`SplitMode::Tensor`] the list
+    /// is the one meta device llama.cpp made of them.
+    ///
+    /// C equivalent: `model->devices` (`llama_model_n_devices` / `llama_model_get_device`
+    /// in llama.cpp's `src/llama-ext.h`).
+    pub fn devices(&self) -> Vec<Device> {
+        // SAFETY: valid model; the shim catches C++ exceptions.
+        let n = unsafe { sys::llama_moe_model_n_devices(self.as_ptr()) };
+        (0..n)
+            .filter_map(|i| {
+                // SAFETY: valid model; out-of-range indices give NULL.
+                let dev = unsafe { sys::llama_moe_model_device(self.as_ptr(), i) };
+                // SAFETY: the device is one of ggml's registry, or a meta device ggml
+                // keeps in a static table: either lives until the process exits.
+                NonNull::new(dev).map(|p| unsafe { Device::from_raw(p) })
+            })
+            .collect()
     }
 
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.

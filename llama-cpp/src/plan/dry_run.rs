@@ -137,6 +137,8 @@ pub struct DryRun {
     pub rows: Vec<MemoryBreakdownRow>,
     /// Every tensor with the buffer type the loader chose for it.
     pub placement: Placement,
+    /// The devices llama.cpp offloads to, in its order ([`Model::devices`]).
+    pub devices: Vec<Device>,
     /// The context length the context was sized for (after llama.cpp's adjustments).
     pub n_ctx: u32,
     /// The model's layer count, for planners that place layers.
@@ -246,6 +248,7 @@ impl Model {
         Ok(DryRun {
             rows,
             placement: model.placement(),
+            devices: model.devices(),
             n_ctx: ctx.n_ctx(),
             n_layer: model.n_layer(),
             n_expert: model.n_expert(),

@@ -36,15 +36,16 @@ pub enum PlanError {
         /// Wish.
         wish: u32,
     },
-    /// A budget was given for a device the model does not use.
-    #[error("plan: a budget was given for {0}, which the model params do not use")]
+    /// A budget was given for a device the model does not use ([`crate::Model::devices`]).
+    #[error("plan: a budget was given for {0}, which the model does not use")]
     UnusedDevice(String),
-    /// More budgets than devices were given.
+    /// More positional budgets ([`super::Planner::with_budgets`]) than the model has
+    /// devices.
     #[error("plan: {budgets} budgets for {devices} devices")]
     TooManyBudgets {
         /// Budgets given.
         budgets: usize,
-        /// Devices the params use.
+        /// Devices the model uses.
         devices: usize,
     },
     /// The confirming dry runs kept exceeding a budget.

@@ -8,9 +8,9 @@ use super::report::Plan;
 use super::settings::{Bandwidths, Budget, LayerOrder};
 use super::table::TensorTable;
 use super::{PlanError, MAX_DRY_RUNS};
-use crate::backend::{Device, DeviceType};
+use crate::backend::Device;
 use crate::context::ContextParams;
-use crate::model::{Model, ModelParams};
+use crate::model::{LoadError, Model, ModelParams};
 use crate::Backend;
 
 /// Builds a [`Plan`].
@@ -39,11 +39,18 @@ pub struct Planner<'b> {
     params: ModelParams,
     context: ContextParams,
     n_ctx_min: Option<u32>,
-    budgets: Vec<(Device, Budget)>,
+    /// In call order; a later budget for the same device replaces an earlier one.
+    budgets: Vec<(BudgetFor, Budget)>,
     pub(super) order: LayerOrder,
     pub(super) bandwidths: Bandwidths,
-    /// Budgets [`Planner::with_budgets`] got beyond the devices' count.
-    extra_budgets: usize,
+}
+
+/// Which device a budget is for: named, or by its place in llama.cpp's device list,
+/// which is known only once the first dry run has loaded the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BudgetFor {
+    Device(Device),
+    Position(usize),
 }
 
 impl<'b> Planner<'b> {
@@ -58,7 +65,6 @@ impl<'b> Planner<'b> {
             budgets: Vec::new(),
             order: LayerOrder::default(),
             bandwidths: Bandwidths::default(),
-            extra_budgets: 0,
         }
     }
 
@@ -77,24 +83,40 @@ impl<'b> Planner<'b> {
         self
     }
 
-    /// The most `device` may hold. Devices without a budget are not constrained.
+    /// The most `device` may hold. Devices without a budget are not constrained; a
+    /// device the model does not use is an error at [`Planner::plan`].
     pub fn with_budget(mut self, device: Device, budget: Budget) -> Self {
-        self.budgets.retain(|(d, _)| *d != device);
-        self.budgets.push((device, budget));
+        self.budgets.push((BudgetFor::Device(device), budget));
         self
     }
 
-    /// Budgets for the devices the params use, in their order (extra budgets are an
-    /// error at [`Planner::plan`]; missing ones leave those devices unconstrained).
+    /// Budgets for the devices the model uses, in llama.cpp's order: the params' own
+    /// list, or llama.cpp's default selection ([`Model::devices`]: RPC servers first,
+    /// then GPUs; only the main GPU with `SplitMode::None`). The list is taken from the
+    /// first dry run, so the order of the builder calls does not matter. More budgets
+    /// than devices are an error at [`Planner::plan`]; devices left without one are
+    /// not constrained.
     pub fn with_budgets(mut self, budgets: impl IntoIterator<Item = Budget>) -> Self {
-        let devices = used_devices(self.backend, &self.params);
+        let first = self
+            .budgets
+            .iter()
+            .filter(|(f, _)| matches!(f, BudgetFor::Position(_)))
+            .count();
         for (i, budget) in budgets.into_iter().enumerate() {
-            match devices.get(i) {
-                Some(d) => self = self.with_budget(*d, budget),
-                None => self.extra_budgets += 1,
-            }
+            self.budgets.push((BudgetFor::Position(first + i), budget));
         }
         self
+    }
+
+    /// The devices the budgets are for, in llama.cpp's order ([`Model::devices`] for
+    /// these params), read by a vocabulary-only load: no weights, no context. For
+    /// sizing a list of budgets before [`Planner::with_budgets`].
+    ///
+    /// # Errors
+    /// [`LoadError`] when the model's metadata cannot be loaded.
+    pub fn devices(&self) -> Result<Vec<Device>, LoadError> {
+        let params = self.params.clone().with_vocab_only(true);
+        Ok(Model::load(self.backend, &self.path, &params)?.devices())
     }
 
     /// The order in which layers give their experts to host RAM.
@@ -109,11 +131,13 @@ impl<'b> Planner<'b> {
         self
     }
 
-    /// Measures, searches, confirms.
+    /// Measures, searches, confirms. The budgets are checked against the devices the
+    /// first dry run loaded onto.
     ///
     /// # Errors
-    /// [`PlanError`]: a dry run failed, a budget cannot be met (with the missing bytes
-    /// and the smallest footprint), or the confirmation kept failing.
+    /// [`PlanError`]: a dry run failed, a budget names a device the model does not use
+    /// or there are more positional budgets than devices, a budget cannot be met (with
+    /// the missing bytes and the smallest footprint), or the confirmation kept failing.
     pub fn plan(&self) -> Result<Plan, PlanError> {
         let start = Instant::now();
         let n_ctx_wish = self.context.n_ctx();
@@ -125,23 +149,12 @@ impl<'b> Planner<'b> {
                 });
             }
         }
-        let devices = used_devices(self.backend, &self.params);
-        if self.extra_budgets > 0 {
-            return Err(PlanError::TooManyBudgets {
-                budgets: devices.len() + self.extra_budgets,
-                devices: devices.len(),
-            });
-        }
-        let mut budgets: Vec<(Device, usize)> = Vec::new();
-        for (d, b) in &self.budgets {
-            if !devices.contains(d) {
-                return Err(PlanError::UnusedDevice(d.name()));
-            }
-            budgets.push((*d, b.bytes_for(*d)));
-        }
 
         let first = Model::dry_run(self.backend, &self.path, &self.params, &self.context)?;
         let mut dry_runs = 1;
+        // The devices as llama.cpp chose them for this model, not a guess at its rules.
+        let devices = first.devices.clone();
+        let budgets = self.budgets_for(&devices)?;
         // A wish of 0 is the model's training length, known only now.
         let n_ctx_min = self.n_ctx_min.unwrap_or(first.n_ctx).min(first.n_ctx);
         let table = TensorTable::new(&first);
@@ -201,15 +214,31 @@ impl<'b> Planner<'b> {
     }
 }
 
-/// The devices `params` load onto: its own list, or every non-CPU device the backend
-/// has (what llama.cpp picks by default).
-fn used_devices(backend: &Backend, params: &ModelParams) -> Vec<Device> {
-    if !params.devices().is_empty() {
-        return params.devices().to_vec();
+impl Planner<'_> {
+    /// Each budgeted device with its budget in bytes, in the order the budgets were
+    /// given (a later one for the same device replaces the earlier).
+    fn budgets_for(&self, devices: &[Device]) -> Result<Vec<(Device, usize)>, PlanError> {
+        let positional = self
+            .budgets
+            .iter()
+            .filter(|(f, _)| matches!(f, BudgetFor::Position(_)))
+            .count();
+        if positional > devices.len() {
+            return Err(PlanError::TooManyBudgets {
+                budgets: positional,
+                devices: devices.len(),
+            });
+        }
+        let mut out: Vec<(Device, usize)> = Vec::new();
+        for (target, budget) in &self.budgets {
+            let device = match *target {
+                BudgetFor::Device(d) if devices.contains(&d) => d,
+                BudgetFor::Device(d) => return Err(PlanError::UnusedDevice(d.name())),
+                BudgetFor::Position(i) => devices[i],
+            };
+            out.retain(|(d, _)| *d != device);
+            out.push((device, budget.bytes_for(device)));
+        }
+        Ok(out)
     }
-    backend
-        .devices()
-        .into_iter()
-        .filter(|d| d.device_type() != DeviceType::Cpu)
-        .collect()
 }

@@ -100,7 +100,7 @@ impl DecodeBound {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PlanReport {
-    /// Every device the model uses, in the params' device order.
+    /// Every device the model uses, in llama.cpp's order ([`crate::Model::devices`]).
     pub devices: Vec<DevicePlan>,
     /// Host RAM with the plan (the confirming dry run).
     pub host: MemoryBytes,

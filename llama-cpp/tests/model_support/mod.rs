@@ -50,6 +50,24 @@ pub fn model(arch: Arch) -> PathBuf {
         .clone()
 }
 
+/// The small model of `arch` (more layers than tiny, so plans move whole layers and
+/// split one), written once per process.
+pub fn small_model(arch: Arch) -> PathBuf {
+    static PATHS: OnceLock<Mutex<HashMap<Arch, PathBuf>>> = OnceLock::new();
+    let mut paths = PATHS.get_or_init(Default::default).lock().unwrap();
+    paths
+        .entry(arch)
+        .or_insert_with(|| {
+            let path = temp_dir().join(format!("{}-small.gguf", arch.cli_name()));
+            SynthSpec::new(arch, Preset::Small)
+                .seed(7)
+                .write(&path)
+                .expect("synthetic model");
+            path
+        })
+        .clone()
+}
+
 /// The hyper-parameters the factory used for `arch`'s tiny model.
 pub fn spec(arch: Arch) -> SynthSpec {
     SynthSpec::new(arch, Preset::Tiny).seed(7)
@@ -67,6 +85,16 @@ pub fn rpc_endpoint(backend: &Backend) -> String {
             endpoint
         })
         .clone()
+}
+
+/// The RPC devices of [`rpc_endpoint`]'s server and of a second one, each started and
+/// registered once per process, in that order.
+pub fn two_rpc_devices(backend: &Backend) -> [llama_cpp_moe::Device; 2] {
+    static SECOND: OnceLock<String> = OnceLock::new();
+    let first = rpc_endpoint(backend);
+    let second = SECOND.get_or_init(|| start_rpc_server(backend).0).clone();
+    // Adding a registered server again returns its device and registers nothing.
+    [first, second].map(|endpoint| backend.add_rpc_server(&endpoint).expect("registered")[0])
 }
 
 /// Starts one more of our RPC servers on a free loopback port (serving the CPU device,
