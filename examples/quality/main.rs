@@ -11,7 +11,8 @@
 //! per placement, every layer on an RPC device (`--rpc`, or a loopback server this
 //! program starts as a child process): no offload, `--cpu-moe`, `--n-cpu-moe` half, the
 //! last half of the layers. It exits 1 when the tokens or the perplexity change with the
-//! placement.
+//! placement. The report names the CPU: greedy text and perplexity differ between CPUs
+//! (ggml's kernels depend on AVX2, AVX-512, ...), never between placements.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use llama_cpp_moe::rpc::RpcServerConfig;
 use llama_cpp_moe::{Backend, ErrorChain};
 use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_examples::quality::{
-    self, PlacementRun, LOOP_MIN_TOKENS, PERPLEXITY_TEXT, PERPLEXITY_TOLERANCE, PROMPTS,
+    self, Machine, PlacementRun, LOOP_MIN_TOKENS, PERPLEXITY_TEXT, PERPLEXITY_TOLERANCE, PROMPTS,
 };
 use llama_cpp_moe_gguf::GgufFile;
 
@@ -125,12 +126,13 @@ fn run(a: &Args) -> Result<bool, String> {
         runs.push(run);
     }
     let model = model_path.display().to_string();
+    let machine = Machine::current(&backend);
     if a.json {
-        println!("{}", quality::to_json(&model, &runs));
+        println!("{}", quality::to_json(&model, &machine, &runs));
     } else if a.markdown {
-        print_markdown(&runs);
+        print_markdown(&machine, &runs);
     } else {
-        print_text(&model, &runs);
+        print_text(&model, &machine, &runs);
     }
     Ok(quality::compare(&runs).holds())
 }
@@ -204,8 +206,13 @@ impl Drop for LoopbackServer {
     }
 }
 
-fn print_text(model: &str, runs: &[PlacementRun]) {
+fn print_text(model: &str, machine: &Machine, runs: &[PlacementRun]) {
     println!("model {model}");
+    println!(
+        "CPU {} (ggml CPU features: {})",
+        machine.cpu,
+        machine.ggml_cpu_features.join(", ")
+    );
     println!(
         "{:<28} {:>14} {:>16} {:>12}",
         "placement", "RPC bytes", "experts on host", "perplexity"
@@ -239,8 +246,13 @@ fn print_text(model: &str, runs: &[PlacementRun]) {
     }
 }
 
-fn print_markdown(runs: &[PlacementRun]) {
+fn print_markdown(machine: &Machine, runs: &[PlacementRun]) {
     let agreement = quality::compare(runs);
+    println!(
+        "CPU: **{}** (ggml CPU features: {}). Greedy text and perplexity depend on the CPU.\n",
+        machine.cpu,
+        machine.ggml_cpu_features.join(", ")
+    );
     println!("| placement | bytes on the RPC device | experts in host memory | perplexity |");
     println!("|---|---:|---:|---:|");
     for r in runs {

@@ -4,6 +4,11 @@
 //!
 //! Placement must not change the arithmetic: the same tokens and the same perplexity
 //! whichever tensors an offload option keeps in host memory. [`compare`] checks that.
+//!
+//! The CPU does change it: ggml's CPU kernels differ by SIMD extension (AVX2, AVX-512,
+//! ...), so the greedy text and the last digits of the perplexity depend on the machine.
+//! Each report names the CPU ([`Machine`]); what holds everywhere is placement
+//! invariance, the perplexity's range and how repetitive the answers are.
 
 use std::collections::{HashMap, HashSet};
 
@@ -149,6 +154,51 @@ pub struct Sample {
     pub text: String,
     pub tokens: Vec<Token>,
     pub repetition: Repetition,
+}
+
+/// The machine a report comes from: what decides the floating-point results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// The CPU's model name (`/proc/cpuinfo`), or `unknown` where there is none.
+    pub cpu: String,
+    /// The SIMD and kernel features ggml's CPU backend uses (`AVX2`, `AVX512`, ...).
+    pub ggml_cpu_features: Vec<String>,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn current(backend: &Backend) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Machine {
+            cpu: cpu_model_name(&cpuinfo).unwrap_or_else(|| "unknown".to_owned()),
+            ggml_cpu_features: ggml_cpu_features(&backend.system_info()),
+        }
+    }
+}
+
+/// The first `model name` line of a `/proc/cpuinfo` text.
+fn cpu_model_name(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
+
+/// The features switched on in the `CPU : ...` part of llama.cpp's system info
+/// (`CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 0 | `).
+fn ggml_cpu_features(system_info: &str) -> Vec<String> {
+    let Some((_, cpu)) = system_info.split_once("CPU : ") else {
+        return Vec::new();
+    };
+    cpu.split('|')
+        .map_while(|item| {
+            // The next backend's section starts with its own `NAME : `.
+            let (name, value) = item.split_once('=')?;
+            (!name.contains(':')).then(|| (name.trim().to_owned(), value.trim().to_owned()))
+        })
+        .filter(|(_, value)| value != "0")
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// One placement's results.
@@ -316,10 +366,12 @@ pub fn compare(runs: &[PlacementRun]) -> Agreement {
 }
 
 /// All runs and their agreement, as one JSON object.
-pub fn to_json(model: &str, runs: &[PlacementRun]) -> Value {
+pub fn to_json(model: &str, machine: &Machine, runs: &[PlacementRun]) -> Value {
     let agreement = compare(runs);
     json!({
         "model": model,
+        "cpu": machine.cpu,
+        "ggml_cpu_features": machine.ggml_cpu_features,
         "placements": runs.iter().map(|r| json!({
             "placement": r.placement,
             "device_bytes": r.device_bytes,
@@ -346,6 +398,21 @@ mod tests {
 
     fn toks(ids: &[i32]) -> Vec<Token> {
         ids.iter().map(|&i| Token(i)).collect()
+    }
+
+    #[test]
+    fn the_machine_is_read_from_cpuinfo_and_system_info() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\
+                       processor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
+        assert_eq!(cpu_model_name(cpuinfo).as_deref(), Some("AMD EPYC 7B13"));
+        assert_eq!(cpu_model_name("processor\t: 0\n"), None);
+        let info = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 0 | REPACK = 1 | RPC : x = 1 | ";
+        assert_eq!(ggml_cpu_features(info), ["SSE3", "AVX2", "REPACK"]);
+        assert!(ggml_cpu_features("Metal : EMBED_LIBRARY = 1 | ").is_empty());
+        // This machine's own description has at least the baseline x86 or Arm feature.
+        let here = Machine::current(&Backend::init());
+        assert!(!here.cpu.is_empty());
+        assert!(!here.ggml_cpu_features.is_empty(), "{here:?}");
     }
 
     #[test]

@@ -5,7 +5,13 @@
 //! device and host memory. On SmolLM2-135M-Instruct (a real, dense llama: the MoE options
 //! move nothing) the answers are real text and the perplexity is that of a trained model.
 //! That model is fetched by `scripts/fetch-smollm2.sh`; without `LLAMA_CPP_MOE_SMOLLM2`
-//! its test says SKIPPED and returns (`.ci/run` always sets it).
+//! its test says SKIPPED and returns, except under `CI=true`, where it fails (`.ci/run`
+//! always sets it).
+//!
+//! Greedy text depends on the CPU (ggml's kernels differ by SIMD extension: an AMD EPYC
+//! with AVX2 and another machine wrote different haikus, 9 and 12 words), so nothing here
+//! asserts on one token of a real model's answer: only placement invariance, the
+//! perplexity's range and how repetitive the answers are.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -123,34 +129,90 @@ fn synthetic_moe_placements_move_experts_but_not_results() {
     }
 }
 
-#[test]
-fn smollm2_speaks_and_placements_agree() {
-    let Some(model) = std::env::var_os("LLAMA_CPP_MOE_SMOLLM2") else {
+/// The real model's path; `None` (after a visible SKIPPED) when it is not set, except
+/// under `CI=true`, where a skip would hide that the test never ran.
+fn smollm2() -> Option<PathBuf> {
+    let model = std::env::var_os("LLAMA_CPP_MOE_SMOLLM2").map(PathBuf::from);
+    if model.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but LLAMA_CPP_MOE_SMOLLM2 is unset: CI must run the SmolLM2 tests \
+             (.ci/run exports it from scripts/fetch-smollm2.sh)"
+        );
         // Straight to the stderr handle: the test harness captures print macros of
         // passing tests, and a skip must be seen.
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED: set LLAMA_CPP_MOE_SMOLLM2 (scripts/fetch-smollm2.sh)"
         );
-        return;
+    }
+    model
+}
+
+/// Three words in a row of two or more ASCII letters each (trailing punctuation
+/// allowed): prose rather than code or numbers.
+fn has_english_words(text: &str) -> bool {
+    let is_word = |w: &str| {
+        let letters = w.trim_end_matches(|c: char| c.is_ascii_punctuation());
+        letters.len() >= 2
+            && letters
+                .chars()
+                .all(|c| c.is_ascii_alphabetic() || c == '\'')
     };
-    let (ok, json) = quality(Path::new(&model), 48);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.windows(3).any(|w| w.iter().all(|w| is_word(w)))
+}
+
+#[test]
+fn smollm2_speaks_and_placements_agree() {
+    let Some(model) = smollm2() else { return };
+    let (ok, json) = quality(&model, 48);
     assert!(ok, "quality failed: {json}");
     assert_eq!(json["placement_invariant"], true, "{json}");
     assert_same_answers(&json);
+    assert!(
+        json["cpu"].as_str().is_some_and(|cpu| !cpu.is_empty()),
+        "the report names no CPU: {}",
+        json["cpu"]
+    );
     let ppl = perplexities(&json);
     assert!(ppl.iter().all(|p| *p == ppl[0]), "dense model: {ppl:?}");
-    // A trained model finds plain English predictable; random weights over a 49 152-token
-    // vocabulary would score in the tens of thousands.
+    // A trained model finds plain English predictable (18.51 on an AMD EPYC with AVX2,
+    // 18.58 elsewhere); random weights over a 49 152-token vocabulary would score in
+    // the tens of thousands.
     assert!(ppl[0] > 1.0 && ppl[0] < 50.0, "perplexity {}", ppl[0]);
-    for s in placements(&json)[0]["samples"].as_array().unwrap() {
+    let samples = placements(&json)[0]["samples"].as_array().unwrap();
+    for s in samples {
         let text = s["text"].as_str().unwrap();
-        let words = text.split_whitespace().count();
-        assert!(words >= 10, "{}: {text:?}", s["prompt"]);
+        assert!(
+            s["tokens"].as_array().unwrap().len() >= 2,
+            "{}: {text:?}",
+            s["prompt"]
+        );
         assert!(
             s["distinct_2"].as_f64().unwrap() > 0.3,
             "{}: degenerate repetition: {text:?}",
             s["prompt"]
         );
     }
+    // Which words a greedy answer has depends on the CPU; that most answers are prose
+    // does not (the Fibonacci answer may be all code).
+    let prose = samples
+        .iter()
+        .filter(|s| has_english_words(s["text"].as_str().unwrap()))
+        .count();
+    assert!(prose * 2 >= samples.len(), "{samples:?}");
+}
+
+#[test]
+fn english_words_are_told_from_code_and_numbers() {
+    assert!(has_english_words(
+        "The ocean's a mirror that reflects the soul's journey."
+    ));
+    assert!(!has_english_words(
+        "def fibonacci(n):\n    if n <= 0:\n        return 0"
+    ));
+    assert!(!has_english_words("n = 1, 2, 3 or 5"));
+    assert!(!has_english_words("a b c"));
 }
