@@ -387,3 +387,85 @@ fn embeddings_per_token_and_pooled() {
     assert!(pooled.embeddings(0).is_err());
     assert!(pooled.embeddings_seq(SeqId(1)).is_err());
 }
+
+/// Largest absolute difference between two rows of the same length.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// With embeddings on, llama.cpp outputs every token whatever the batch's flags, so a
+/// last-token-only batch has one row per token: `logits(last)` and `embeddings(last)`
+/// must read the last token's row, not the first one.
+#[test]
+fn an_embeddings_context_reads_the_rows_llama_cpp_wrote() {
+    let model = moe();
+    let tokens = prompt_tokens();
+    let last = tokens.len() - 1;
+    // Only the last token is flagged.
+    let batch = Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap();
+    let embeddings_params = small_params()
+        .with_embeddings(true)
+        .with_pooling(PoolingType::None);
+
+    let mut plain = small_ctx(model);
+    plain.decode(&batch).unwrap();
+    let expected = plain.logits(last).unwrap().to_vec();
+
+    let mut ctx = Context::new(model, &embeddings_params).unwrap();
+    ctx.decode(&batch).unwrap();
+    let got = ctx.logits(last).unwrap();
+    // Other batch shapes may sum in another order: allow rounding, not another row.
+    assert!(
+        max_abs_diff(got, &expected) < 1e-3,
+        "logits(last) of an embeddings context is not the last token's row (max diff {})",
+        max_abs_diff(got, &expected)
+    );
+    assert_eq!(argmax(got), argmax(&expected));
+    assert!(
+        max_abs_diff(ctx.logits(0).unwrap(), &expected) > 1e-2,
+        "the first and last rows must differ for this test to mean anything"
+    );
+    assert_eq!(
+        ctx.output_indices().collect::<Vec<_>>(),
+        (0..tokens.len()).collect::<Vec<_>>(),
+        "llama.cpp outputs every token of an embeddings context"
+    );
+
+    // The same rows as a batch that flags every token itself.
+    let mut flagged = batch.clone();
+    for i in 0..tokens.len() {
+        flagged.set_output(i, Output::Yes);
+    }
+    let mut reference = Context::new(model, &embeddings_params).unwrap();
+    reference.decode(&flagged).unwrap();
+    for i in [0, last] {
+        let want = reference.embeddings(i).unwrap();
+        let have = ctx.embeddings(i).unwrap();
+        assert!(
+            max_abs_diff(have, want) < 1e-4,
+            "embeddings({i}) is not token {i}'s row"
+        );
+    }
+    assert!(max_abs_diff(ctx.embeddings(0).unwrap(), ctx.embeddings(last).unwrap()) > 1e-3);
+}
+
+/// `generate` samples from the last token's row on an embeddings context too.
+#[test]
+fn generate_on_an_embeddings_context_matches_a_plain_one() {
+    let model = moe();
+    let prompt = "The quick brown fox jumps over the lazy dog.";
+    let plain = ctx_support::greedy_in_context(model, &small_params(), prompt, 6);
+    let embeddings = ctx_support::greedy_in_context(
+        model,
+        &small_params()
+            .with_embeddings(true)
+            .with_pooling(PoolingType::None),
+        prompt,
+        6,
+    );
+    assert_eq!(embeddings, plain);
+}
