@@ -9,9 +9,13 @@ use ctx_support::{moe, small_ctx, small_params};
 use llama_cpp_moe::context::ClearData;
 use llama_cpp_moe::context::{
     ContextError, DecodeError, FlashAttention, KvCacheType, MemoryError, OutputError, PoolingType,
+    WeightlessModel,
 };
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{Batch, Context, Output, Pos, Sampler, SeqId, Token, Vocab};
+use llama_cpp_moe::{
+    Backend, Batch, Context, Model, ModelParams, Output, Pos, Sampler, SeqId, Token, Vocab,
+};
+use llama_cpp_moe_gguf::synth::Arch;
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
@@ -468,4 +472,40 @@ fn generate_on_an_embeddings_context_matches_a_plain_one() {
         6,
     );
     assert_eq!(embeddings, plain);
+}
+
+/// A model loaded without its weights (vocab-only, or `no_alloc` as the dry run does)
+/// refuses contexts: llama.cpp would decode into empty buffers.
+#[test]
+fn models_without_weights_refuse_contexts() {
+    let path = ctx_support::write_tiny(Arch::Qwen3Moe);
+    let cpu = ModelParams::default().with_n_gpu_layers(0);
+    for (params, mode) in [
+        (
+            cpu.clone().with_vocab_only(true),
+            WeightlessModel::VocabOnly,
+        ),
+        (cpu.clone().with_no_alloc(true), WeightlessModel::NoAlloc),
+        (
+            cpu.clone().with_vocab_only(true).with_no_alloc(true),
+            WeightlessModel::VocabOnly,
+        ),
+    ] {
+        let model = Model::load(&Backend::init(), &path, &params).unwrap();
+        match Context::new(&model, &small_params()) {
+            Err(ContextError::NoWeights(m)) => assert_eq!(m, mode, "{params:?}"),
+            Err(e) => panic!("{params:?}: {e}"),
+            Ok(_) => panic!("a context on a model loaded with {mode} (no weights)"),
+        }
+        // The vocabulary still works.
+        assert!(!model
+            .vocab()
+            .tokenize("fox", AddSpecial::No, ParseSpecial::No)
+            .unwrap()
+            .is_empty());
+    }
+    // The dry run still measures through its own no_alloc context.
+    let dry = Model::dry_run(&Backend::init(), &path, &cpu, &small_params()).unwrap();
+    assert!(!dry.by_location().is_empty());
+    let _ = std::fs::remove_file(&path);
 }

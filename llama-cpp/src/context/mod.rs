@@ -38,6 +38,30 @@ pub enum ContextError {
         /// llama.cpp's last error line, or a generic message.
         reason: String,
     },
+    /// The model was loaded without its weights, so nothing can run on it (llama.cpp
+    /// would decode into empty buffers).
+    #[error("the model holds no weights (loaded with {0}), so no context can run on it")]
+    NoWeights(WeightlessModel),
+}
+
+/// How a model was loaded without its weights; see [`ContextError::NoWeights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WeightlessModel {
+    /// [`crate::ModelParams::with_vocab_only`]: only the vocabulary and metadata.
+    VocabOnly,
+    /// [`crate::ModelParams::with_no_alloc`]: tensor shapes without data, for measuring
+    /// (use [`crate::Model::dry_run`]).
+    NoAlloc,
+}
+
+impl std::fmt::Display for WeightlessModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightlessModel::VocabOnly => "with_vocab_only(true)",
+            WeightlessModel::NoAlloc => "with_no_alloc(true)",
+        })
+    }
 }
 
 /// The abort callback and a panic it raised, kept at a stable address for C.
@@ -155,7 +179,31 @@ impl Drop for Context<'_> {
 
 impl<'model> Context<'model> {
     /// Creates a context. C equivalent: `llama_init_from_model(model, params)`.
+    ///
+    /// # Errors
+    /// [`ContextError`]: parameters llama.cpp would abort on or refuse, a model loaded
+    /// without its weights ([`ContextError::NoWeights`]), or llama.cpp's own failure.
     pub fn new(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
+        if let Some(mode) = model.weightless() {
+            return Err(ContextError::NoWeights(mode));
+        }
+        Self::create(model, params)
+    }
+
+    /// A context on a `no_alloc` model, for [`Model::dry_run`]: llama.cpp sizes its
+    /// buffers without allocating them. It must never decode, so it never leaves the
+    /// dry run.
+    pub(crate) fn new_for_dry_run(
+        model: &'model Model,
+        params: &ContextParams,
+    ) -> Result<Self, ContextError> {
+        if model.weightless() == Some(WeightlessModel::VocabOnly) {
+            return Err(ContextError::NoWeights(WeightlessModel::VocabOnly));
+        }
+        Self::create(model, params)
+    }
+
+    fn create(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
         params.validate().map_err(ContextError::InvalidParams)?;
         let abort = params.abort.clone().map(|f| {
             Box::new(AbortState {

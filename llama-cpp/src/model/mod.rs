@@ -148,6 +148,8 @@ pub struct Model {
     kv_overrides: Vec<(String, KvValue)>,
     /// What each tensor override matched, computed once after the load.
     override_report: OverrideReport,
+    /// Set when the load left the weights out: no context may run on the model.
+    weightless: Option<crate::context::WeightlessModel>,
 }
 
 // SAFETY: llama.cpp treats a loaded llama_model as immutable; contexts only read its
@@ -461,6 +463,13 @@ impl Model {
             ptr,
             kv_overrides: params.kv_overrides().to_vec(),
             override_report: OverrideReport::default(),
+            weightless: if params.vocab_only() {
+                Some(crate::context::WeightlessModel::VocabOnly)
+            } else if params.no_alloc {
+                Some(crate::context::WeightlessModel::NoAlloc)
+            } else {
+                None
+            },
         };
         model.warn_about_unused_moe_options(params);
         model.report_overrides(params);
@@ -517,6 +526,11 @@ impl Model {
     /// ```
     pub fn override_report(&self) -> &OverrideReport {
         &self.override_report
+    }
+
+    /// Whether the model was loaded without its weights (vocab-only or `no_alloc`).
+    pub(crate) fn weightless(&self) -> Option<crate::context::WeightlessModel> {
+        self.weightless
     }
 
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.
