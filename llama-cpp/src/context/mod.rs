@@ -149,6 +149,9 @@ pub struct Context<'model> {
     tail_output: Option<(SeqId, Pos)>,
     /// Whether decodes extract embeddings (stale buffers must not be handed out).
     embeddings: bool,
+    /// Whether llama.cpp can shift positions in this K cache (see
+    /// `params::k_shift_is_safe`).
+    k_shift_safe: bool,
     abort: Option<Box<AbortState>>,
     model_load_time: Option<Duration>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -204,7 +207,9 @@ impl<'model> Context<'model> {
     }
 
     fn create(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
-        params.validate().map_err(ContextError::InvalidParams)?;
+        params
+            .validate_for(model)
+            .map_err(ContextError::InvalidParams)?;
         let abort = params.abort.clone().map(|f| {
             Box::new(AbortState {
                 f,
@@ -236,6 +241,7 @@ impl<'model> Context<'model> {
             outputs: Vec::new(),
             tail_output: None,
             embeddings: params.embeddings,
+            k_shift_safe: params::k_shift_is_safe(params.type_k, model),
             abort,
             model_load_time,
             _not_sync: PhantomData,
@@ -299,28 +305,35 @@ impl<'model> Context<'model> {
         unsafe { sys::llama_n_threads_batch(self.ptr.as_ptr()) }
     }
 
-    /// Changes both thread counts; each must be at least 1.
+    /// Changes both thread counts; each must be 1 to 512 (ggml's `GGML_MAX_N_THREADS`).
     pub fn set_n_threads(
         &mut self,
         n_threads: i32,
         n_threads_batch: i32,
     ) -> Result<(), ContextError> {
-        if n_threads < 1 || n_threads_batch < 1 {
-            return Err(ContextError::InvalidParams(format!(
-                "thread counts must be >= 1 (n_threads {n_threads}, n_threads_batch {n_threads_batch})"
-            )));
-        }
+        params::check_threads(n_threads, n_threads_batch).map_err(ContextError::InvalidParams)?;
         // SAFETY: valid context pointer; counts are positive.
         unsafe { sys::llama_set_n_threads(self.ptr.as_ptr(), n_threads, n_threads_batch) };
         Ok(())
     }
 
     /// Turns embedding extraction on or off for the next decodes.
-    pub fn set_embeddings(&mut self, embeddings: bool) {
+    ///
+    /// # Errors
+    /// [`ContextError::InvalidParams`] when turning on mean-pooled embeddings that the
+    /// context's sizes cannot hold: llama.cpp would abort when it next reserves its
+    /// graphs (see [`ContextParams::with_pooling`]). Nothing changes then.
+    pub fn set_embeddings(&mut self, embeddings: bool) -> Result<(), ContextError> {
+        if embeddings && params::averages_tokens(self.pooling_type(), self.model) {
+            let n_tokens = self.n_ubatch().min(self.n_ctx());
+            params::check_mean_pooling(n_tokens, self.n_seq_max())
+                .map_err(ContextError::InvalidParams)?;
+        }
         // SAFETY: valid context pointer.
         unsafe { sys::llama_set_embeddings(self.ptr.as_ptr(), embeddings) };
         self.embeddings = embeddings;
         self.forget_outputs();
+        Ok(())
     }
 
     /// Forgets the outputs of the last decode (their buffers are stale or reused).

@@ -533,6 +533,16 @@ impl Model {
         self.weightless
     }
 
+    /// An integer metadata value as llama.cpp's loader read it: the kv override the
+    /// model was loaded with, else the file's value.
+    pub(crate) fn meta_int(&self, key: &str) -> Option<i64> {
+        let overridden = self.kv_overrides.iter().find_map(|(k, v)| match v {
+            KvValue::Int(n) if k == key => Some(*n),
+            _ => None,
+        });
+        overridden.or_else(|| self.meta_val(key).and_then(|v| v.trim().parse().ok()))
+    }
+
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.
     pub fn as_ptr(&self) -> *mut sys::llama_model {
         self.ptr.as_ptr()
