@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Bandwidths, Budget, LayerOrder, Plan, Planner};
 use llama_cpp_moe::{
-    AddSpecial, Backend, Context, DeviceType, ErrorChain, GenerateParams, GenerationStats, Model,
-    ParseSpecial, Sampler, SamplerBuilder,
+    AddSpecial, Backend, Context, ErrorChain, GenerateParams, GenerationStats, Model, ParseSpecial,
+    Sampler, SamplerBuilder,
 };
 use llama_cpp_moe_cli as cli;
 use llama_cpp_moe_cli::args::{Args, FitArgs, FitOrder, GenerationArgs};

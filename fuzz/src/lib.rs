@@ -11,10 +11,13 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use llama_cpp_moe::context::{FlashAttention, KvCacheType, PoolingType};
 use llama_cpp_moe::model::{regex_search, OverrideTarget};
-use llama_cpp_moe::{Backend, Model, ModelParams};
+use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Output, Pos};
+use llama_cpp_moe::{SeqId, Token};
 use llama_cpp_moe_cli::args::{Args, LLAMA_SPELLINGS};
 use llama_cpp_moe_cli::{one_line, try_parse_from};
+use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::{GgufFile, MetaArray, MetaValue};
 
 /// A per-process scratch file for the targets whose entry point takes a path. It lives
@@ -266,6 +269,271 @@ pub fn check_model_load(data: &[u8]) {
             let _ = model.placement();
         }
     }
+}
+
+/// Reads fuzz input a byte at a time; past the end every read is 0.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    fn bool(&mut self) -> bool {
+        self.u8() & 1 == 1
+    }
+
+    fn pick<T: Copy>(&mut self, options: &[T]) -> T {
+        options[self.u8() as usize % options.len()]
+    }
+
+    /// A context size: small values exactly, the boundaries llama.cpp pads and clamps
+    /// at, or anything up to 4096. The cap keeps every KV cache and compute buffer of
+    /// the tiny models within a few hundred MiB: the target looks for aborts, not for
+    /// how much memory a 2^32-token context would take (u32::MAX is in, as the value
+    /// whose padding wraps).
+    fn size(&mut self) -> u32 {
+        const BOUNDARIES: [u32; 25] = [
+            0,
+            1,
+            2,
+            3,
+            4,
+            7,
+            8,
+            15,
+            16,
+            31,
+            32,
+            63,
+            64,
+            65,
+            127,
+            128,
+            255,
+            256,
+            257,
+            511,
+            512,
+            513,
+            2048,
+            4096,
+            u32::MAX,
+        ];
+        match self.u8() {
+            b @ 0..=63 => u32::from(b),
+            64..=159 => self.pick(&BOUNDARIES),
+            _ => u32::from(self.u16()) % 4097,
+        }
+    }
+}
+
+/// The models the `context_params` target creates contexts on: the factory's tiny
+/// model of every architecture (2 layers, 64 wide, 512 tokens, trained context 4096,
+/// heads 16 or 32 wide), plus a dense one with 64-wide heads (which llama.cpp rotates in
+/// a quantised K cache) trained on 64 tokens (so `n_ctx` 0 lands below most batches).
+pub fn context_models() -> &'static [Model] {
+    static MODELS: OnceLock<Vec<Model>> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let backend = backend();
+        let mut short = Hparams::preset(Arch::Llama, Preset::Tiny);
+        short.n_ctx_train = 64;
+        short.n_embd = 128;
+        short.n_head = 2;
+        short.n_head_kv = 1;
+        short.head_dim = 64;
+        let specs = Arch::ALL
+            .iter()
+            .map(|&arch| SynthSpec::new(arch, Preset::Tiny).seed(3))
+            .chain(std::iter::once(
+                SynthSpec::new(Arch::Llama, Preset::Tiny)
+                    .hparams(short)
+                    .seed(3),
+            ));
+        specs
+            .enumerate()
+            .map(|(i, spec)| {
+                // One file per model: the loaded models map their files, and rewriting
+                // a mapped file would pull the pages from under them (SIGBUS).
+                let path = scratch_file(&format!("context-model-{i}.gguf"));
+                spec.write(&path).expect("synthetic model");
+                let params = ModelParams::default().with_n_gpu_layers(0);
+                let model = Model::load(backend, &path, &params)
+                    .unwrap_or_else(|e| panic!("{:?}: {e}", spec.arch()));
+                // Unlinking keeps the mapping; the file goes once the model does.
+                let _ = std::fs::remove_file(&path);
+                model
+            })
+            .collect()
+    })
+}
+
+/// What to do with a context once it decoded its first batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Afterwards {
+    /// Flip embeddings on or off (`Context::set_embeddings`).
+    pub toggle_embeddings: bool,
+    /// Shift sequence 0 by one position (a K-shift, which makes llama.cpp reserve its
+    /// graphs again at the next decode), then decode one more token.
+    pub shift: bool,
+}
+
+/// The model, context parameters and follow-up that `data` describes (see
+/// `check_context_params`).
+pub fn context_case(data: &[u8]) -> (usize, ContextParams, Afterwards) {
+    const KV_TYPES: [KvCacheType; 9] = [
+        KvCacheType::F16,
+        KvCacheType::F32,
+        KvCacheType::BF16,
+        KvCacheType::Q8_0,
+        KvCacheType::Q4_0,
+        KvCacheType::Q4_1,
+        KvCacheType::IQ4_NL,
+        KvCacheType::Q5_0,
+        KvCacheType::Q5_1,
+    ];
+    const POOLING: [PoolingType; 6] = [
+        PoolingType::Unspecified,
+        PoolingType::None,
+        PoolingType::Mean,
+        PoolingType::Cls,
+        PoolingType::Last,
+        PoolingType::Rank,
+    ];
+    const FA: [FlashAttention; 3] = [
+        FlashAttention::Auto,
+        FlashAttention::Enabled,
+        FlashAttention::Disabled,
+    ];
+    const SEQS: [u32; 8] = [0, 63, 64, 65, 255, 256, 257, u32::MAX];
+    const ROPE: [f32; 10] = [
+        0.0,
+        1.0,
+        0.5,
+        -1.0,
+        10_000.0,
+        1e30,
+        1e-30,
+        f32::NAN,
+        f32::INFINITY,
+        f32::MIN_POSITIVE,
+    ];
+    let mut b = Bytes(data);
+    let model = b.u8() as usize;
+    let n_ctx = b.size();
+    let n_batch = b.size();
+    let n_ubatch = b.size();
+    let n_seq_max = match b.u8() {
+        s @ 0..=199 => u32::from(s % 20),
+        _ => b.pick(&SEQS),
+    };
+    // Threads are capped at 2: more only slows the run down on a shared box.
+    let threads = |b: &mut Bytes<'_>| match b.u8() {
+        0 => 0,
+        1 => -1,
+        t => i32::from(t % 2) + 1,
+    };
+    let (n_threads, n_threads_batch) = (threads(&mut b), threads(&mut b));
+    let fa = b.pick(&FA);
+    let (type_k, type_v) = (b.pick(&KV_TYPES), b.pick(&KV_TYPES));
+    let embeddings = b.bool();
+    let pooling = b.pick(&POOLING);
+    let flags = b.u8();
+    let (rope_base, rope_scale) = (b.pick(&ROPE), b.pick(&ROPE));
+    let params = ContextParams::default()
+        .with_n_ctx(n_ctx)
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_ubatch)
+        .with_n_seq_max(n_seq_max)
+        .with_n_threads(n_threads)
+        .with_n_threads_batch(n_threads_batch)
+        .with_flash_attention(fa)
+        .with_kv_cache_type(type_k, type_v)
+        .with_embeddings(embeddings)
+        .with_pooling(pooling)
+        .with_offload_kqv(flags & 1 != 0)
+        .with_op_offload(flags & 2 != 0)
+        .with_swa_full(flags & 4 != 0)
+        .with_kv_unified(flags & 8 != 0)
+        .with_perf(flags & 16 != 0)
+        .with_rope_freq(rope_base, rope_scale);
+    let afterwards = Afterwards {
+        toggle_embeddings: flags & 32 != 0,
+        shift: flags & 64 != 0,
+    };
+    (model, params, afterwards)
+}
+
+/// `Context::new` on one of the tiny synthetic models with parameters from `data`:
+/// a typed error, or a context that reports sizes within what was asked and decodes a
+/// short batch spread over its sequences, then maybe flips embeddings and shifts a
+/// sequence before decoding again (a typed error anywhere is fine; an abort is not).
+pub fn check_context_params(data: &[u8]) {
+    let (model, params, afterwards) = context_case(data);
+    check_context(model, &params, afterwards);
+}
+
+/// The check of `check_context_params` on model `model` (modulo the number of models).
+pub fn check_context(model: usize, params: &ContextParams, afterwards: Afterwards) {
+    let models = context_models();
+    let model = &models[model % models.len()];
+    let mut ctx = match Context::new(model, params) {
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+        Ok(ctx) => ctx,
+    };
+    assert_eq!(ctx.n_seq_max(), params.n_seq_max());
+    assert!(ctx.n_ctx() > 0 && ctx.n_batch() >= 1 && ctx.n_ubatch() >= 1);
+    assert!(ctx.n_ubatch() <= ctx.n_batch());
+    // A few tokens over the first sequences, each at position 0, within the batch.
+    let n_seq = ctx.n_seq_max().min(4) as usize;
+    let n = (ctx.n_batch() as usize).min(n_seq * 2);
+    let mut batch = Batch::new();
+    for i in 0..n {
+        let seq = SeqId((i % n_seq) as i32);
+        let pos = Pos((i / n_seq) as i32);
+        batch
+            .add(Token(1 + i as i32), pos, &[seq], Output::from(i + 1 == n))
+            .expect("valid batch token");
+    }
+    if ctx.decode(&batch).is_err() {
+        return;
+    }
+    read_outputs(&ctx);
+    if afterwards.toggle_embeddings {
+        let _ = ctx.set_embeddings(!params.embeddings());
+    }
+    if afterwards.shift && ctx.seq_add(SeqId(0), .., 1).is_ok() {
+        let next = ctx
+            .seq_pos_max(SeqId(0))
+            .ok()
+            .flatten()
+            .map_or(Pos(0), |p| p + 1);
+        let one = Batch::from_tokens(&[Token(7)], next, SeqId(0)).expect("valid batch");
+        if ctx.decode(&one).is_ok() {
+            read_outputs(&ctx);
+        }
+    }
+}
+
+fn read_outputs(ctx: &Context<'_>) {
+    for i in ctx.output_indices().collect::<Vec<_>>() {
+        let _ = ctx.logits(i);
+        let _ = ctx.embeddings(i);
+    }
+    let _ = ctx.embeddings_seq(SeqId(0));
 }
 
 /// A seeded, deterministic mutator for the stable short run (`tests/replay.rs`): not

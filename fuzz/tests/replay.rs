@@ -120,6 +120,17 @@ fn model_load_corpus() {
     );
 }
 
+#[test]
+fn context_params_corpus() {
+    replay("context_params", llama_cpp_moe_fuzz::check_context_params);
+    // A context on a tiny model takes a few milliseconds to reserve its graphs.
+    short_run(
+        "context_params",
+        llama_cpp_moe_fuzz::check_context_params,
+        short_runs() / 40,
+    );
+}
+
 /// The load seeds must load, or the load target would only ever explore rejections.
 #[test]
 fn model_load_seeds_are_loadable_models() {
@@ -203,6 +214,51 @@ fn known_crashes_are_fixed() {
         searched, None,
         "regex_search runs a nested-quantifier pattern"
     );
+}
+
+/// The aborts and crashes the `context_params` target found (fuzz/README.md, "Known
+/// crashes" 8-10): `Context::new` refuses the parameters, or `seq_add` the shift,
+/// where llama.cpp used to abort or crash; each input then runs the whole check.
+#[test]
+fn known_context_crashes_are_fixed() {
+    use llama_cpp_moe::context::MemoryError;
+    use llama_cpp_moe::{Batch, Context, Pos, SeqId, Token};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-crashes/context_params");
+    let case = |name: &str| {
+        let data = std::fs::read(root.join(name)).expect("known crash");
+        llama_cpp_moe_fuzz::check_context_params(&data);
+        llama_cpp_moe_fuzz::context_case(&data)
+    };
+    let models = llama_cpp_moe_fuzz::context_models();
+    for name in [
+        "seq-max-above-batch",
+        "mean-pooling-micro-batch-not-multiple-of-seqs",
+    ] {
+        let (model, params, _) = case(name);
+        let refused = Context::new(&models[model % models.len()], &params);
+        assert!(
+            matches!(
+                refused,
+                Err(llama_cpp_moe::context::ContextError::InvalidParams(_))
+            ),
+            "{name}: {:?}",
+            refused.map(|_| ())
+        );
+    }
+    let (model, params, _) = case("mean-pooling-turned-on-then-shift");
+    let mut ctx = Context::new(&models[model % models.len()], &params).expect("context");
+    assert!(ctx.set_embeddings(true).is_err());
+    for name in ["quantized-k-shift-without-rotation", "bf16-k-shift"] {
+        let (model, params, _) = case(name);
+        let mut ctx = Context::new(&models[model % models.len()], &params).expect("context");
+        let batch = Batch::from_tokens(&[Token(1), Token(2)], Pos(0), SeqId(0)).expect("batch");
+        ctx.decode(&batch).expect("decode");
+        assert_eq!(
+            ctx.seq_add(SeqId(0), .., 1),
+            Err(MemoryError::ShiftUnsupported),
+            "{name}"
+        );
+    }
 }
 
 /// Each known crash is recognised by its skip in `llama_cpp_moe_fuzz::known`, so

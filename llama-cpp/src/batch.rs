@@ -110,6 +110,10 @@ impl std::ops::AddAssign<i32> for Pos {
 
 /// Whether a batch token produces output (logits, and embeddings when they are on)
 /// after decoding.
+///
+/// A context with embeddings on ([`crate::ContextParams::with_embeddings`]) outputs every
+/// token whatever its flag, as llama.cpp does; [`crate::Context::output_indices`] says
+/// which indices have output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Output {
     /// Compute this token's logits.

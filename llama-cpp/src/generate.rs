@@ -215,7 +215,9 @@ enum State {
 /// context's memory before it is yielded, so whenever the caller stops, the memory holds
 /// the prompt and every token the caller saw, and the last decode holds the logits that
 /// follow them: a later generation on the same sequence continues exactly where this
-/// one stopped (with an empty prompt, or with new prompt tokens).
+/// one stopped (with an empty prompt, or with new prompt tokens). Likewise the sampler
+/// accepts exactly the tokens yielded: an end-of-generation token, or a token that found
+/// no room in the context, leaves its penalty history and grammar state untouched.
 pub struct Generation<'a, 'm> {
     ctx: &'a mut Context<'m>,
     sampler: &'a mut Sampler<'m>,
@@ -387,9 +389,11 @@ impl Generation<'_, '_> {
 
     /// Samples from output `index` of the last decode, decodes the token into memory at
     /// `pos` (so the caller never sees a token the memory lacks) and turns it into an
-    /// item.
+    /// item. The sampler accepts the token (penalty history, grammar) only once it is in
+    /// memory: a token that ends the generation, or finds no room, or fails to decode,
+    /// leaves the sampler as it was, ready to continue the sequence.
     fn produce(&mut self, index: usize, pos: Pos) -> Option<Result<GeneratedToken, GenerateError>> {
-        let token = match self.sampler.sample(self.ctx, index) {
+        let token = match self.sampler.select(self.ctx, index) {
             Ok(t) => t,
             Err(e) => return self.fail(e.into()),
         };
@@ -415,6 +419,7 @@ impl Generation<'_, '_> {
         if let Err(e) = self.ctx.decode(&self.batch) {
             return self.fail(e.into());
         }
+        self.sampler.accept_selected(token);
         let start = *self.start.get_or_insert(now);
         let prev = self.last_token_at.unwrap_or(start);
         let first = *self.first_token_at.get_or_insert(now);

@@ -468,14 +468,37 @@ impl<'m> Sampler<'m> {
     /// `llama_sampler_apply` and `llama_sampler_accept`, with typed errors where C
     /// asserts or throws.
     pub fn sample(&mut self, ctx: &Context<'_>, index: usize) -> Result<Token, SampleError> {
-        if ctx.vocab().as_ptr() != self.vocab.as_ptr() {
-            return Err(SampleError::VocabMismatch);
-        }
-        self.sample_logits(ctx.logits(index)?)
+        let token = self.select(ctx, index)?;
+        self.accept_selected(token);
+        Ok(token)
     }
 
     /// Samples and accepts a token from raw `logits` (one per vocabulary token).
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token, SampleError> {
+        let token = self.select_logits(logits)?;
+        self.accept_selected(token);
+        Ok(token)
+    }
+
+    /// [`Sampler::sample`] without the accept: the caller accepts the token with
+    /// [`Sampler::accept_selected`] once it is used (generation does so only after the
+    /// token reached the context's memory).
+    pub(crate) fn select(&mut self, ctx: &Context<'_>, index: usize) -> Result<Token, SampleError> {
+        if ctx.vocab().as_ptr() != self.vocab.as_ptr() {
+            return Err(SampleError::VocabMismatch);
+        }
+        self.select_logits(ctx.logits(index)?)
+    }
+
+    /// Accepts a token [`Sampler::select`] returned (so in range and allowed by the
+    /// grammar, if any).
+    pub(crate) fn accept_selected(&mut self, token: Token) {
+        // SAFETY: valid chain; the token came from select, which checked that it is in
+        // range and allowed by the grammar.
+        unsafe { sys::llama_sampler_accept(self.chain.as_ptr(), token.0) };
+    }
+
+    fn select_logits(&mut self, logits: &[f32]) -> Result<Token, SampleError> {
         let n_vocab = self.vocab.n_tokens();
         if logits.len() != n_vocab {
             return Err(SampleError::LogitsLength {
@@ -517,8 +540,6 @@ impl<'m> Sampler<'m> {
         if !self.vocab.contains(token) {
             return Err(SampleError::TokenOutOfRange(token));
         }
-        // SAFETY: valid chain; the token is in range and allowed by the grammar.
-        unsafe { sys::llama_sampler_accept(self.chain.as_ptr(), token.0) };
         Ok(token)
     }
 

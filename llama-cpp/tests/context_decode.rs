@@ -9,9 +9,13 @@ use ctx_support::{moe, small_ctx, small_params};
 use llama_cpp_moe::context::ClearData;
 use llama_cpp_moe::context::{
     ContextError, DecodeError, FlashAttention, KvCacheType, MemoryError, OutputError, PoolingType,
+    WeightlessModel,
 };
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{Batch, Context, Output, Pos, Sampler, SeqId, Token, Vocab};
+use llama_cpp_moe::{
+    Backend, Batch, Context, Model, ModelParams, Output, Pos, Sampler, SeqId, Token, Vocab,
+};
+use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
 
@@ -386,4 +390,290 @@ fn embeddings_per_token_and_pooled() {
     assert!(mean.iter().all(|x| x.is_finite()));
     assert!(pooled.embeddings(0).is_err());
     assert!(pooled.embeddings_seq(SeqId(1)).is_err());
+}
+
+/// Largest absolute difference between two rows of the same length.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// With embeddings on, llama.cpp outputs every token whatever the batch's flags, so a
+/// last-token-only batch has one row per token: `logits(last)` and `embeddings(last)`
+/// must read the last token's row, not the first one.
+#[test]
+fn an_embeddings_context_reads_the_rows_llama_cpp_wrote() {
+    let model = moe();
+    let tokens = prompt_tokens();
+    let last = tokens.len() - 1;
+    // Only the last token is flagged.
+    let batch = Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap();
+    let embeddings_params = small_params()
+        .with_embeddings(true)
+        .with_pooling(PoolingType::None);
+
+    let mut plain = small_ctx(model);
+    plain.decode(&batch).unwrap();
+    let expected = plain.logits(last).unwrap().to_vec();
+
+    let mut ctx = Context::new(model, &embeddings_params).unwrap();
+    ctx.decode(&batch).unwrap();
+    let got = ctx.logits(last).unwrap();
+    // Other batch shapes may sum in another order: allow rounding, not another row.
+    assert!(
+        max_abs_diff(got, &expected) < 1e-3,
+        "logits(last) of an embeddings context is not the last token's row (max diff {})",
+        max_abs_diff(got, &expected)
+    );
+    assert_eq!(argmax(got), argmax(&expected));
+    assert!(
+        max_abs_diff(ctx.logits(0).unwrap(), &expected) > 1e-2,
+        "the first and last rows must differ for this test to mean anything"
+    );
+    assert_eq!(
+        ctx.output_indices().collect::<Vec<_>>(),
+        (0..tokens.len()).collect::<Vec<_>>(),
+        "llama.cpp outputs every token of an embeddings context"
+    );
+
+    // The same rows as a batch that flags every token itself.
+    let mut flagged = batch.clone();
+    for i in 0..tokens.len() {
+        flagged.set_output(i, Output::Yes);
+    }
+    let mut reference = Context::new(model, &embeddings_params).unwrap();
+    reference.decode(&flagged).unwrap();
+    for i in [0, last] {
+        let want = reference.embeddings(i).unwrap();
+        let have = ctx.embeddings(i).unwrap();
+        assert!(
+            max_abs_diff(have, want) < 1e-4,
+            "embeddings({i}) is not token {i}'s row"
+        );
+    }
+    assert!(max_abs_diff(ctx.embeddings(0).unwrap(), ctx.embeddings(last).unwrap()) > 1e-3);
+}
+
+/// `generate` samples from the last token's row on an embeddings context too.
+#[test]
+fn generate_on_an_embeddings_context_matches_a_plain_one() {
+    let model = moe();
+    let prompt = "The quick brown fox jumps over the lazy dog.";
+    let plain = ctx_support::greedy_in_context(model, &small_params(), prompt, 6);
+    let embeddings = ctx_support::greedy_in_context(
+        model,
+        &small_params()
+            .with_embeddings(true)
+            .with_pooling(PoolingType::None),
+        prompt,
+        6,
+    );
+    assert_eq!(embeddings, plain);
+}
+
+/// A model loaded without its weights (vocab-only, or `no_alloc` as the dry run does)
+/// refuses contexts: llama.cpp would decode into empty buffers.
+#[test]
+fn models_without_weights_refuse_contexts() {
+    let path = ctx_support::write_tiny(Arch::Qwen3Moe);
+    let cpu = ModelParams::default().with_n_gpu_layers(0);
+    for (params, mode) in [
+        (
+            cpu.clone().with_vocab_only(true),
+            WeightlessModel::VocabOnly,
+        ),
+        (cpu.clone().with_no_alloc(true), WeightlessModel::NoAlloc),
+        (
+            cpu.clone().with_vocab_only(true).with_no_alloc(true),
+            WeightlessModel::VocabOnly,
+        ),
+    ] {
+        let model = Model::load(&Backend::init(), &path, &params).unwrap();
+        match Context::new(&model, &small_params()) {
+            Err(ContextError::NoWeights(m)) => assert_eq!(m, mode, "{params:?}"),
+            Err(e) => panic!("{params:?}: {e}"),
+            Ok(_) => panic!("a context on a model loaded with {mode} (no weights)"),
+        }
+        // The vocabulary still works.
+        assert!(!model
+            .vocab()
+            .tokenize("fox", AddSpecial::No, ParseSpecial::No)
+            .unwrap()
+            .is_empty());
+    }
+    // The dry run still measures through its own no_alloc context.
+    let dry = Model::dry_run(&Backend::init(), &path, &cpu, &small_params()).unwrap();
+    assert!(!dry.by_location().is_empty());
+    let _ = std::fs::remove_file(&path);
+}
+
+/// llama.cpp asserts (aborts the process) on these parameters in its context
+/// constructor or its reserve pass; `Context::new` refuses them with a typed error.
+#[test]
+fn parameters_llama_cpp_aborts_on_are_typed_errors() {
+    let model = moe();
+    let refused = [
+        // `moe_server --parallel 256 -b 64 -ub 64`: llama.cpp reserves one output per
+        // sequence, which must fit in a batch (GGML_ASSERT(n_outputs_max <= ...)).
+        small_params()
+            .with_n_seq_max(256)
+            .with_n_batch(64)
+            .with_n_ubatch(64),
+        // The batch is capped at n_ctx (4 here), below the 8 sequences.
+        small_params().with_n_ctx(4).with_n_seq_max(8),
+        // Mean pooling over 3 sequences with a 16-token micro-batch: the reserve graph
+        // rounds its tokens up to 18 but not its 16 outputs (GGML_ASSERT(ggml_can_mul_mat)).
+        small_params()
+            .with_n_ubatch(16)
+            .with_n_seq_max(3)
+            .with_embeddings(true)
+            .with_pooling(PoolingType::Mean),
+        // More threads than ggml's GGML_MAX_N_THREADS (100,000 crashed the decode).
+        small_params().with_n_threads(513),
+        small_params()
+            .with_n_threads(1)
+            .with_n_threads_batch(100_000),
+        // A size whose padding wraps u32.
+        small_params().with_n_ctx(u32::MAX).with_kv_unified(true),
+    ];
+    for params in refused {
+        match Context::new(model, &params) {
+            Err(ContextError::InvalidParams(msg)) => assert!(!msg.is_empty()),
+            Err(e) => panic!("{params:?}: expected InvalidParams, got {e}"),
+            Ok(_) => panic!("{params:?} was accepted"),
+        }
+    }
+
+    // The boundaries are accepted, and work.
+    let tokens = prompt_tokens();
+    let accepted = [
+        small_params()
+            .with_n_seq_max(64)
+            .with_n_batch(64)
+            .with_n_ubatch(64),
+        small_params()
+            .with_n_ubatch(16)
+            .with_n_seq_max(4)
+            .with_embeddings(true)
+            .with_pooling(PoolingType::Mean),
+    ];
+    for params in accepted {
+        let mut ctx = Context::new(model, &params).unwrap_or_else(|e| panic!("{params:?}: {e}"));
+        ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
+            .unwrap();
+        if params.embeddings() {
+            assert!(ctx.embeddings_seq(SeqId(0)).is_ok());
+        } else {
+            assert!(ctx.logits(tokens.len() - 1).is_ok());
+        }
+    }
+    let mut ctx = small_ctx(model);
+    assert!(matches!(
+        ctx.set_n_threads(513, 1),
+        Err(ContextError::InvalidParams(_))
+    ));
+    assert_eq!(ctx.n_threads(), 1);
+}
+
+/// Turning mean-pooled embeddings on later must not get past what `Context::new`
+/// refuses: llama.cpp reserves its graphs again after a shift, and aborts there.
+#[test]
+fn turning_on_embeddings_llama_cpp_would_abort_on_is_refused() {
+    let model = moe();
+    let params = small_params()
+        .with_n_ubatch(16)
+        .with_n_seq_max(3)
+        .with_pooling(PoolingType::Mean);
+    let mut ctx = Context::new(model, &params).unwrap();
+    assert!(matches!(
+        ctx.set_embeddings(true),
+        Err(ContextError::InvalidParams(_))
+    ));
+    // Nothing changed: a shift and a decode still work, with logits.
+    let tokens = prompt_tokens();
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
+        .unwrap();
+    ctx.seq_add(SeqId(0), .., 1).unwrap();
+    let next = Pos(tokens.len() as i32 + 1);
+    ctx.decode(&Batch::from_tokens(&[Token(7)], next, SeqId(0)).unwrap())
+        .unwrap();
+    assert!(ctx.logits(0).is_ok());
+    // Where the sizes allow it, embeddings turn on.
+    let mut fits = Context::new(model, &params.clone().with_n_seq_max(4)).unwrap();
+    fits.set_embeddings(true).unwrap();
+    fits.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
+        .unwrap();
+    assert!(fits.embeddings_seq(SeqId(0)).is_ok());
+}
+
+/// The tiny dense model with 64-wide heads, which llama.cpp rotates when it shifts a
+/// quantised K cache.
+fn wide_heads() -> Model {
+    let mut h = Hparams::preset(Arch::Llama, Preset::Tiny);
+    h.n_embd = 128;
+    h.n_head = 2;
+    h.n_head_kv = 1;
+    h.head_dim = 64;
+    let path = std::env::temp_dir().join(format!(
+        "llama-cpp-moe-wide-heads-{}.gguf",
+        std::process::id()
+    ));
+    SynthSpec::new(Arch::Llama, Preset::Tiny)
+        .hparams(h)
+        .seed(7)
+        .write(&path)
+        .unwrap();
+    let model = Model::load(
+        &Backend::init(),
+        &path,
+        &ModelParams::default().with_n_gpu_layers(0),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    model
+}
+
+/// Decodes the prompt in sequence 0, then tries to shift it by one position and decode
+/// a token after it.
+fn shift_and_decode(model: &Model, type_k: KvCacheType) -> Result<(), MemoryError> {
+    let params = small_params()
+        .with_flash_attention(FlashAttention::Enabled)
+        .with_kv_cache_type(type_k, KvCacheType::F16);
+    let mut ctx = Context::new(model, &params).unwrap_or_else(|e| panic!("{type_k:?}: {e}"));
+    let tokens = prompt_tokens();
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
+        .unwrap();
+    ctx.seq_add(SeqId(0), .., 1)?;
+    let next = Pos(tokens.len() as i32 + 1);
+    ctx.decode(&Batch::from_tokens(&[Token(7)], next, SeqId(0)).unwrap())
+        .unwrap();
+    assert!(ctx.logits(0).unwrap().iter().all(|x| x.is_finite()));
+    Ok(())
+}
+
+/// llama.cpp's K-shift crashes on a BF16 K cache (its CPU RoPE takes F32 and F16 only)
+/// and on a quantised one whose heads it does not rotate (not a multiple of 64 wide: it
+/// dereferences a NULL rotation). `seq_add` refuses those shifts; the others work.
+#[test]
+fn shifts_llama_cpp_would_crash_on_are_refused() {
+    let model = moe(); // 32-wide heads
+    for type_k in [KvCacheType::BF16, KvCacheType::Q8_0, KvCacheType::Q4_0] {
+        assert_eq!(
+            shift_and_decode(model, type_k),
+            Err(MemoryError::ShiftUnsupported),
+            "{type_k:?}"
+        );
+    }
+    for type_k in [KvCacheType::F16, KvCacheType::F32] {
+        shift_and_decode(model, type_k).unwrap();
+    }
+    let wide = wide_heads();
+    for type_k in [KvCacheType::Q8_0, KvCacheType::Q4_0, KvCacheType::F16] {
+        shift_and_decode(&wide, type_k).unwrap_or_else(|e| panic!("{type_k:?}: {e}"));
+    }
+    // The same words the synthetic vocabulary tokenizes for both models.
+    assert_eq!(wide.n_vocab(), model.n_vocab());
 }

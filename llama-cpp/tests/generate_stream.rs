@@ -4,6 +4,7 @@ mod ctx_support;
 
 use ctx_support::{moe, small_ctx, small_params};
 use llama_cpp_moe::generate::{GenerateError, StopReason};
+use llama_cpp_moe::sampler::Penalties;
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RenderSpecial};
 use llama_cpp_moe::{
     Batch, Context, GenerateParams, Output, Pos, SamplerBuilder, SeqId, Token, Utf8Decoder,
@@ -278,4 +279,93 @@ fn stop_conditions_and_errors() {
         Some(StopReason::EndOfGeneration(t)) => assert!(vocab.is_eog(t)),
         other => panic!("{other:?}"),
     }
+}
+
+/// A penalty stage that remembers only the last accepted token and pushes it far down:
+/// after `sample_logits` on logits that favour `token` alone, the pick differs from
+/// `token` exactly when `token` is the last token the sampler accepted.
+fn last_token_penalty() -> SamplerBuilder {
+    SamplerBuilder::new().with_penalties(Penalties {
+        last_n: 1,
+        presence: 50.0,
+        ..Penalties::default()
+    })
+}
+
+/// Logits of `n_vocab` zeros with `favoured` at 1 and, if given, `second` at 0.5.
+fn favouring(n_vocab: usize, favoured: Token, second: Option<Token>) -> Vec<f32> {
+    let mut logits = vec![0.0; n_vocab];
+    logits[favoured.0 as usize] = 1.0;
+    if let Some(t) = second {
+        logits[t.0 as usize] = 0.5;
+    }
+    logits
+}
+
+/// The token that found no room in the context is not accepted by the sampler: its
+/// penalty history ends with the last token the caller saw.
+#[test]
+fn a_token_that_finds_no_room_is_not_accepted_by_the_sampler() {
+    let model = moe();
+    let vocab = model.vocab();
+    let mut sampler = last_token_penalty().greedy(&vocab).unwrap();
+    let mut ctx = small_ctx(model);
+    let n_ctx = ctx.n_ctx_seq() as usize;
+    let out = ctx
+        .complete(
+            &mut sampler,
+            &vec![Token(10); n_ctx - 3],
+            GenerateParams::default()
+                .with_max_tokens(100)
+                .with_stop_at_eog(false),
+        )
+        .unwrap();
+    assert_eq!(out.stats.stop_reason, Some(StopReason::ContextFull));
+    let last = *out.tokens.last().unwrap();
+    let pick = sampler
+        .sample_logits(&favouring(vocab.n_tokens(), last, None))
+        .unwrap();
+    assert_ne!(
+        pick, last,
+        "the sampler's last accepted token is not the last generated one: it accepted \
+         the token that had no room"
+    );
+}
+
+/// The end-of-generation token is not accepted by the sampler either.
+#[test]
+fn an_end_of_generation_token_is_not_accepted_by_the_sampler() {
+    let model = moe();
+    let vocab = model.vocab();
+    let eog: Vec<Token> = (0..vocab.n_tokens() as i32)
+        .map(Token)
+        .filter(|&t| vocab.is_eog(t))
+        .collect();
+    assert!(
+        eog.len() >= 2,
+        "the synthetic vocabulary has eos and eot: {eog:?}"
+    );
+    // The grammar forces "yes" and then an end-of-generation token.
+    let mut sampler = last_token_penalty()
+        .with_grammar(r#"root ::= "yes""#, "root")
+        .greedy(&vocab)
+        .unwrap();
+    let mut ctx = small_ctx(model);
+    let out = ctx
+        .complete(&mut sampler, &prompt(), GenerateParams::default())
+        .unwrap();
+    assert_eq!(out.text, "yes");
+    let Some(StopReason::EndOfGeneration(end)) = out.stats.stop_reason else {
+        panic!("{:?}", out.stats.stop_reason);
+    };
+    // The grammar is complete, so only end-of-generation tokens remain; the one that
+    // ended the generation is favoured and wins unless the penalty history holds it.
+    let other = *eog.iter().find(|&&t| t != end).unwrap();
+    let pick = sampler
+        .sample_logits(&favouring(vocab.n_tokens(), end, Some(other)))
+        .unwrap();
+    assert_eq!(
+        pick, end,
+        "the sampler accepted the end-of-generation token that stopped the generation"
+    );
 }

@@ -1,6 +1,6 @@
 //! Writes the seed corpus of every fuzz target into `fuzz/seeds/TARGET/`: the smallest
-//! synthetic GGUF files llama.cpp still loads (one dense, one MoE), and typical override
-//! patterns and command lines. Run: `cargo run --manifest-path fuzz/Cargo.toml
+//! synthetic GGUF files llama.cpp still loads (one dense, one MoE), typical override
+//! patterns and command lines, and context parameters. Run: `cargo run --manifest-path fuzz/Cargo.toml
 //! --no-default-features --bin make_seeds` (scripts/fuzz.sh does).
 
 use std::path::Path;
@@ -114,6 +114,38 @@ fn main() {
     ];
     for (i, seed) in overrides.iter().enumerate() {
         write(&root.join("override_patterns"), &format!("seed-{i}"), seed);
+    }
+
+    // Model, n_ctx, n_batch, n_ubatch, n_seq_max, threads, threads_batch, flash
+    // attention, K type, V type, embeddings, pooling, flags (offload_kqv 1, op_offload 2,
+    // swa_full 4, kv_unified 8, perf 16, then flip embeddings 32 and shift sequence 0 by
+    // one 64), RoPE base, RoPE scale. A size byte below 64 is the size itself, 64-159
+    // picks a boundary with the next byte, 160+ reads a u16 next (see
+    // llama_cpp_moe_fuzz::context_case).
+    let contexts: [&[u8]; 8] = [
+        // qwen3moe, 256 / 64 / 64, one sequence.
+        &[
+            0, 160, 0, 1, 160, 64, 0, 160, 64, 0, 1, 2, 2, 0, 0, 0, 0, 0, 3, 0, 0,
+        ],
+        // gpt-oss (sliding window), n_ctx 0, 4 sequences, flash attention, full SWA
+        // cache, unified.
+        &[1, 0, 32, 16, 4, 2, 2, 1, 0, 0, 0, 0, 15, 0, 0],
+        // llama with 64-wide heads trained on 64 tokens: n_ctx 0, batch 128 > n_ctx,
+        // 8 sequences, F32 cache.
+        &[6, 0, 64, 15, 63, 8, 2, 2, 2, 1, 1, 0, 0, 3, 0, 0],
+        // deepseek, flash attention, Q8_0 cache, mean-pooled embeddings of 2 sequences.
+        &[3, 160, 0, 2, 160, 0, 1, 32, 2, 2, 2, 1, 3, 3, 1, 2, 1, 0, 0],
+        // mixtral, embeddings without pooling, 3 sequences, RoPE 10000 x 0.5.
+        &[4, 160, 0, 1, 16, 16, 3, 2, 2, 0, 0, 0, 1, 1, 3, 4, 2],
+        // phimoe, ubatch 32 > batch 8, unified cache of 2 sequences, no op offload.
+        &[2, 160, 0, 2, 8, 32, 2, 2, 2, 2, 1, 1, 0, 0, 9, 0, 0],
+        // qwen3moe, mean pooling over 3 sequences with a 16-token micro-batch: refused.
+        &[0, 160, 0, 1, 16, 16, 3, 2, 2, 0, 0, 0, 1, 2, 3, 0, 0],
+        // the 64-wide llama, Q8_0 cache (rotated), flip embeddings on, shift.
+        &[6, 160, 0, 1, 32, 32, 2, 2, 2, 1, 3, 3, 0, 0, 99, 0, 0],
+    ];
+    for (i, seed) in contexts.iter().enumerate() {
+        write(&root.join("context_params"), &format!("seed-{i}"), seed);
     }
 
     let lines: [&[&str]; 6] = [

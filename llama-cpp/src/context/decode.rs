@@ -113,10 +113,16 @@ impl Context<'_> {
                     sys::llama_synchronize(self.ptr.as_ptr());
                     sys::llama_get_logits(self.ptr.as_ptr());
                 }
-                self.outputs = (0..batch.len()).map(|i| batch.is_output(i)).collect();
+                // With embeddings on, llama.cpp outputs every token whatever the batch's
+                // flags say (llama_batch_allocr::init, `output_all`), so its rows are the
+                // batch indices themselves.
+                let all = self.embeddings;
+                self.outputs = (0..batch.len())
+                    .map(|i| all || batch.is_output(i))
+                    .collect();
                 let last = batch.len() - 1;
                 self.tail_output = match batch.seq_ids(last) {
-                    Some(&[seq]) if batch.is_output(last) => Some((seq, batch.positions()[last])),
+                    Some(&[seq]) if self.outputs[last] => Some((seq, batch.positions()[last])),
                     _ => None,
                 };
                 Ok(())
@@ -171,16 +177,20 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Row of batch index `index` in llama.cpp's output buffers: outputs are stored
-    /// contiguously in batch order.
-    fn output_row(&self, index: usize) -> Result<usize, OutputError> {
+    /// Checks that batch index `index` produced output in the last decode, so that
+    /// llama.cpp's `_ith` getters (which abort in debug builds on any other index) find
+    /// its row; returns the index as C takes it.
+    fn output_index(&self, index: usize) -> Result<i32, OutputError> {
         if !self.outputs.get(index).copied().unwrap_or(false) {
             return Err(OutputError::NotAnOutput { index });
         }
-        Ok(self.outputs[..index].iter().filter(|&&o| o).count())
+        // Batches hold at most i32::MAX tokens (BatchError::TooLarge).
+        Ok(index as i32)
     }
 
-    /// Batch indices that produced output in the last successful decode.
+    /// Batch indices that produced output in the last successful decode: those the batch
+    /// flagged, or every index when the context extracts embeddings (llama.cpp then
+    /// outputs every token).
     pub fn output_indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.outputs
             .iter()
@@ -206,16 +216,18 @@ impl Context<'_> {
     ///
     /// C equivalent: `llama_get_logits_ith(ctx, index)`.
     pub fn logits(&self, index: usize) -> Result<&[f32], OutputError> {
-        let row = self.output_row(index)?;
+        let i = self.output_index(index)?;
         let n_vocab = self.vocab().n_tokens();
-        // SAFETY: valid context; outputs were reordered in decode, so this only reads.
-        let base = unsafe { sys::llama_get_logits(self.ptr.as_ptr()) };
-        if base.is_null() {
+        // SAFETY: valid context; `i` produced output in the last decode, so llama.cpp maps
+        // it to its row (NULL otherwise). Outputs were reordered and synchronised in
+        // decode, so this call only reads.
+        let row = unsafe { sys::llama_get_logits_ith(self.ptr.as_ptr(), i) };
+        if row.is_null() {
             return Err(OutputError::Unavailable("logits"));
         }
-        // SAFETY: the logits buffer holds n_outputs rows of n_vocab floats and row <
-        // n_outputs; it stays untouched until the next &mut self call (decode, memory ops).
-        Ok(unsafe { std::slice::from_raw_parts(base.add(row * n_vocab), n_vocab) })
+        // SAFETY: the row holds n_vocab floats; the buffer stays untouched until the next
+        // &mut self call (decode, memory ops).
+        Ok(unsafe { std::slice::from_raw_parts(row, n_vocab) })
     }
 
     /// The embedding of batch index `index` of the last decode (contexts created with
@@ -226,16 +238,18 @@ impl Context<'_> {
         if !self.embeddings || self.pooling_type() != PoolingType::None {
             return Err(OutputError::Unavailable("per-token embeddings"));
         }
-        let row = self.output_row(index)?;
+        let i = self.output_index(index)?;
         // SAFETY: valid model pointer.
         let n_embd = unsafe { sys::llama_model_n_embd_out(self.model.as_ptr()) }.max(0) as usize;
-        // SAFETY: valid context; outputs were reordered in decode, so this only reads.
-        let base = unsafe { sys::llama_get_embeddings(self.ptr.as_ptr()) };
-        if base.is_null() || n_embd == 0 {
+        // SAFETY: valid context; `i` produced output in the last decode (embeddings on:
+        // every token did), so llama.cpp maps it to its row. Outputs were reordered and
+        // synchronised in decode, so this call only reads.
+        let row = unsafe { sys::llama_get_embeddings_ith(self.ptr.as_ptr(), i) };
+        if row.is_null() || n_embd == 0 {
             return Err(OutputError::Unavailable("per-token embeddings"));
         }
-        // SAFETY: the buffer holds n_outputs rows of n_embd_out floats and row < n_outputs.
-        Ok(unsafe { std::slice::from_raw_parts(base.add(row * n_embd), n_embd) })
+        // SAFETY: the row holds n_embd_out floats.
+        Ok(unsafe { std::slice::from_raw_parts(row, n_embd) })
     }
 
     /// The pooled embedding of sequence `seq` from the last decode (contexts created with

@@ -28,7 +28,9 @@ pub enum MemoryError {
     /// sequences can always be removed.
     #[error("the memory cannot remove part of a sequence")]
     PartialRemove,
-    /// The memory does not support shifting positions.
+    /// The memory does not support shifting positions (recurrent memory, M-RoPE), or
+    /// llama.cpp's shift would crash on its K cache: BF16, or quantised with heads
+    /// llama.cpp does not rotate.
     #[error("the memory does not support position shifts")]
     ShiftUnsupported,
     /// A position range bound is negative.
@@ -249,7 +251,7 @@ impl Context<'_> {
     fn shiftable_memory(&self) -> Result<sys::llama_memory_t, MemoryError> {
         let mem = self.memory()?;
         // SAFETY: valid memory handle.
-        if unsafe { sys::llama_memory_can_shift(mem) } {
+        if self.k_shift_safe && unsafe { sys::llama_memory_can_shift(mem) } {
             Ok(mem)
         } else {
             Err(MemoryError::ShiftUnsupported)

@@ -38,6 +38,30 @@ pub enum ContextError {
         /// llama.cpp's last error line, or a generic message.
         reason: String,
     },
+    /// The model was loaded without its weights, so nothing can run on it (llama.cpp
+    /// would decode into empty buffers).
+    #[error("the model holds no weights (loaded with {0}), so no context can run on it")]
+    NoWeights(WeightlessModel),
+}
+
+/// How a model was loaded without its weights; see [`ContextError::NoWeights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WeightlessModel {
+    /// [`crate::ModelParams::with_vocab_only`]: only the vocabulary and metadata.
+    VocabOnly,
+    /// [`crate::ModelParams::with_no_alloc`]: tensor shapes without data, for measuring
+    /// (use [`crate::Model::dry_run`]).
+    NoAlloc,
+}
+
+impl std::fmt::Display for WeightlessModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightlessModel::VocabOnly => "with_vocab_only(true)",
+            WeightlessModel::NoAlloc => "with_no_alloc(true)",
+        })
+    }
 }
 
 /// The abort callback and a panic it raised, kept at a stable address for C.
@@ -125,6 +149,9 @@ pub struct Context<'model> {
     tail_output: Option<(SeqId, Pos)>,
     /// Whether decodes extract embeddings (stale buffers must not be handed out).
     embeddings: bool,
+    /// Whether llama.cpp can shift positions in this K cache (see
+    /// `params::k_shift_is_safe`).
+    k_shift_safe: bool,
     abort: Option<Box<AbortState>>,
     model_load_time: Option<Duration>,
     _not_sync: PhantomData<std::cell::Cell<()>>,
@@ -155,8 +182,34 @@ impl Drop for Context<'_> {
 
 impl<'model> Context<'model> {
     /// Creates a context. C equivalent: `llama_init_from_model(model, params)`.
+    ///
+    /// # Errors
+    /// [`ContextError`]: parameters llama.cpp would abort on or refuse, a model loaded
+    /// without its weights ([`ContextError::NoWeights`]), or llama.cpp's own failure.
     pub fn new(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
-        params.validate().map_err(ContextError::InvalidParams)?;
+        if let Some(mode) = model.weightless() {
+            return Err(ContextError::NoWeights(mode));
+        }
+        Self::create(model, params)
+    }
+
+    /// A context on a `no_alloc` model, for [`Model::dry_run`]: llama.cpp sizes its
+    /// buffers without allocating them. It must never decode, so it never leaves the
+    /// dry run.
+    pub(crate) fn new_for_dry_run(
+        model: &'model Model,
+        params: &ContextParams,
+    ) -> Result<Self, ContextError> {
+        if model.weightless() == Some(WeightlessModel::VocabOnly) {
+            return Err(ContextError::NoWeights(WeightlessModel::VocabOnly));
+        }
+        Self::create(model, params)
+    }
+
+    fn create(model: &'model Model, params: &ContextParams) -> Result<Self, ContextError> {
+        params
+            .validate_for(model)
+            .map_err(ContextError::InvalidParams)?;
         let abort = params.abort.clone().map(|f| {
             Box::new(AbortState {
                 f,
@@ -188,6 +241,7 @@ impl<'model> Context<'model> {
             outputs: Vec::new(),
             tail_output: None,
             embeddings: params.embeddings,
+            k_shift_safe: params::k_shift_is_safe(params.type_k, model),
             abort,
             model_load_time,
             _not_sync: PhantomData,
@@ -251,28 +305,35 @@ impl<'model> Context<'model> {
         unsafe { sys::llama_n_threads_batch(self.ptr.as_ptr()) }
     }
 
-    /// Changes both thread counts; each must be at least 1.
+    /// Changes both thread counts; each must be 1 to 512 (ggml's `GGML_MAX_N_THREADS`).
     pub fn set_n_threads(
         &mut self,
         n_threads: i32,
         n_threads_batch: i32,
     ) -> Result<(), ContextError> {
-        if n_threads < 1 || n_threads_batch < 1 {
-            return Err(ContextError::InvalidParams(format!(
-                "thread counts must be >= 1 (n_threads {n_threads}, n_threads_batch {n_threads_batch})"
-            )));
-        }
+        params::check_threads(n_threads, n_threads_batch).map_err(ContextError::InvalidParams)?;
         // SAFETY: valid context pointer; counts are positive.
         unsafe { sys::llama_set_n_threads(self.ptr.as_ptr(), n_threads, n_threads_batch) };
         Ok(())
     }
 
     /// Turns embedding extraction on or off for the next decodes.
-    pub fn set_embeddings(&mut self, embeddings: bool) {
+    ///
+    /// # Errors
+    /// [`ContextError::InvalidParams`] when turning on mean-pooled embeddings that the
+    /// context's sizes cannot hold: llama.cpp would abort when it next reserves its
+    /// graphs (see [`ContextParams::with_pooling`]). Nothing changes then.
+    pub fn set_embeddings(&mut self, embeddings: bool) -> Result<(), ContextError> {
+        if embeddings && params::averages_tokens(self.pooling_type(), self.model) {
+            let n_tokens = self.n_ubatch().min(self.n_ctx());
+            params::check_mean_pooling(n_tokens, self.n_seq_max())
+                .map_err(ContextError::InvalidParams)?;
+        }
         // SAFETY: valid context pointer.
         unsafe { sys::llama_set_embeddings(self.ptr.as_ptr(), embeddings) };
         self.embeddings = embeddings;
         self.forget_outputs();
+        Ok(())
     }
 
     /// Forgets the outputs of the last decode (their buffers are stale or reused).

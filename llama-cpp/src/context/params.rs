@@ -224,13 +224,18 @@ impl ContextParams {
         self
     }
 
-    /// Number of distinct sequences (parallel slots) the context holds. C equivalent: `-np N`.
+    /// Number of distinct sequences (parallel slots) the context holds, 1 to
+    /// [`crate::sys::llama_max_parallel_sequences`]. llama.cpp reserves one output per
+    /// sequence in a batch, so it may not exceed `n_batch` (nor `n_ctx`):
+    /// [`crate::Context::new`] refuses larger values, on which llama.cpp would abort.
+    /// C equivalent: `-np N`.
     pub fn with_n_seq_max(mut self, n_seq_max: u32) -> Self {
         self.n_seq_max = n_seq_max;
         self
     }
 
-    /// Threads for generation and for batch (prompt) processing. C equivalent: `-t N`.
+    /// Threads for generation and for batch (prompt) processing, 1 to 512 (ggml's
+    /// `GGML_MAX_N_THREADS`). C equivalent: `-t N`.
     pub fn with_n_threads(mut self, n_threads: i32) -> Self {
         self.n_threads = n_threads;
         self.n_threads_batch = n_threads;
@@ -279,6 +284,10 @@ impl ContextParams {
     }
 
     /// How embeddings are pooled per sequence. C equivalent: `--pooling TYPE`.
+    ///
+    /// Mean pooling with several sequences needs the micro-batch (the smallest of
+    /// `n_ubatch`, `n_batch` and `n_ctx`) to be a multiple of `n_seq_max`:
+    /// [`crate::Context::new`] refuses other sizes, on which llama.cpp would abort.
     pub fn with_pooling(mut self, pooling: PoolingType) -> Self {
         self.pooling = pooling;
         self
@@ -385,12 +394,7 @@ impl ContextParams {
 
     /// Problems llama.cpp would only report by asserting or by a NULL context.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.n_threads < 1 || self.n_threads_batch < 1 {
-            return Err(format!(
-                "thread counts must be >= 1 (n_threads {}, n_threads_batch {})",
-                self.n_threads, self.n_threads_batch
-            ));
-        }
+        check_threads(self.n_threads, self.n_threads_batch)?;
         if self.n_batch == 0 || self.n_ubatch == 0 {
             return Err("n_batch and n_ubatch must be >= 1".into());
         }
@@ -401,6 +405,68 @@ impl ContextParams {
         }
         if !self.rope_freq_base.is_finite() || !self.rope_freq_scale.is_finite() {
             return Err("RoPE frequency base and scale must be finite".into());
+        }
+        Ok(())
+    }
+
+    /// Problems that depend on the model: what llama.cpp derives from the parameters
+    /// in `llama_context`'s constructor (`src/llama-context.cpp`) is mirrored here, and
+    /// every combination its constructor or reserve pass would `GGML_ASSERT` on (a
+    /// process abort) is refused.
+    ///
+    /// Whether attention is causal is not visible before the context exists, so both
+    /// readings are checked: for a causal model the non-causal one can only refuse
+    /// contexts shorter than a micro-batch.
+    pub(crate) fn validate_for(&self, model: &crate::Model) -> Result<(), String> {
+        self.validate()?;
+        let n_ctx = if self.n_ctx == 0 {
+            model.n_ctx_train()
+        } else {
+            self.n_ctx
+        };
+        if n_ctx == 0 {
+            return Err("n_ctx is 0 and the model has no trained context length".into());
+        }
+        // The constructor pads n_ctx to 256 and, per sequence, the per-sequence length
+        // too, in u32: a total that wraps asks for a cache of another size than the one
+        // requested (0 cells for n_ctx u32::MAX), which then fails to allocate.
+        let padded = pad_256(u64::from(n_ctx));
+        let total = if self.kv_unified {
+            padded
+        } else {
+            pad_256(padded / u64::from(self.n_seq_max)) * u64::from(self.n_seq_max)
+        };
+        if total > u64::from(u32::MAX) {
+            return Err(format!(
+                "n_ctx {n_ctx} rounds up to {total} cells over {} sequences, more than \
+                 llama.cpp can count (u32)",
+                self.n_seq_max
+            ));
+        }
+        let total = total as u32;
+        // With causal attention a batch holds at most n_ctx tokens; n_ubatch never
+        // exceeds n_batch.
+        let n_batch = self.n_batch.min(n_ctx);
+        // One output row per sequence is reserved up front and must fit in a batch
+        // (`GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max)`; n_outputs_max is the
+        // batch size). Non-causal models keep n_batch, so this is stricter for them only
+        // when n_ctx < n_seq_max.
+        if self.n_seq_max > n_batch {
+            return Err(format!(
+                "n_seq_max {} exceeds the batch size {n_batch} (n_batch {}, at most n_ctx \
+                 {n_ctx}): llama.cpp needs room for one output per sequence in a batch",
+                self.n_seq_max, self.n_batch
+            ));
+        }
+        if self.embeddings && averages_tokens(self.pooling, model) {
+            // The reserve graph's micro-batch (min(n_ctx, n_ubatch) tokens) is rounded up
+            // to a multiple of n_seq_max while its outputs are not, and mean pooling
+            // multiplies the two (`GGML_ASSERT(ggml_can_mul_mat(a, b))`).
+            let causal = self.n_ubatch.min(n_batch).min(total);
+            let non_causal = self.n_ubatch.min(self.n_batch).min(total);
+            for n_tokens in [causal, non_causal] {
+                check_mean_pooling(n_tokens, self.n_seq_max)?;
+            }
         }
         Ok(())
     }
@@ -436,6 +502,108 @@ impl ContextParams {
         }
         raw
     }
+}
+
+/// Thread counts from 1 to ggml's `GGML_MAX_N_THREADS` (512). ggml starts one thread
+/// per count at each compute; far beyond that, thread creation fails and the process
+/// dies (`GGML_ASSERT(rc == 0)` without OpenMP; a crash with it, measured at 100,000).
+pub(crate) fn check_threads(n_threads: i32, n_threads_batch: i32) -> Result<(), String> {
+    let max = sys::GGML_MAX_N_THREADS as i32;
+    if !(1..=max).contains(&n_threads) || !(1..=max).contains(&n_threads_batch) {
+        return Err(format!(
+            "thread counts must be 1 to {max} (n_threads {n_threads}, n_threads_batch \
+             {n_threads_batch})"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether llama.cpp can shift positions (`seq_add`, `seq_div`) in a K cache of
+/// `type_k` for `model`.
+///
+/// The shift applies RoPE to the cache in place, and ggml's CPU RoPE takes only F32 and
+/// F16 (`ggml_compute_forward_rope` aborts on BF16). A quantised K cache is shifted through a Hadamard rotation that llama.cpp builds only
+/// when every key head is a multiple of 64 wide (`llama_kv_cache`'s constructor,
+/// `attn_rot_k`) and `LLAMA_ATTN_ROT_DISABLE` is unset; without it the shift graph
+/// dereferences a NULL rotation (`build_rope_shift`) and the process crashes. Heads are
+/// judged from the metadata, conservatively: MLA caches and sliding-window heads of
+/// another width count as not rotated.
+pub(crate) fn k_shift_is_safe(type_k: KvCacheType, model: &crate::Model) -> bool {
+    match type_k {
+        KvCacheType::F32 | KvCacheType::F16 => return true,
+        KvCacheType::BF16 => return false,
+        _ => {}
+    }
+    let rotation_disabled = std::env::var("LLAMA_ATTN_ROT_DISABLE").is_ok_and(|v| atoi(&v) != 0);
+    if rotation_disabled {
+        return false;
+    }
+    let arch = model.arch().unwrap_or_default();
+    let meta = |key: &str| model.meta_int(&format!("{arch}.attention.{key}"));
+    if meta("kv_lora_rank").is_some() {
+        return false;
+    }
+    // SAFETY: valid model pointer.
+    let n_head = i64::from(unsafe { sys::llama_model_n_head(model.as_ptr()) });
+    let Some(key_length) =
+        meta("key_length").or_else(|| (n_head > 0).then(|| i64::from(model.n_embd()) / n_head))
+    else {
+        return false;
+    };
+    key_length > 0 && key_length % 64 == 0 && meta("key_length_swa").is_none_or(|s| s == key_length)
+}
+
+/// C's `atoi`: optional blanks and sign, then the leading digits (0 when there are none).
+fn atoi(s: &str) -> i64 {
+    let s = s.trim_start();
+    let (sign, digits) = match s.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    sign * digits[..end].parse::<i64>().unwrap_or(0)
+}
+
+/// `GGML_PAD(n, 256)`, without the wrap.
+fn pad_256(n: u64) -> u64 {
+    n.div_ceil(256) * 256
+}
+
+/// Whether embeddings pooled with `pooling` (as requested; `Unspecified` takes the
+/// model's) average the tokens of each sequence: mean pooling, or a ranking head that
+/// pools by mean (`{arch}.classifier.pooling_type`).
+pub(crate) fn averages_tokens(pooling: PoolingType, model: &crate::Model) -> bool {
+    let arch = model.arch().unwrap_or_default();
+    let from_model = |key: &str| {
+        model
+            .meta_int(&format!("{arch}.{key}"))
+            .and_then(|n| i32::try_from(n).ok())
+            .map_or(PoolingType::None, PoolingType::from_raw)
+    };
+    let pooling = match pooling {
+        PoolingType::Unspecified => from_model("pooling_type"),
+        p => p,
+    };
+    match pooling {
+        PoolingType::Mean => true,
+        PoolingType::Rank => from_model("classifier.pooling_type") == PoolingType::Mean,
+        _ => false,
+    }
+}
+
+/// Mean pooling needs the reserve graph's `n_tokens` to be a multiple of `n_seq_max`
+/// (see [`ContextParams::validate_for`]).
+pub(crate) fn check_mean_pooling(n_tokens: u32, n_seq_max: u32) -> Result<(), String> {
+    if !n_tokens.is_multiple_of(n_seq_max) {
+        return Err(format!(
+            "mean-pooled embeddings need the micro-batch ({n_tokens} tokens: the smallest \
+             of n_ubatch, n_batch and n_ctx) to be a multiple of n_seq_max ({n_seq_max}); \
+             llama.cpp aborts otherwise"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -509,5 +677,28 @@ mod tests {
             .with_rope_freq(f32::NAN, 0.0)
             .validate()
             .is_err());
+        assert!(ContextParams::default()
+            .with_n_threads(513)
+            .validate()
+            .is_err());
+        ContextParams::default()
+            .with_n_threads(512)
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn atoi_reads_like_c() {
+        for (text, n) in [
+            ("1", 1),
+            (" 12x", 12),
+            ("-3", -3),
+            ("+4", 4),
+            ("yes", 0),
+            ("", 0),
+        ] {
+            assert_eq!(atoi(text), n, "{text:?}");
+        }
+        assert_eq!((pad_256(0), pad_256(1), pad_256(256)), (0, 256, 256));
     }
 }

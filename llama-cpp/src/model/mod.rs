@@ -148,6 +148,8 @@ pub struct Model {
     kv_overrides: Vec<(String, KvValue)>,
     /// What each tensor override matched, computed once after the load.
     override_report: OverrideReport,
+    /// Set when the load left the weights out: no context may run on the model.
+    weightless: Option<crate::context::WeightlessModel>,
 }
 
 // SAFETY: llama.cpp treats a loaded llama_model as immutable; contexts only read its
@@ -282,6 +284,13 @@ impl Model {
             ptr,
             kv_overrides: params.kv_overrides().to_vec(),
             override_report: OverrideReport::default(),
+            weightless: if params.vocab_only() {
+                Some(crate::context::WeightlessModel::VocabOnly)
+            } else if params.no_alloc {
+                Some(crate::context::WeightlessModel::NoAlloc)
+            } else {
+                None
+            },
         };
         model.warn_about_unused_moe_options(params);
         model.report_overrides(params);
@@ -361,6 +370,21 @@ impl Model {
                 NonNull::new(dev).map(|p| unsafe { Device::from_raw(p) })
             })
             .collect()
+    }
+
+    /// Whether the model was loaded without its weights (vocab-only or `no_alloc`).
+    pub(crate) fn weightless(&self) -> Option<crate::context::WeightlessModel> {
+        self.weightless
+    }
+
+    /// An integer metadata value as llama.cpp's loader read it: the kv override the
+    /// model was loaded with, else the file's value.
+    pub(crate) fn meta_int(&self, key: &str) -> Option<i64> {
+        let overridden = self.kv_overrides.iter().find_map(|(k, v)| match v {
+            KvValue::Int(n) if k == key => Some(*n),
+            _ => None,
+        });
+        overridden.or_else(|| self.meta_val(key).and_then(|v| v.trim().parse().ok()))
     }
 
     /// The raw pointer, for calls this crate does not wrap yet. Valid while `self` lives.

@@ -235,9 +235,11 @@ impl Model {
         let model = Model::load(backend, path, &params)?;
         // The model and context never leave this function: a no_alloc model has no
         // weight data, so nothing may decode on it.
-        let ctx = Context::new(&model, context_params).map_err(|source| DryRunError::Context {
-            path: path.to_owned(),
-            source,
+        let ctx = Context::new_for_dry_run(&model, context_params).map_err(|source| {
+            DryRunError::Context {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let rows = ctx
             .memory_breakdown()
