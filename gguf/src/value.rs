@@ -28,6 +28,28 @@ pub(crate) mod code {
     }
 }
 
+/// The type code of `value`, a [`MetaValue`] or a [`MetaArray`]: their scalar variants
+/// have the same names; `extra` arms cover the rest.
+macro_rules! scalar_code {
+    ($value:expr $(, $extra:pat => $code:expr)*) => {
+        match $value {
+            Self::U8(_) => code::U8,
+            Self::I8(_) => code::I8,
+            Self::U16(_) => code::U16,
+            Self::I16(_) => code::I16,
+            Self::U32(_) => code::U32,
+            Self::I32(_) => code::I32,
+            Self::F32(_) => code::F32,
+            Self::Bool(_) => code::BOOL,
+            Self::String(_) => code::STRING,
+            Self::U64(_) => code::U64,
+            Self::I64(_) => code::I64,
+            Self::F64(_) => code::F64,
+            $($extra => $code,)*
+        }
+    };
+}
+
 /// One metadata value of a GGUF key/value pair.
 ///
 /// Strings are decoded as UTF-8, invalid sequences replaced (GGUF requires UTF-8).
@@ -116,41 +138,16 @@ impl MetaArray {
         self.len() == 0
     }
 
+    /// The type code of the elements.
     pub(crate) fn elem_code(&self) -> u32 {
-        match self {
-            Self::U8(_) => code::U8,
-            Self::I8(_) => code::I8,
-            Self::U16(_) => code::U16,
-            Self::I16(_) => code::I16,
-            Self::U32(_) => code::U32,
-            Self::I32(_) => code::I32,
-            Self::F32(_) => code::F32,
-            Self::Bool(_) => code::BOOL,
-            Self::String(_) => code::STRING,
-            Self::U64(_) => code::U64,
-            Self::I64(_) => code::I64,
-            Self::F64(_) => code::F64,
-        }
+        scalar_code!(self)
     }
 }
 
 impl MetaValue {
+    /// The value's type code.
     pub(crate) fn code(&self) -> u32 {
-        match self {
-            Self::U8(_) => code::U8,
-            Self::I8(_) => code::I8,
-            Self::U16(_) => code::U16,
-            Self::I16(_) => code::I16,
-            Self::U32(_) => code::U32,
-            Self::I32(_) => code::I32,
-            Self::F32(_) => code::F32,
-            Self::Bool(_) => code::BOOL,
-            Self::String(_) => code::STRING,
-            Self::U64(_) => code::U64,
-            Self::I64(_) => code::I64,
-            Self::F64(_) => code::F64,
-            Self::Array(_) => code::ARRAY,
-        }
+        scalar_code!(self, Self::Array(_) => code::ARRAY)
     }
 
     /// The value as an unsigned integer, if it is a non-negative integer of any width.

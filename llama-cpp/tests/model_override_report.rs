@@ -4,44 +4,11 @@
 
 mod model_support;
 
-use std::sync::{Mutex, OnceLock};
-
 use llama_cpp_moe::model::{regex_search, OverrideKind};
 use llama_cpp_moe::{Model, ModelParams};
 use llama_cpp_moe_gguf::synth::Arch;
 use llama_cpp_moe_gguf::GgufFile;
-use model_support::{backend, model};
-
-/// Records this crate's own warnings (target `llama_cpp_moe`).
-struct Recorder(Mutex<Vec<String>>);
-
-impl log::Log for Recorder {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.target() == "llama_cpp_moe"
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) && r.level() == log::Level::Warn {
-            self.0.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns the warnings it logged (one test at a time).
-fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-    static INSTALL: OnceLock<()> = OnceLock::new();
-    INSTALL.get_or_init(|| {
-        log::set_logger(&RECORDER).unwrap();
-        log::set_max_level(log::LevelFilter::Warn);
-    });
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    RECORDER.0.lock().unwrap().clear();
-    let out = f();
-    (out, std::mem::take(&mut *RECORDER.0.lock().unwrap()))
-}
+use model_support::{backend, model, warnings_of};
 
 #[test]
 fn a_pattern_that_matches_nothing_warns_once_with_near_misses() {

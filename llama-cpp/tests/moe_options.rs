@@ -3,44 +3,10 @@
 
 mod model_support;
 
-use std::sync::{Mutex, OnceLock};
-
 use llama_cpp_moe::model::{max_tensor_overrides, LoadError, ParamsError};
 use llama_cpp_moe::{Model, ModelParams};
 use llama_cpp_moe_gguf::synth::Arch;
-use model_support::{backend, model};
-
-/// Records this crate's own warnings (target `llama_cpp_moe`).
-struct Recorder(Mutex<Vec<String>>);
-
-impl log::Log for Recorder {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.target() == "llama_cpp_moe"
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) && r.level() == log::Level::Warn {
-            self.0.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns the warnings it logged (tests here run one at a time so the
-/// shared recorder sees only its own test's records).
-fn warnings_of(f: impl FnOnce()) -> Vec<String> {
-    static INSTALL: OnceLock<()> = OnceLock::new();
-    INSTALL.get_or_init(|| {
-        log::set_logger(&RECORDER).unwrap();
-        log::set_max_level(log::LevelFilter::Warn);
-    });
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    RECORDER.0.lock().unwrap().clear();
-    f();
-    std::mem::take(&mut *RECORDER.0.lock().unwrap())
-}
+use model_support::{backend, model, warnings_of};
 
 #[test]
 fn moe_options_on_a_dense_model_load_and_warn_once() {
@@ -49,7 +15,7 @@ fn moe_options_on_a_dense_model_load_and_warn_once() {
         ModelParams::default().with_cpu_moe_all(),
         ModelParams::default().with_cpu_moe(2),
     ] {
-        let warnings = warnings_of(|| {
+        let ((), warnings) = warnings_of(|| {
             let m = Model::load(&backend, model(Arch::Llama), &params).expect("loads");
             assert_eq!(m.n_expert(), 0);
             assert_eq!(m.placement().experts_on_host().count, 0);
@@ -59,7 +25,7 @@ fn moe_options_on_a_dense_model_load_and_warn_once() {
         assert!(warnings[0].contains("no experts"), "{warnings:?}");
     }
     // Dense FFN offload on a dense model is not an MoE option: no warning.
-    let warnings = warnings_of(|| {
+    let ((), warnings) = warnings_of(|| {
         let params = ModelParams::default().with_cpu_ffn(1);
         Model::load(&backend, model(Arch::Llama), &params).expect("loads");
     });
@@ -71,7 +37,7 @@ fn layers_beyond_the_model_are_ignored_with_a_warning() {
     let backend = backend();
     let path = model(Arch::Qwen3Moe);
     let mut moved = Vec::new();
-    let warnings = warnings_of(|| {
+    let ((), warnings) = warnings_of(|| {
         for params in [
             ModelParams::default().with_cpu_moe(2),
             ModelParams::default().with_cpu_moe(50),

@@ -2,30 +2,14 @@
 
 mod ctx_support;
 
-use ctx_support::{dense, moe, small_params};
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{Context, GenerateParams, Model, SamplerBuilder};
+use ctx_support::{dense, greedy_completion, moe, small_params};
+use llama_cpp_moe::{Context, Model, Token};
 
-fn greedy_text(model: &Model) -> (String, Vec<llama_cpp_moe::Token>) {
-    let vocab = model.vocab();
+const PROMPT: &str = "Offloading the expert tensors";
+
+fn greedy_text(model: &Model) -> (String, Vec<Token>) {
     let mut ctx = Context::new(model, &small_params().with_n_threads(1)).unwrap();
-    let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
-    let prompt = vocab
-        .tokenize(
-            "Offloading the expert tensors",
-            AddSpecial::Yes,
-            ParseSpecial::No,
-        )
-        .unwrap();
-    let out = ctx
-        .complete(
-            &mut sampler,
-            &prompt,
-            GenerateParams::default()
-                .with_max_tokens(12)
-                .with_stop_at_eog(false),
-        )
-        .unwrap();
+    let out = greedy_completion(&mut ctx, PROMPT, 12);
     (out.text, out.tokens)
 }
 
@@ -55,28 +39,11 @@ fn four_threads_share_a_dense_model() {
 fn a_context_moves_to_another_thread() {
     let model = moe();
     let reference = greedy_text(model);
-    let vocab = model.vocab();
     let ctx = Context::new(model, &small_params().with_n_threads(1)).unwrap();
     let text = std::thread::scope(|s| {
         s.spawn(move || {
             let mut ctx = ctx;
-            let mut sampler = SamplerBuilder::new().greedy(&vocab).unwrap();
-            let prompt = vocab
-                .tokenize(
-                    "Offloading the expert tensors",
-                    AddSpecial::Yes,
-                    ParseSpecial::No,
-                )
-                .unwrap();
-            ctx.complete(
-                &mut sampler,
-                &prompt,
-                GenerateParams::default()
-                    .with_max_tokens(12)
-                    .with_stop_at_eog(false),
-            )
-            .unwrap()
-            .text
+            greedy_completion(&mut ctx, PROMPT, 12).text
         })
         .join()
         .unwrap()

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
 use llama_cpp_moe::{
-    Backend, Context, ContextParams, GenerateParams, Model, ModelParams, SamplerBuilder, Token,
+    Backend, Completion, Context, ContextParams, GenerateParams, Model, ModelParams,
+    SamplerBuilder, Token,
 };
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
 
@@ -47,8 +48,14 @@ pub fn greedy_in_context(
     prompt: &str,
     n: usize,
 ) -> Vec<Token> {
-    let vocab = model.vocab();
     let mut ctx = Context::new(model, params).expect("context");
+    greedy_completion(&mut ctx, prompt, n).tokens
+}
+
+/// `n` greedy tokens (end of generation not stopping them) after `prompt` in `ctx`, and
+/// their text.
+pub fn greedy_completion(ctx: &mut Context<'_>, prompt: &str, n: usize) -> Completion {
+    let vocab = ctx.vocab();
     let mut sampler = SamplerBuilder::new().greedy(&vocab).expect("greedy");
     let prompt = vocab
         .tokenize(prompt, AddSpecial::Yes, ParseSpecial::No)
@@ -61,7 +68,6 @@ pub fn greedy_in_context(
             .with_stop_at_eog(false),
     )
     .expect("generate")
-    .tokens
 }
 
 /// Loads the tiny model of `arch` on the CPU; the file is removed once loaded.

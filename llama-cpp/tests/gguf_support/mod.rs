@@ -1,29 +1,16 @@
-//! Helpers shared by the `gguf_*` integration tests that run llama.cpp: temp paths and
-//! raw llama.cpp calls.
+//! Helpers shared by the `gguf_*` integration tests that run llama.cpp: temp paths (the
+//! gguf crate's test helper) and raw llama.cpp calls.
 #![allow(dead_code)]
 
 use std::ffi::{c_char, c_void, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
 
 use llama_cpp_moe_sys as sys;
 
-/// A file path under the system temp dir, unique per process and test, removed on drop.
-pub struct TempPath(pub PathBuf);
-
-impl TempPath {
-    pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("llama-cpp-moe-gguf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir.join(name))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+#[path = "../../../gguf/tests/gguf_support/mod.rs"]
+mod gguf_crate_support;
+pub use gguf_crate_support::TempPath;
 
 unsafe extern "C" fn quiet(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
 
@@ -124,29 +111,33 @@ pub fn load_and_decode(path: &Path, prompt: &str) -> Decoded {
     }
 }
 
+/// Calls `call(buf)`, a llama.cpp function that returns the count it wrote or minus the
+/// count it needs, and once more with the room it asked for; the elements written.
+fn grow_and_retry<T: Clone + Default>(
+    what: &str,
+    initial_len: usize,
+    mut call: impl FnMut(&mut [T]) -> i32,
+) -> Vec<T> {
+    let mut buf = vec![T::default(); initial_len];
+    let mut n = call(&mut buf);
+    if n < 0 {
+        buf.resize(n.unsigned_abs() as usize, T::default());
+        n = call(&mut buf);
+    }
+    assert!(n >= 0, "{what} failed: {n}");
+    buf.truncate(n as usize);
+    buf
+}
+
 /// llama_tokenize into a Vec, growing the buffer when llama.cpp asks for more.
 pub fn tokenize(
     vocab: *const sys::llama_vocab,
     text: &str,
     add_special: bool,
 ) -> Vec<sys::llama_token> {
-    let mut buf: Vec<sys::llama_token> = vec![0; text.len() + 8];
-    // SAFETY: text/len describe valid bytes; buf has buf.len() writable tokens.
-    let mut n = unsafe {
-        sys::llama_tokenize(
-            vocab,
-            text.as_ptr().cast(),
-            text.len() as i32,
-            buf.as_mut_ptr(),
-            buf.len() as i32,
-            add_special,
-            false,
-        )
-    };
-    if n < 0 {
-        buf.resize((-n) as usize, 0);
-        // SAFETY: as above with the size llama.cpp asked for.
-        n = unsafe {
+    grow_and_retry("tokenize", text.len() + 8, |buf| {
+        // SAFETY: text/len describe valid bytes; buf has buf.len() writable tokens.
+        unsafe {
             sys::llama_tokenize(
                 vocab,
                 text.as_ptr().cast(),
@@ -156,32 +147,15 @@ pub fn tokenize(
                 add_special,
                 false,
             )
-        };
-    }
-    assert!(n >= 0, "tokenize failed: {n}");
-    buf.truncate(n as usize);
-    buf
+        }
+    })
 }
 
 /// llama_detokenize into a String, keeping special tokens as text.
 pub fn detokenize(vocab: *const sys::llama_vocab, tokens: &[sys::llama_token]) -> Vec<u8> {
-    let mut buf = vec![0u8; tokens.len() * 16 + 16];
-    // SAFETY: tokens/len are valid; buf has buf.len() writable bytes.
-    let mut n = unsafe {
-        sys::llama_detokenize(
-            vocab,
-            tokens.as_ptr(),
-            tokens.len() as i32,
-            buf.as_mut_ptr().cast(),
-            buf.len() as i32,
-            false,
-            false,
-        )
-    };
-    if n < 0 {
-        buf.resize((-n) as usize, 0);
-        // SAFETY: as above with the size llama.cpp asked for.
-        n = unsafe {
+    grow_and_retry("detokenize", tokens.len() * 16 + 16, |buf: &mut [u8]| {
+        // SAFETY: tokens/len are valid; buf has buf.len() writable bytes.
+        unsafe {
             sys::llama_detokenize(
                 vocab,
                 tokens.as_ptr(),
@@ -191,11 +165,8 @@ pub fn detokenize(vocab: *const sys::llama_vocab, tokens: &[sys::llama_token]) -
                 false,
                 false,
             )
-        };
-    }
-    assert!(n >= 0, "detokenize failed: {n}");
-    buf.truncate(n as usize);
-    buf
+        }
+    })
 }
 
 /// Loads only the vocabulary of a model file. Caller frees with `llama_model_free`.

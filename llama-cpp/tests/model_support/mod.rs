@@ -124,3 +124,35 @@ pub fn start_rpc_server(backend: &Backend) -> (String, Vec<llama_cpp_moe::Device
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Records this crate's own warnings (target `llama_cpp_moe`).
+struct Recorder(Mutex<Vec<String>>);
+
+impl log::Log for Recorder {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target() == "llama_cpp_moe"
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) && r.level() == log::Level::Warn {
+            self.0.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
+
+/// Runs `f` and returns what it returned and the warnings it logged. Calls run one at a
+/// time, so the shared recorder sees only the running call's records.
+pub fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    static INSTALL: OnceLock<()> = OnceLock::new();
+    static SERIAL: Mutex<()> = Mutex::new(());
+    INSTALL.get_or_init(|| {
+        log::set_logger(&RECORDER).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    RECORDER.0.lock().unwrap().clear();
+    let out = f();
+    (out, std::mem::take(&mut *RECORDER.0.lock().unwrap()))
+}
