@@ -522,12 +522,13 @@ pub(crate) fn check_threads(n_threads: i32, n_threads_batch: i32) -> Result<(), 
 /// `type_k` for `model`.
 ///
 /// The shift applies RoPE to the cache in place, and ggml's CPU RoPE takes only F32 and
-/// F16 (`ggml_compute_forward_rope` aborts on BF16). A quantised K cache is shifted through a Hadamard rotation that llama.cpp builds only
-/// when every key head is a multiple of 64 wide (`llama_kv_cache`'s constructor,
-/// `attn_rot_k`) and `LLAMA_ATTN_ROT_DISABLE` is unset; without it the shift graph
-/// dereferences a NULL rotation (`build_rope_shift`) and the process crashes. Heads are
-/// judged from the metadata, conservatively: MLA caches and sliding-window heads of
-/// another width count as not rotated.
+/// F16 (`ggml_compute_forward_rope` aborts on BF16). A quantised K cache is shifted
+/// through a Hadamard rotation that llama.cpp builds only when every key head is a
+/// multiple of 64 wide (`llama_kv_cache`'s constructor, `attn_rot_k`) and
+/// `LLAMA_ATTN_ROT_DISABLE` is unset; without it the shift graph dereferences a NULL
+/// rotation (`build_rope_shift`) and the process crashes. Heads are judged from the
+/// metadata, conservatively: MLA caches and sliding-window heads of another width count
+/// as not rotated.
 pub(crate) fn k_shift_is_safe(type_k: KvCacheType, model: &crate::Model) -> bool {
     match type_k {
         KvCacheType::F32 | KvCacheType::F16 => return true,
