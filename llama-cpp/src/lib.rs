@@ -7,7 +7,9 @@
 //!
 //! Each operation returns its own error type (a [`model::LoadError`], a
 //! [`context::DecodeError`], ...); all of them convert into the crate-wide [`Error`], so
-//! a function returning [`Result`] can use `?` on every call.
+//! a function returning [`Result`] can use `?` on every call. Each error's message says
+//! only its own part and leaves the cause to `source()`: print errors with
+//! [`ErrorChain`] (or anyhow's `{:#}`) to show the whole chain.
 //!
 //! # Mixture-of-experts offload
 //!
