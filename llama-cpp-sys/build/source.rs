@@ -58,12 +58,14 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
     let bundled = manifest_dir.join("llama.cpp");
     if looks_like_llama_cpp(&bundled) {
         // The bundled tree is the pin, shipped inside the published crate: no warning.
+        let pin = bundled_pin(&bundled);
         println!(
-            "llama-cpp-moe-sys: building the llama.cpp bundled at {}",
+            "llama-cpp-moe-sys: building the llama.cpp bundled at {} ({pin})",
             bundled.display()
         );
+        println!("cargo:rustc-env=LLAMA_CPP_MOE_PIN={pin}");
         return Ok(Source {
-            origin: "bundled".into(),
+            origin: format!("bundled {pin}"),
             dir: bundled,
             immutable: true,
         });
@@ -97,6 +99,25 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
                 tried.join("\n  ")
             ))
         }
+    }
+}
+
+/// The file scripts/package.sh writes next to the llama.cpp subset it bundles.
+const PIN_RECORD: &str = "LLAMA_CPP_MOE_PIN.txt";
+
+/// `PACKAGE VERSION` of the pin a bundled tree was copied from, read from its pin record
+/// (`package = ...`, `version = ...` lines); says so when the record is missing.
+fn bundled_pin(bundled: &Path) -> String {
+    let record = std::fs::read_to_string(bundled.join(PIN_RECORD)).unwrap_or_default();
+    let field = |name: &str| {
+        record.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
+    };
+    match (field("package"), field("version")) {
+        (Some(package), Some(version)) => format!("pin {package} {version}"),
+        _ => format!("no pin record {PIN_RECORD}"),
     }
 }
 
