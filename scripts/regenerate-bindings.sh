@@ -10,5 +10,6 @@ cd "$(dirname "$0")/.."
 dir=$(realpath -m "${1:-llama-cpp-sys/src/bindings}")
 # Only the build script has new work: the llama.cpp build comes from the shared cache
 # (or LLAMA_CPP_PREBUILT_DIR).
-LLAMA_CPP_MOE_REGENERATE_BINDINGS="$dir" cargo build -q -p llama-cpp-moe-sys
+# The feature `bindgen` compiles bindgen into the build script (left out by default).
+LLAMA_CPP_MOE_REGENERATE_BINDINGS="$dir" cargo build -q -p llama-cpp-moe-sys --features bindgen
 echo "bindings written to $dir"

@@ -145,20 +145,27 @@ fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("cargo metadata printed invalid JSON: {e}"))?;
-    let package = meta["packages"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == PIN_PACKAGE))
+    // The pin's own manifest and the pin package are the only packages listed; the pin
+    // package's manifest sits in `<registry src>/llama-cpp-sys-2-<version>/`.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let dir_prefix = format!("{PIN_PACKAGE}-");
+    let manifest = json_string_values(&stdout, "manifest_path")
+        .into_iter()
+        .find(|path| {
+            Path::new(path)
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|dir| dir.to_string_lossy().starts_with(&dir_prefix))
+        })
         .ok_or_else(|| format!("cargo metadata lists no package {PIN_PACKAGE}"))?;
-    let manifest = package["manifest_path"]
-        .as_str()
-        .ok_or("cargo metadata gave no manifest_path")?;
-    let version = package["version"].as_str().unwrap_or("?").to_owned();
-    let dir = Path::new(manifest)
+    let package_dir = Path::new(&manifest)
         .parent()
-        .ok_or("manifest_path has no parent")?
-        .join("llama.cpp");
+        .ok_or("manifest_path has no parent")?;
+    let version = package_dir
+        .file_name()
+        .map(|dir| dir.to_string_lossy()[dir_prefix.len()..].to_owned())
+        .unwrap_or_default();
+    let dir = package_dir.join("llama.cpp");
     if !looks_like_llama_cpp(&dir) {
         return Err(format!(
             "{} is not a complete llama.cpp tree",
@@ -166,6 +173,50 @@ fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
         ));
     }
     Ok((dir, version))
+}
+
+/// The string values of every `"key":` in a JSON text, unescaped (cargo metadata's
+/// compact output). A hand-written reader instead of serde_json: one build dependency
+/// less to compile before llama.cpp's build can start.
+fn json_string_values(json: &str, key: &str) -> Vec<String> {
+    let needle = format!("\"{key}\":");
+    let mut values = Vec::new();
+    let mut rest = json;
+    while let Some(at) = rest.find(&needle) {
+        rest = rest[at + needle.len()..].trim_start();
+        let Some(body) = rest.strip_prefix('"') else {
+            continue;
+        };
+        let mut value = String::new();
+        let mut chars = body.char_indices();
+        let mut end = body.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                '\\' => match chars.next().map(|(_, e)| e) {
+                    Some('n') => value.push('\n'),
+                    Some('t') => value.push('\t'),
+                    Some('r') => value.push('\r'),
+                    Some('b') => value.push('\u{8}'),
+                    Some('f') => value.push('\u{c}'),
+                    Some('u') => {
+                        let hex: String = chars.by_ref().take(4).map(|(_, h)| h).collect();
+                        let code = u32::from_str_radix(&hex, 16).ok();
+                        value.push(code.and_then(char::from_u32).unwrap_or('\u{fffd}'));
+                    }
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                c => value.push(c),
+            }
+        }
+        values.push(value);
+        rest = &body[end..];
+    }
+    values
 }
 
 /// Reads `set(LLAMA_VERSION_MAJOR 0)` etc. from a CMakeLists.txt.
