@@ -347,6 +347,7 @@ fn build_with_cmake(
         defines.push(("CMAKE_POSITION_INDEPENDENT_CODE", "ON".into()));
     }
 
+    let generator = cmake_generator(target);
     let c_compiler = cmake_compiler(false, target);
     let cxx_compiler = cmake_compiler(true, target);
     let gcc_major = flags::gcc_major_version(cxx_compiler.path());
@@ -359,6 +360,12 @@ fn build_with_cmake(
     key.add("target", &target.triple);
     key.add("host", &target.host);
     key.add("build type", &build_type);
+    key.add(
+        "generator",
+        generator
+            .as_ref()
+            .map_or("cmake's default", |(name, _)| name),
+    );
     for (name, value) in &defines {
         key.add(&format!("-D{name}"), value);
     }
@@ -396,6 +403,10 @@ fn build_with_cmake(
         // The cmake crate would follow the cargo profile; a Debug C++ build is far too slow.
         config.profile(&build_type);
         config.out_dir(&entry.dir);
+        if let Some((name, version)) = &generator {
+            println!("llama-cpp-moe-sys: cmake generator {name} ({version})");
+            config.generator(name);
+        }
         for (name, value) in &defines {
             config.define(name, value);
         }
@@ -415,6 +426,21 @@ fn build_with_cmake(
         entry.dir.join("build").display()
     );
     entry.dir.clone()
+}
+
+/// Ninja when `CMAKE_GENERATOR` is unset and `ninja` runs (not for Windows targets, where
+/// cmake's default generator finds MSVC by itself): with Makefiles, cmake builds a target's
+/// objects only after the targets it links are complete, which leaves cores idle at every
+/// such step (ggml-base, ggml-cpu, ggml, llama); Ninja compiles objects of all targets
+/// together. Ninja does not take tokens from cargo's jobserver, so it runs `NUM_JOBS`
+/// (cargo's `-j`) compilers at once, as the cmake crate tells it. `CMAKE_GENERATOR="Unix
+/// Makefiles"` keeps make (which does use the jobserver).
+fn cmake_generator(target: &Target) -> Option<(String, String)> {
+    if env::var_os("CMAKE_GENERATOR").is_some() || target.os == "windows" {
+        return None;
+    }
+    let version = tools::version_line(Path::new("ninja")).ok()?;
+    Some(("Ninja".to_owned(), format!("ninja {version}")))
 }
 
 fn missing_compiler(kind: &str, tool: &cc::Tool, error: &str) -> String {
