@@ -39,6 +39,31 @@ PATCHES="$REPO/upstream/llama-cpp-rs/patches"
 
 step() { echo "=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
+# llama-cpp-sys-2's build script runs bindgen, which panics with a backtrace minutes into
+# the build when it cannot load libclang: look for it first, where clang-sys looks.
+has_libclang() {
+    local dirs=()
+    if [ -n "${LIBCLANG_PATH:-}" ]; then
+        dirs=("$LIBCLANG_PATH")
+    else
+        command -v llvm-config >/dev/null 2>&1 && dirs+=("$(llvm-config --libdir)")
+        ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' && return 0
+        dirs+=(/usr/lib/llvm-*/lib /usr/lib64 /usr/lib /usr/lib/x86_64-linux-gnu /usr/local/lib
+            /Library/Developer/CommandLineTools/usr/lib /opt/homebrew/opt/llvm/lib)
+    fi
+    local d f
+    for d in "${dirs[@]}"; do
+        for f in "$d"/libclang.so* "$d"/libclang-*.so* "$d"/libclang.dylib; do
+            [ -e "$f" ] && return 0
+        done
+    done
+    return 1
+}
+if ! has_libclang; then
+    echo "upstream-check: no libclang${LIBCLANG_PATH:+ in LIBCLANG_PATH=$LIBCLANG_PATH} (llama-cpp-sys-2 runs bindgen): install libclang-dev (Debian/Ubuntu), clang-devel (Fedora) or the Xcode command line tools (macOS), or point LIBCLANG_PATH at the directory holding libclang" >&2
+    exit 1
+fi
+
 if [ -n "${UPSTREAM_CHECK_DIR:-}" ]; then
     WORK="$UPSTREAM_CHECK_DIR"
     mkdir -p "$WORK"
