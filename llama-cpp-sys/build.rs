@@ -12,6 +12,7 @@
 //! | `CUDA_PATH`, `CUDA_HOME` | CUDA toolkit root (feature `cuda`) |
 //! | `VULKAN_SDK` | Vulkan SDK root (feature `vulkan`) |
 //! | `DOCS_RS` | documentation build: checked-in bindings only, no llama.cpp source, cmake or compiler |
+//! | `CMAKE_GENERATOR` | cmake's generator; unset, Ninja when `ninja` runs (not for Windows targets), else cmake's default |
 //!
 //! The C++ (llama.cpp and the shim) is built once per target directory, not once per
 //! cargo profile: see build/cache.rs.
