@@ -103,11 +103,11 @@ pub fn resolve(manifest_dir: &Path) -> Result<Source, String> {
 }
 
 /// The file scripts/package.sh writes next to the llama.cpp subset it bundles.
-const PIN_RECORD: &str = "LLAMA_CPP_MOE_PIN.txt";
+pub const PIN_RECORD: &str = "LLAMA_CPP_MOE_PIN.txt";
 
 /// `PACKAGE VERSION` of the pin a bundled tree was copied from, read from its pin record
 /// (`package = ...`, `version = ...` lines); says so when the record is missing.
-fn bundled_pin(bundled: &Path) -> String {
+pub fn bundled_pin(bundled: &Path) -> String {
     let record = std::fs::read_to_string(bundled.join(PIN_RECORD)).unwrap_or_default();
     let field = |name: &str| {
         record.lines().find_map(|line| {
@@ -178,7 +178,7 @@ fn pinned_source(pin_manifest: &Path) -> Result<(PathBuf, String), String> {
 /// The string values of every `"key":` in a JSON text, unescaped (cargo metadata's
 /// compact output). A hand-written reader instead of serde_json: one build dependency
 /// less to compile before llama.cpp's build can start.
-fn json_string_values(json: &str, key: &str) -> Vec<String> {
+pub fn json_string_values(json: &str, key: &str) -> Vec<String> {
     let needle = format!("\"{key}\":");
     let mut values = Vec::new();
     let mut rest = json;
