@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
 done
 OUT="${1:-$REPO/target/packages}"
 case "$OUT" in /*) ;; *) OUT="$REPO/$OUT" ;; esac
-CRATES=(${PACKAGE_CRATES:-llama-cpp-moe-gguf llama-cpp-moe-sys llama-cpp-moe})
+CRATES=(${PACKAGE_CRATES:-llama-cpp-moe-gguf llama-cpp-moe-sys llama-cpp-moe llama-cpp-moe-cli llama-cpp-moe-server})
 MAX_BYTES=$((10 * 1024 * 1024))
 STAGE="$REPO/llama-cpp-sys/llama.cpp"
 PIN_MANIFEST="$REPO/vendor/llama-cpp-pin/Cargo.toml"
