@@ -1,5 +1,5 @@
-//! Helpers shared by the `gguf_*` integration tests that run llama.cpp: temp paths (the
-//! gguf crate's test helper) and raw llama.cpp calls.
+//! Helpers shared by the `gguf_*` integration tests that run llama.cpp: temp paths and raw
+//! llama.cpp calls.
 #![allow(dead_code)]
 
 use std::ffi::{c_char, c_void, CString};
@@ -8,9 +8,24 @@ use std::sync::Once;
 
 use llama_cpp_moe_sys as sys;
 
-#[path = "../../../gguf/tests/gguf_support/mod.rs"]
-mod gguf_crate_support;
-pub use gguf_crate_support::TempPath;
+/// A file path in a per-process directory under the system temp dir, removed on drop.
+/// (Written here, not included from the gguf crate's tests: this crate's package must
+/// build its tests without the rest of the repository.)
+pub struct TempPath(pub std::path::PathBuf);
+
+impl TempPath {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("llama-cpp-moe-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir.join(name))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 unsafe extern "C" fn quiet(_level: sys::ggml_log_level, _text: *const c_char, _user: *mut c_void) {}
 
