@@ -59,8 +59,8 @@ pub fn supports_mlock() -> bool {
     unsafe { sys::llama_supports_mlock() }
 }
 
-/// Whether a GPU (or RPC) device is available to offload layers to.
-/// C equivalent: `llama_supports_gpu_offload`.
+/// Whether layers can be offloaded: a GPU or integrated GPU is present, or the build
+/// has the RPC backend (remote devices). C equivalent: `llama_supports_gpu_offload`.
 pub fn supports_gpu_offload() -> bool {
     // SAFETY: queries ggml's device registry, which initialises itself on first use.
     unsafe { sys::llama_supports_gpu_offload() }
