@@ -271,6 +271,36 @@ fn zipf() -> Vec<f32> {
 }
 
 #[test]
+fn temp_ext_follows_the_entropy() {
+    // Zipf logits have a moderate entropy; with a steep exponent it maps to the bottom
+    // of [temp - delta, temp + delta] = [0, 2], a near-zero temperature: the argmax
+    // every time, where the plain temperature 1 samples widely.
+    let l = zipf();
+    let mut plain_varied = 0;
+    for seed in 0..16 {
+        let dynamic = SamplerBuilder::new()
+            .with_temp_ext(TempExt {
+                temp: 1.0,
+                delta: 1.0,
+                exponent: 10.0,
+            })
+            .dist(&vocab(), seed)
+            .unwrap()
+            .sample_logits(&l)
+            .unwrap();
+        assert_eq!(dynamic, Token(0), "seed {seed}");
+        let plain = SamplerBuilder::new()
+            .with_temp(1.0)
+            .dist(&vocab(), seed)
+            .unwrap()
+            .sample_logits(&l)
+            .unwrap();
+        plain_varied += usize::from(plain != Token(0));
+    }
+    assert!(plain_varied > 4, "{plain_varied}");
+}
+
+#[test]
 fn mirostat_truncates_to_its_target_surprise() {
     let l = zipf();
     let mut varied = [0usize; 2];
@@ -538,6 +568,7 @@ fn stages_have_names_and_can_be_removed() {
         .unwrap();
     assert_eq!(s.name(), "chain");
     assert_eq!(s.stage_names(), ["grammar", "top-k", "temp", "greedy"]);
+    assert_eq!(s.n_stages(), 4);
     assert!(s.remove(9).is_none());
 
     // Removing the grammar frees the output.

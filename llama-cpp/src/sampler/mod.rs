@@ -268,6 +268,12 @@ impl<'m> Sampler<'m> {
         unsafe { sampler_name(self.chain.as_ptr()) }
     }
 
+    /// Number of stages, the picking stage included. C equivalent:
+    /// `llama_sampler_chain_n(chain)`.
+    pub fn n_stages(&self) -> usize {
+        self.len().max(0) as usize
+    }
+
     /// The name of every stage, in order (a grammar first, the picking stage last).
     /// C equivalent: `llama_sampler_chain_get` and `llama_sampler_name` for each.
     pub fn stage_names(&self) -> Vec<String> {

@@ -198,6 +198,23 @@ impl Vocab<'_> {
         opt_token(unsafe { sys::llama_vocab_fim_sep(self.as_ptr()) })
     }
 
+    /// Tokens the model asks never to generate (`tokenizer.ggml.suppress_tokens`;
+    /// usually none). C equivalent: `llama_vocab_get_suppress_tokens`.
+    pub fn suppress_tokens(&self) -> Vec<Token> {
+        let mut n = 0i32;
+        // SAFETY: valid vocab; n is a valid out-pointer; the returned array holds n
+        // tokens owned by the vocabulary, alive here, and is copied at once.
+        let p = unsafe { sys::llama_vocab_get_suppress_tokens(self.as_ptr(), &mut n) };
+        if p.is_null() || n <= 0 {
+            return Vec::new();
+        }
+        // SAFETY: as above: n initialised entries at p.
+        unsafe { std::slice::from_raw_parts(p, n as usize) }
+            .iter()
+            .map(|&t| Token(t))
+            .collect()
+    }
+
     /// The token's text as stored in the vocabulary (`tokenizer.ggml.tokens`), e.g.
     /// `"Ġthe"` for a GPT-2 style BPE. C equivalent: `llama_vocab_get_text`.
     pub fn text(&self, token: Token) -> Result<String, VocabError> {
