@@ -114,8 +114,9 @@ pub enum SampleError {
         /// llama.cpp's exception message.
         reason: String,
     },
-    /// A Rust stage ([`CustomSampler`]) panicked (or could not run); the token it was
-    /// working on was not used.
+    /// A Rust stage ([`CustomSampler`]) panicked (or could not run). A panic in apply
+    /// discards the sampled token (nothing accepted it); a panic in accept comes after
+    /// the other stages accepted the token.
     #[error("Rust sampler {stage:?} failed: {reason}")]
     Custom {
         /// The stage's name.
