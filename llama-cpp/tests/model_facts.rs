@@ -7,7 +7,7 @@ mod ctx_support;
 use std::path::{Path, PathBuf};
 
 use ctx_support::write_tiny;
-use llama_cpp_moe::model::{FileType, RopeType};
+use llama_cpp_moe::model::{FileType, RopeType, SamplingKey};
 use llama_cpp_moe::system::{self, NumaStrategy};
 use llama_cpp_moe::vocab::{TokenAttrs, VocabError, VocabType};
 use llama_cpp_moe::{Backend, Model, ModelParams, Token};
@@ -89,6 +89,19 @@ fn check_model_facts(path: &Path, model: &Model) {
     assert!(!model.has_encoder() && model.has_decoder());
     assert_eq!(model.decoder_start_token(), None);
     assert_eq!(model.cls_label(0), None);
+    // Recommended sampling defaults: whatever the file holds under general.sampling.*.
+    for key in SamplingKey::ALL {
+        let name = key.key();
+        assert!(name.starts_with("general.sampling."), "{key:?}: {name}");
+        assert_eq!(
+            model.sampling_default(key).is_some(),
+            g.get(&name).is_some(),
+            "{name}"
+        );
+    }
+    let names: std::collections::HashSet<String> =
+        SamplingKey::ALL.iter().map(|k| k.key()).collect();
+    assert_eq!(names.len(), SamplingKey::ALL.len());
 }
 
 /// Checks the vocabulary facts against the file's tokenizer arrays.

@@ -731,3 +731,21 @@ fn a_rust_sampler_that_cannot_clone_refuses_the_clone() {
     let l = logits(0.0, &[(Token(7), 3.0)]);
     assert_eq!(s.sample_logits(&l).unwrap(), Token(0));
 }
+
+#[test]
+fn perf_counts_the_accepted_tokens() {
+    let l = zipf();
+    let mut s = SamplerBuilder::new()
+        .with_perf(true)
+        .with_temp(1.0)
+        .dist(&vocab(), 1)
+        .unwrap();
+    assert_eq!(s.perf().n_sample, 0);
+    for _ in 0..3 {
+        s.sample_logits(&l).unwrap();
+    }
+    s.accept(Token(5)).unwrap();
+    assert_eq!(s.perf().n_sample, 4);
+    s.reset_perf();
+    assert_eq!(s.perf(), Default::default());
+}

@@ -89,7 +89,87 @@ impl FileType {
     }
 }
 
+/// A sampling default a model file may recommend (`general.sampling.*`).
+/// C equivalent: `enum llama_model_meta_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SamplingKey {
+    /// The order of the samplers.
+    Sequence,
+    /// Top-k.
+    TopK,
+    /// Top-p.
+    TopP,
+    /// Min-p.
+    MinP,
+    /// XTC probability.
+    XtcProbability,
+    /// XTC threshold.
+    XtcThreshold,
+    /// Temperature.
+    Temp,
+    /// Repetition penalty window.
+    PenaltyLastN,
+    /// Repetition penalty.
+    PenaltyRepeat,
+    /// Mirostat version.
+    Mirostat,
+    /// Mirostat target surprise.
+    MirostatTau,
+    /// Mirostat learning rate.
+    MirostatEta,
+}
+
+impl SamplingKey {
+    /// Every key.
+    pub const ALL: [SamplingKey; 12] = [
+        SamplingKey::Sequence,
+        SamplingKey::TopK,
+        SamplingKey::TopP,
+        SamplingKey::MinP,
+        SamplingKey::XtcProbability,
+        SamplingKey::XtcThreshold,
+        SamplingKey::Temp,
+        SamplingKey::PenaltyLastN,
+        SamplingKey::PenaltyRepeat,
+        SamplingKey::Mirostat,
+        SamplingKey::MirostatTau,
+        SamplingKey::MirostatEta,
+    ];
+
+    fn raw(self) -> sys::llama_model_meta_key {
+        match self {
+            SamplingKey::Sequence => sys::LLAMA_MODEL_META_KEY_SAMPLING_SEQUENCE,
+            SamplingKey::TopK => sys::LLAMA_MODEL_META_KEY_SAMPLING_TOP_K,
+            SamplingKey::TopP => sys::LLAMA_MODEL_META_KEY_SAMPLING_TOP_P,
+            SamplingKey::MinP => sys::LLAMA_MODEL_META_KEY_SAMPLING_MIN_P,
+            SamplingKey::XtcProbability => sys::LLAMA_MODEL_META_KEY_SAMPLING_XTC_PROBABILITY,
+            SamplingKey::XtcThreshold => sys::LLAMA_MODEL_META_KEY_SAMPLING_XTC_THRESHOLD,
+            SamplingKey::Temp => sys::LLAMA_MODEL_META_KEY_SAMPLING_TEMP,
+            SamplingKey::PenaltyLastN => sys::LLAMA_MODEL_META_KEY_SAMPLING_PENALTY_LAST_N,
+            SamplingKey::PenaltyRepeat => sys::LLAMA_MODEL_META_KEY_SAMPLING_PENALTY_REPEAT,
+            SamplingKey::Mirostat => sys::LLAMA_MODEL_META_KEY_SAMPLING_MIROSTAT,
+            SamplingKey::MirostatTau => sys::LLAMA_MODEL_META_KEY_SAMPLING_MIROSTAT_TAU,
+            SamplingKey::MirostatEta => sys::LLAMA_MODEL_META_KEY_SAMPLING_MIROSTAT_ETA,
+        }
+    }
+
+    /// The GGUF key (`"general.sampling.top_k"`). C equivalent:
+    /// `llama_model_meta_key_str`.
+    pub fn key(self) -> String {
+        // SAFETY: a value of the enum; llama.cpp returns a string literal (or NULL for
+        // values it does not know, which string_from_c turns into "").
+        unsafe { string_from_c(sys::llama_model_meta_key_str(self.raw())) }
+    }
+}
+
 impl Model {
+    /// The sampling default the file recommends for `key`, as llama.cpp renders it;
+    /// `None` when the file has none.
+    pub fn sampling_default(&self, key: SamplingKey) -> Option<String> {
+        self.meta_val(&key.key())
+    }
+
     /// The layer count including MTP (next-token prediction) layers; llama.cpp
     /// aborts on per-layer queries when it is 0.
     fn n_layer_all(&self) -> u32 {

@@ -124,6 +124,7 @@ struct Grammar {
 pub struct SamplerBuilder {
     stages: Vec<Stage>,
     grammar: Option<Grammar>,
+    perf: bool,
 }
 
 fn invalid(sampler: &'static str, reason: impl Into<String>) -> SamplerError {
@@ -319,6 +320,14 @@ impl SamplerBuilder {
         self
     }
 
+    /// Measure the time the chain spends sampling, for [`Sampler::perf`] (off by
+    /// default: two clock reads per token). C equivalent: `no_perf = false` in
+    /// `llama_sampler_chain_params`.
+    pub fn with_perf(mut self, on: bool) -> Self {
+        self.perf = on;
+        self
+    }
+
     /// Checks every parameter without building anything (grammar syntax is checked by
     /// llama.cpp when the chain is built; token ids against the vocabulary then too).
     pub fn validate(&self) -> Result<(), SamplerError> {
@@ -399,7 +408,7 @@ impl SamplerBuilder {
         self.validate()?;
         validate_selector(selector)?;
         self.validate_tokens(vocab)?;
-        let mut sampler = Sampler::empty(vocab)?;
+        let mut sampler = Sampler::empty(vocab, self.perf)?;
         let n_vocab = vocab.n_tokens() as i32;
         if let Some(g) = &self.grammar {
             let s = init_grammar(vocab, g)?;

@@ -126,6 +126,16 @@ pub enum SampleError {
     },
 }
 
+/// What [`Sampler::perf`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SamplerPerf {
+    /// Time spent in the chain's apply and accept (zero unless built with
+    /// [`SamplerBuilder::with_perf`]).
+    pub sample_time: std::time::Duration,
+    /// Tokens accepted.
+    pub n_sample: u32,
+}
+
 /// A stage taken out of a chain with [`Sampler::remove`]: it belongs to the caller
 /// now, and is freed when dropped. Like its chain, it may point into the model's
 /// vocabulary.
@@ -231,11 +241,11 @@ impl Drop for Sampler<'_> {
 }
 
 impl<'m> Sampler<'m> {
-    /// An empty chain for `vocab`.
-    fn empty(vocab: &Vocab<'m>) -> Result<Self, SamplerError> {
+    /// An empty chain for `vocab`, timing itself when `perf`.
+    fn empty(vocab: &Vocab<'m>, perf: bool) -> Result<Self, SamplerError> {
         // SAFETY: returns a plain struct by value.
         let mut chain_params = unsafe { sys::llama_sampler_chain_default_params() };
-        chain_params.no_perf = true;
+        chain_params.no_perf = !perf;
         // SAFETY: plain struct argument; returns a new chain or NULL.
         let chain = NonNull::new(unsafe { sys::llama_sampler_chain_init(chain_params) })
             .ok_or(SamplerError::Init("chain"))?;
@@ -335,6 +345,25 @@ impl<'m> Sampler<'m> {
             }
         }
         Ok(copy)
+    }
+
+    /// Tokens accepted and, with [`SamplerBuilder::with_perf`], the time spent
+    /// sampling since the chain was built or [`Sampler::reset_perf`].
+    /// C equivalent: `llama_perf_sampler(chain)`.
+    pub fn perf(&self) -> SamplerPerf {
+        // SAFETY: a chain made by llama_sampler_chain_init (llama.cpp aborts on any
+        // other sampler; Sampler only ever holds chains).
+        let d = unsafe { sys::llama_perf_sampler(self.chain.as_ptr()) };
+        SamplerPerf {
+            sample_time: std::time::Duration::from_secs_f64(d.t_sample_ms.max(0.0) / 1e3),
+            n_sample: d.n_sample.max(0) as u32,
+        }
+    }
+
+    /// Zeroes the counters of [`Sampler::perf`]. C equivalent: `llama_perf_sampler_reset`.
+    pub fn reset_perf(&mut self) {
+        // SAFETY: a chain made by llama_sampler_chain_init, as in perf.
+        unsafe { sys::llama_perf_sampler_reset(self.chain.as_ptr()) };
     }
 
     /// The seed of the random stage, `None` for a greedy chain.
