@@ -380,3 +380,129 @@ pub(crate) unsafe fn rebind(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The trampolines, driven through llama.cpp's own entry points without a model.
+
+    use super::*;
+
+    /// Keeps the `keep` best candidates and selects the last of them; panics on demand.
+    #[derive(Clone)]
+    struct KeepBest {
+        keep: usize,
+        panic: bool,
+        seen: Arc<Mutex<Vec<Token>>>,
+    }
+
+    impl CustomSampler for KeepBest {
+        fn name(&self) -> String {
+            "keep-best".into()
+        }
+        fn apply(&mut self, c: &mut Candidates<'_>) {
+            if self.panic {
+                panic!("boom");
+            }
+            c.as_mut_slice()
+                .sort_by(|a, b| b.logit().total_cmp(&a.logit()));
+            c.set_sorted(true);
+            c.truncate(self.keep);
+            assert!(c.select(c.len() - 1));
+            assert!(!c.select(c.len()));
+        }
+        fn accept(&mut self, token: Token) {
+            self.seen.lock().unwrap().push(token);
+        }
+        fn reset(&mut self) {
+            self.seen.lock().unwrap().clear();
+        }
+        fn clone_sampler(&self) -> Option<Box<dyn CustomSampler>> {
+            Some(Box::new(self.clone()))
+        }
+    }
+
+    fn array(data: &mut [sys::llama_token_data]) -> sys::llama_token_data_array {
+        sys::llama_token_data_array {
+            data: data.as_mut_ptr(),
+            size: data.len(),
+            selected: -1,
+            sorted: false,
+        }
+    }
+
+    fn candidates() -> Vec<sys::llama_token_data> {
+        [0.5f32, 3.0, 1.0, 2.0]
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| sys::llama_token_data {
+                id: id as i32,
+                logit,
+                p: 0.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn callbacks_reach_the_rust_sampler_and_panics_are_recorded() {
+        let failures: FailureSlot = Arc::new(Mutex::new(None));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = new_stage(
+            Box::new(KeepBest {
+                keep: 2,
+                panic: false,
+                seen: seen.clone(),
+            }),
+            &failures,
+        )
+        .unwrap();
+        assert!(is_custom(s));
+        let mut data = candidates();
+        let mut arr = array(&mut data);
+        // SAFETY: s is a live sampler; arr points at 4 valid candidates.
+        unsafe {
+            assert_eq!(
+                std::ffi::CStr::from_ptr(sys::llama_sampler_name(s)).to_str(),
+                Ok("keep-best")
+            );
+            sys::llama_sampler_apply(s, &mut arr);
+            sys::llama_sampler_accept(s, 7);
+        }
+        assert_eq!((arr.size, arr.selected, arr.sorted), (2, 1, true));
+        assert_eq!(data[1].id, 3, "the second best is token 3");
+        assert_eq!(*seen.lock().unwrap(), [Token(7)]);
+        // SAFETY: live sampler.
+        let copy = unsafe { sys::llama_sampler_clone(s) };
+        // SAFETY: both are live samplers, freed once each.
+        unsafe {
+            sys::llama_sampler_reset(s);
+            assert!(seen.lock().unwrap().is_empty());
+            sys::llama_sampler_free(s);
+            sys::llama_sampler_accept(copy, 8);
+            sys::llama_sampler_free(copy);
+        }
+        assert_eq!(*seen.lock().unwrap(), [Token(8)]);
+        assert_eq!(*failures.lock().unwrap(), None);
+
+        let panicky = new_stage(
+            Box::new(KeepBest {
+                keep: 1,
+                panic: true,
+                seen,
+            }),
+            &failures,
+        )
+        .unwrap();
+        let mut data = candidates();
+        let mut arr = array(&mut data);
+        // SAFETY: as above.
+        unsafe {
+            sys::llama_sampler_apply(panicky, &mut arr);
+            sys::llama_sampler_free(panicky);
+        }
+        // The array is as it was, and the panic is kept for the Sampler to report.
+        assert_eq!((arr.size, arr.selected, arr.sorted), (4, -1, false));
+        let failure = failures.lock().unwrap().take().unwrap();
+        assert_eq!(failure.stage, "keep-best");
+        assert!(failure.reason.contains("boom"), "{}", failure.reason);
+    }
+}
