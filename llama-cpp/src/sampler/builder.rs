@@ -407,6 +407,11 @@ impl SamplerBuilder {
     fn build<'m>(self, vocab: &Vocab<'m>, selector: Selector) -> Result<Sampler<'m>, SamplerError> {
         self.validate()?;
         validate_selector(selector)?;
+        // Every picking stage asserts a non-empty candidate array (a model without a
+        // vocabulary has none to offer).
+        if vocab.n_tokens() == 0 {
+            return Err(invalid(selector.name(), "the vocabulary has no tokens"));
+        }
         self.validate_tokens(vocab)?;
         let mut sampler = Sampler::empty(vocab, self.perf)?;
         let n_vocab = vocab.n_tokens() as i32;
