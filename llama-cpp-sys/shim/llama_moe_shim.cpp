@@ -157,3 +157,19 @@ extern "C" int64_t llama_moe_memory_breakdown(const struct llama_context * ctx, 
         return -1;
     }
 }
+
+extern "C" int llama_moe_sampler_accept(struct llama_sampler * smpl, llama_token token, char * err, size_t err_len) {
+    if (smpl == nullptr) {
+        copy_message(err, err_len, "sampler is NULL");
+        return 0;
+    }
+    try {
+        llama_sampler_accept(smpl, token);
+        return 1;
+    } catch (const std::exception & e) {
+        copy_message(err, err_len, e.what());
+    } catch (...) {
+        copy_message(err, err_len, "unknown C++ exception");
+    }
+    return 0;
+}

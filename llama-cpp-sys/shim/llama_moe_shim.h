@@ -63,6 +63,13 @@ struct llama_moe_memory_row {
 // returns how many rows exist (call with cap 0 to size the array). -1 on error.
 int64_t llama_moe_memory_breakdown(const struct llama_context * ctx, struct llama_moe_memory_row * out, size_t cap);
 
+// llama_sampler_accept(smpl, token) with every C++ exception caught: a grammar sampler
+// throws when the accepted text does not fit its grammar, which a lazy grammar can only
+// find out inside accept (its trigger replays buffered text). Returns 1 when accepted;
+// 0 when it threw, with the reason written to `err` (NUL-terminated, truncated to
+// err_len). The sampler may be left part-way through the token: reset it.
+int llama_moe_sampler_accept(struct llama_sampler * smpl, llama_token token, char * err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

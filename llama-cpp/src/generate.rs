@@ -419,7 +419,9 @@ impl Generation<'_, '_> {
         if let Err(e) = self.ctx.decode(&self.batch) {
             return self.fail(e.into());
         }
-        self.sampler.accept_selected(token);
+        if let Err(e) = self.sampler.accept_selected(token) {
+            return self.fail(e.into());
+        }
         let start = *self.start.get_or_insert(now);
         let prev = self.last_token_at.unwrap_or(start);
         let first = *self.first_token_at.get_or_insert(now);

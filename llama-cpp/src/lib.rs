@@ -51,6 +51,7 @@ pub mod plan;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 pub mod sampler;
+pub mod system;
 pub mod vocab;
 
 pub use backend::{Backend, BufferType, Device, DeviceType, Registry};

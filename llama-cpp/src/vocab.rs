@@ -1,6 +1,7 @@
 //! The model's vocabulary: tokenization, token pieces, special tokens.
 
 mod chat;
+mod facts;
 mod utf8;
 
 use std::cell::Cell;
@@ -11,6 +12,7 @@ use std::ptr::NonNull;
 use llama_cpp_moe_sys as sys;
 
 pub use chat::{apply_chat_template, ChatMessage, ChatTemplateError};
+pub use facts::{TokenAttrs, VocabType};
 pub use utf8::Utf8Decoder;
 
 use crate::ffi::{c_int_len, fill_growing, Fill};

@@ -1,5 +1,6 @@
 //! Loaded models, their load parameters and MoE tensor placement.
 
+mod facts;
 mod override_report;
 mod params;
 mod placement;
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 use llama_cpp_moe_gguf::GgufError;
 use llama_cpp_moe_sys as sys;
 
+pub use facts::{FileType, RopeType, SamplingKey};
 pub use override_report::{OverrideMatch, OverrideReport};
 pub use params::{
     dense_ffn_layer_pattern, expert_layer_pattern, max_devices, max_tensor_overrides, regex_search,
