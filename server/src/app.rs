@@ -174,6 +174,7 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                     model: &loaded.model,
                     engine: handle,
                     n_ctx_seq,
+                    n_seq: ctx.n_seq_max() as usize,
                     chat_template,
                 });
                 let sequences = if args.server.kv_unified {

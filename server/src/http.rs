@@ -19,8 +19,12 @@ use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, Token};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{parse_body, ApiError, ChatRequest, CommonParams, CompletionRequest, Stop};
-use crate::engine::{EngineHandle, Event, Job, Sampling, SubmitError};
+use crate::api::{
+    parse_request, ApiError, ChatRequest, CommonParams, CompletionRequest, Endpoint, Stop,
+};
+use crate::engine::{
+    EngineHandle, Event, Job, Logprob, Penalties, Sampling, SubmitError, TokenProb,
+};
 
 /// What the routes need once the model is loaded.
 pub struct Ready {
@@ -28,6 +32,8 @@ pub struct Ready {
     pub engine: EngineHandle,
     /// Tokens one sequence can hold: prompt + generated.
     pub n_ctx_seq: usize,
+    /// Sequences (`--parallel`): the most choices one request may ask for.
+    pub n_seq: usize,
     /// The model's chat template, if it has one.
     pub chat_template: Option<crate::template::ChatTemplate>,
 }
@@ -121,19 +127,52 @@ enum Api {
     Chat,
 }
 
+/// What a request asks for beyond the common parameters.
+#[derive(Debug, Default)]
+struct Extras {
+    /// Completions' `echo`: the prompt text, put before each choice's text.
+    echo: Option<String>,
+    /// `Some(k)`: log-probabilities with the `k` most likely tokens.
+    logprobs: Option<usize>,
+}
+
 async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let result = async {
-        let request: CompletionRequest = parse_body(&body)?;
+        let request: CompletionRequest = parse_request(&body, Endpoint::Completions)?;
         let ready = state.ready()?;
         let prompt = tokenize(ready.model, &request.prompt)?;
-        start(&state, ready, Api::Completions, prompt, request.common).await
+        if request.logprobs.is_some_and(|k| k > 5) {
+            return Err(ApiError::invalid(
+                "logprobs must be in [0, 5]",
+                Some("logprobs"),
+            ));
+        }
+        if request.echo && request.logprobs.is_some() {
+            return Err(ApiError::invalid(
+                "`echo` with `logprobs` (the prompt's log-probabilities) is not supported",
+                Some("echo"),
+            ));
+        }
+        let extras = Extras {
+            echo: request.echo.then(|| request.prompt.clone()),
+            logprobs: request.logprobs.map(usize::from),
+        };
+        start(
+            &state,
+            ready,
+            Api::Completions,
+            prompt,
+            request.common,
+            extras,
+        )
+        .await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let result = async {
-        let request: ChatRequest = parse_body(&body)?;
+        let request: ChatRequest = parse_request(&body, Endpoint::Chat)?;
         let ready = state.ready()?;
         if request.messages.is_empty() {
             return Err(ApiError::invalid(
@@ -141,6 +180,22 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
                 Some("messages"),
             ));
         }
+        let logprobs = match (request.logprobs, request.top_logprobs) {
+            (_, Some(k)) if k > 20 => {
+                return Err(ApiError::invalid(
+                    "top_logprobs must be in [0, 20]",
+                    Some("top_logprobs"),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs needs logprobs: true",
+                    Some("top_logprobs"),
+                ))
+            }
+            (false, None) => None,
+            (true, k) => Some(usize::from(k.unwrap_or(0))),
+        };
         let messages = request
             .messages
             .into_iter()
@@ -154,7 +209,11 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         };
         let text = template.render(&messages)?;
         let prompt = tokenize(ready.model, &text)?;
-        start(&state, ready, Api::Chat, prompt, request.common).await
+        let extras = Extras {
+            echo: None,
+            logprobs,
+        };
+        start(&state, ready, Api::Chat, prompt, request.common, extras).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -178,6 +237,7 @@ async fn start(
     api: Api,
     prompt: Vec<Token>,
     params: CommonParams,
+    extras: Extras,
 ) -> Result<Response, ApiError> {
     if let Some(name) = &params.model {
         if name != &state.model_id && !name.is_empty() {
@@ -201,7 +261,12 @@ async fn start(
             }),
         ));
     }
-    let max_tokens = match params.max_completion_tokens.or(params.max_tokens) {
+    let asked = match params.n_predict {
+        Some(n) if n < 0 => None,
+        Some(n) => Some(n as u64),
+        None => params.max_completion_tokens.or(params.max_tokens),
+    };
+    let max_tokens = match asked {
         None => room,
         Some(0) => {
             return Err(ApiError::invalid(
@@ -221,7 +286,18 @@ async fn start(
         }
         Some(n) => n as usize,
     };
-    let sampling = sampling(&params, max_tokens)?;
+    let n = params.n.unwrap_or(1) as usize;
+    if n == 0 || n > ready.n_seq {
+        return Err(ApiError::invalid(
+            format!(
+                "n must be in [1, {}]: each choice takes one of the server's sequences \
+                 (--parallel)",
+                ready.n_seq
+            ),
+            Some("n"),
+        ));
+    }
+    let sampling = sampling(&params, max_tokens, ready.n_ctx_seq, extras.logprobs)?;
     let include_usage = params
         .stream_options
         .as_ref()
@@ -232,6 +308,7 @@ async fn start(
         .submit(Job {
             prompt,
             sampling,
+            n,
             events: tx,
         })
         .map_err(|e| match e {
@@ -247,6 +324,9 @@ async fn start(
         created: unix_time(),
         model: state.model_id.clone(),
         api,
+        n,
+        logprobs: extras.logprobs.is_some(),
+        echo: extras.echo,
     };
     if params.stream {
         Ok(Sse::new(sse_stream(meta, rx, include_usage)).into_response())
@@ -257,7 +337,12 @@ async fn start(
     }
 }
 
-fn sampling(p: &CommonParams, max_tokens: usize) -> Result<Sampling, ApiError> {
+fn sampling(
+    p: &CommonParams,
+    max_tokens: usize,
+    n_ctx_seq: usize,
+    logprobs: Option<usize>,
+) -> Result<Sampling, ApiError> {
     let temperature = p.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -275,9 +360,57 @@ fn sampling(p: &CommonParams, max_tokens: usize) -> Result<Sampling, ApiError> {
             return Err(ApiError::invalid("min_p must be in [0, 1]", Some("min_p")));
         }
     }
+    if let Some(typical_p) = p.typical_p {
+        if !(typical_p > 0.0 && typical_p <= 1.0) {
+            return Err(ApiError::invalid(
+                "typical_p must be in (0, 1]",
+                Some("typical_p"),
+            ));
+        }
+    }
     if p.top_k.is_some_and(|k| k < 0) {
         return Err(ApiError::invalid("top_k must be >= 0", Some("top_k")));
     }
+    for (value, name) in [
+        (p.frequency_penalty, "frequency_penalty"),
+        (p.presence_penalty, "presence_penalty"),
+    ] {
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::invalid(
+                format!("{name} must be in [-2, 2]"),
+                Some(name),
+            ));
+        }
+    }
+    if p.repeat_penalty
+        .is_some_and(|r| !(r.is_finite() && r > 0.0))
+    {
+        return Err(ApiError::invalid(
+            "repeat_penalty must be > 0",
+            Some("repeat_penalty"),
+        ));
+    }
+    let last_n = match p.repeat_last_n {
+        None => Penalties::default().last_n,
+        // llama-server: -1 is the whole context.
+        Some(-1) => i32::try_from(n_ctx_seq).unwrap_or(i32::MAX),
+        Some(n) if n >= 0 => n,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "repeat_last_n must be >= -1",
+                Some("repeat_last_n"),
+            ))
+        }
+    };
+    let penalties = Penalties {
+        last_n,
+        repeat: p.repeat_penalty.unwrap_or(1.0),
+        frequency: p.frequency_penalty.unwrap_or(0.0),
+        presence: p.presence_penalty.unwrap_or(0.0),
+    };
+    let penalties = (last_n != 0
+        && (penalties.repeat != 1.0 || penalties.frequency != 0.0 || penalties.presence != 0.0))
+        .then_some(penalties);
     let seed = match p.seed {
         None => None,
         // llama.cpp seeds are 32-bit; u32::MAX means "random" to it.
@@ -306,7 +439,10 @@ fn sampling(p: &CommonParams, max_tokens: usize) -> Result<Sampling, ApiError> {
         top_p: p.top_p,
         top_k: p.top_k,
         min_p: p.min_p,
+        typical_p: p.typical_p,
+        penalties,
         seed,
+        logprobs,
         stop,
         ignore_eos: p.ignore_eos,
     })
@@ -318,10 +454,16 @@ struct Meta {
     created: u64,
     model: String,
     api: Api,
+    /// Choices.
+    n: usize,
+    /// Whether the choices carry log-probabilities.
+    logprobs: bool,
+    /// Completions' `echo`: the prompt text each choice starts with.
+    echo: Option<String>,
 }
 
 impl Meta {
-    fn chunk(&self, choice: Value) -> Value {
+    fn chunk(&self, choices: Vec<Value>) -> Value {
         let object = match self.api {
             Api::Chat => "chat.completion.chunk",
             Api::Completions => "text_completion",
@@ -331,23 +473,78 @@ impl Meta {
             "object": object,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": choices,
         })
     }
 
-    fn text_choice(&self, text: &str, finish_reason: Option<&str>) -> Value {
+    /// A streamed choice: a piece of text, the log-probabilities of its tokens, and at
+    /// the end the finish reason.
+    fn text_choice(
+        &self,
+        index: usize,
+        text: &str,
+        logprobs: &[Logprob],
+        text_offset: usize,
+        finish_reason: Option<&str>,
+    ) -> Value {
+        let logprobs = (self.logprobs && !logprobs.is_empty())
+            .then(|| self.logprobs_json(logprobs, text_offset));
         match self.api {
-            Api::Chat => json!({
-                "index": 0,
-                "delta": if text.is_empty() { json!({}) } else { json!({"content": text}) },
-                "finish_reason": finish_reason,
-            }),
+            Api::Chat => {
+                let mut choice = json!({
+                    "index": index,
+                    "delta": if text.is_empty() { json!({}) } else { json!({"content": text}) },
+                    "finish_reason": finish_reason,
+                });
+                if let Some(l) = logprobs {
+                    choice["logprobs"] = l;
+                }
+                choice
+            }
             Api::Completions => json!({
-                "index": 0,
+                "index": index,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }),
+        }
+    }
+
+    /// The log-probabilities of some tokens in the API's own shape: chat's
+    /// `{"content": [{token, logprob, bytes, top_logprobs}]}`, or completions'
+    /// `{tokens, token_logprobs, top_logprobs, text_offset}` (offsets in characters from
+    /// `text_offset`).
+    fn logprobs_json(&self, entries: &[Logprob], text_offset: usize) -> Value {
+        let text = |p: &TokenProb| String::from_utf8_lossy(&p.bytes).into_owned();
+        match self.api {
+            Api::Chat => {
+                let one = |p: &TokenProb| json!({"token": text(p), "logprob": p.logprob, "bytes": p.bytes});
+                let content: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut v = one(&e.sampled);
+                        v["top_logprobs"] = e.top.iter().map(one).collect();
+                        v
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Api::Completions => {
+                let mut offset = text_offset;
+                let mut offsets = Vec::new();
+                for e in entries {
+                    offsets.push(offset);
+                    offset += text(&e.sampled).chars().count();
+                }
+                json!({
+                    "tokens": entries.iter().map(|e| text(&e.sampled)).collect::<Vec<_>>(),
+                    "token_logprobs": entries.iter().map(|e| e.sampled.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": entries.iter().map(|e| {
+                        e.top.iter().map(|p| (text(p), json!(p.logprob))).collect::<serde_json::Map<_, _>>()
+                    }).collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
         }
     }
 }
@@ -360,50 +557,101 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     })
 }
 
-/// The SSE stream of one request: a chunk per piece of text, a last chunk with the
-/// finish reason, the usage chunk if asked for, then `[DONE]`. Dropping the stream (the
-/// client went away) drops `rx`, which tells the worker to stop.
+/// A choice being received: its text so far (whole answers) and the log-probabilities
+/// not yet sent.
+#[derive(Default)]
+struct ChoiceState {
+    text: String,
+    /// Characters of the choice's text sent so far (completions' `text_offset`).
+    chars: usize,
+    logprobs: Vec<Logprob>,
+    finish_reason: Option<&'static str>,
+    completion_tokens: usize,
+}
+
+/// The SSE stream of one request: a chunk per piece of text, a last chunk per choice with
+/// its finish reason, the usage chunk if asked for, then `[DONE]`. Dropping the stream
+/// (the client went away) drops `rx`, which tells the worker to stop.
 fn sse_stream(
     meta: Meta,
     rx: UnboundedReceiver<Event>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: Value| Ok(SseEvent::default().data(v.to_string()));
-    let first = (meta.api == Api::Chat).then(|| {
-        data(meta.chunk(json!({
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "finish_reason": null,
-        })))
-    });
+    let mut first = Vec::new();
+    let mut choices: Vec<ChoiceState> = (0..meta.n).map(|_| ChoiceState::default()).collect();
+    for (i, choice) in choices.iter_mut().enumerate() {
+        match (&meta.api, &meta.echo) {
+            (Api::Chat, _) => first.push(data(meta.chunk(vec![json!({
+                "index": i,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": null,
+            })]))),
+            (Api::Completions, Some(echo)) if !echo.is_empty() => {
+                choice.chars = echo.chars().count();
+                first.push(data(meta.chunk(vec![meta.text_choice(
+                    i,
+                    echo,
+                    &[],
+                    0,
+                    None,
+                )])));
+            }
+            (Api::Completions, _) => {}
+        }
+    }
     let events = stream::unfold(
-        (meta, rx, false),
-        move |(meta, mut rx, finished)| async move {
+        (meta, rx, choices, 0usize, false),
+        move |(meta, mut rx, mut choices, mut prompt_tokens, finished)| async move {
             if finished {
                 return None;
             }
             let mut out = Vec::new();
             let mut done = false;
             match rx.recv().await {
-                Some(Event::Text(text)) => {
-                    out.push(data(meta.chunk(meta.text_choice(&text, None))))
+                Some(Event::Logprob { choice, logprob }) => {
+                    if let Some(c) = choices.get_mut(choice) {
+                        c.logprobs.push(logprob);
+                    }
+                }
+                Some(Event::Text { choice, text }) => {
+                    if let Some(c) = choices.get_mut(choice) {
+                        let pending = std::mem::take(&mut c.logprobs);
+                        out.push(data(meta.chunk(vec![
+                            meta.text_choice(choice, &text, &pending, c.chars, None),
+                        ])));
+                        c.chars += text.chars().count();
+                    }
                 }
                 Some(Event::Done {
+                    choice,
                     finish_reason,
-                    prompt_tokens,
+                    prompt_tokens: p,
                     completion_tokens,
                 }) => {
-                    out.push(data(
-                        meta.chunk(meta.text_choice("", Some(finish_reason.as_str()))),
-                    ));
-                    if include_usage {
-                        let mut chunk = meta.chunk(json!(null));
-                        chunk["choices"] = json!([]);
-                        chunk["usage"] = usage(prompt_tokens, completion_tokens);
-                        out.push(data(chunk));
+                    prompt_tokens = p;
+                    if let Some(c) = choices.get_mut(choice) {
+                        let pending = std::mem::take(&mut c.logprobs);
+                        out.push(data(meta.chunk(vec![meta.text_choice(
+                            choice,
+                            "",
+                            &pending,
+                            c.chars,
+                            Some(finish_reason.as_str()),
+                        )])));
+                        c.finish_reason = Some(finish_reason.as_str());
+                        c.completion_tokens = completion_tokens;
                     }
-                    out.push(Ok(SseEvent::default().data("[DONE]")));
-                    done = true;
+                    if choices.iter().all(|c| c.finish_reason.is_some()) {
+                        if include_usage {
+                            let mut chunk = meta.chunk(Vec::new());
+                            let completion = choices.iter().map(|c| c.completion_tokens).sum();
+                            chunk["usage"] = usage(prompt_tokens, completion);
+                            out.push(data(chunk));
+                        }
+                        out.push(Ok(SseEvent::default().data("[DONE]")));
+                        done = true;
+                    }
                 }
                 Some(Event::Failed(message)) => {
                     out.push(data(ApiError::internal(message).body()));
@@ -417,56 +665,84 @@ fn sse_stream(
                     done = true;
                 }
             }
-            Some((stream::iter(out), (meta, rx, done)))
+            Some((stream::iter(out), (meta, rx, choices, prompt_tokens, done)))
         },
     );
     use futures_util::StreamExt;
     stream::iter(first).chain(events.flatten())
 }
 
-/// A non-streaming request: waits for the end and answers with the whole completion.
+/// A non-streaming request: waits for the end of every choice and answers with the whole
+/// completion.
 async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Json<Value>, ApiError> {
-    let mut text = String::new();
-    loop {
+    let mut choices: Vec<ChoiceState> = (0..meta.n).map(|_| ChoiceState::default()).collect();
+    let mut prompt_tokens = 0;
+    while !choices.iter().all(|c| c.finish_reason.is_some()) {
         match rx.recv().await {
-            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Text { choice, text }) => {
+                if let Some(c) = choices.get_mut(choice) {
+                    c.text.push_str(&text);
+                }
+            }
+            Some(Event::Logprob { choice, logprob }) => {
+                if let Some(c) = choices.get_mut(choice) {
+                    c.logprobs.push(logprob);
+                }
+            }
             Some(Event::Done {
+                choice,
                 finish_reason,
-                prompt_tokens,
+                prompt_tokens: p,
                 completion_tokens,
             }) => {
-                let (object, choice) = match meta.api {
-                    Api::Chat => (
-                        "chat.completion",
-                        json!({
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish_reason.as_str(),
-                        }),
-                    ),
-                    Api::Completions => (
-                        "text_completion",
-                        json!({
-                            "index": 0,
-                            "text": text,
-                            "logprobs": null,
-                            "finish_reason": finish_reason.as_str(),
-                        }),
-                    ),
-                };
-                return Ok(Json(json!({
-                    "id": meta.id,
-                    "object": object,
-                    "created": meta.created,
-                    "model": meta.model,
-                    "choices": [choice],
-                    "usage": usage(prompt_tokens, completion_tokens),
-                })));
+                prompt_tokens = p;
+                if let Some(c) = choices.get_mut(choice) {
+                    c.finish_reason = Some(finish_reason.as_str());
+                    c.completion_tokens = completion_tokens;
+                }
             }
             Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
             None => return Err(ApiError::internal("the worker dropped the request")),
         }
     }
+    let echo = meta.echo.as_deref().unwrap_or("");
+    let echo_chars = echo.chars().count();
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let list: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let logprobs = meta
+                .logprobs
+                .then(|| meta.logprobs_json(&c.logprobs, echo_chars));
+            match meta.api {
+                Api::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish_reason,
+                }),
+                Api::Completions => json!({
+                    "index": i,
+                    "text": format!("{echo}{}", c.text),
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish_reason,
+                }),
+            }
+        })
+        .collect();
+    let object = match meta.api {
+        Api::Chat => "chat.completion",
+        Api::Completions => "text_completion",
+    };
+    Ok(Json(json!({
+        "id": meta.id,
+        "object": object,
+        "created": meta.created,
+        "model": meta.model,
+        "choices": list,
+        "usage": usage(prompt_tokens, completion_tokens),
+    })))
 }
 
 fn unix_time() -> u64 {

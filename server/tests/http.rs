@@ -787,3 +787,386 @@ fn command_line_conventions() {
     assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
     assert_cli_conventions(&built_example("bench_http"), false);
 }
+
+/// What `/v1/chat/completions` or `/v1/completions` answers to `body` (its status and
+/// JSON), `chat` choosing the endpoint.
+async fn ask(server: &ServerProcess, chat: bool, body: &Value) -> (u16, Value) {
+    let path = if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
+    };
+    server.post_json(path, body).await
+}
+
+#[tokio::test]
+async fn every_openai_field_is_honoured_or_refused_by_name() {
+    within_timeout(async {
+        let server = start(&["--parallel", "2", "-c", "512"]).await;
+        let chat_base = json!({"messages": [{"role": "user", "content": "hi"}],
+                               "max_tokens": 2, "temperature": 0});
+        let cmpl_base = json!({"prompt": "hi", "max_tokens": 2, "temperature": 0});
+        let with = |base: &Value, field: &str, value: Value| {
+            let mut body = base.clone();
+            body[field] = value;
+            body
+        };
+        // (field, value, endpoint: Some(true) chat only, Some(false) completions only).
+        let refused = [
+            ("logit_bias", json!({"42": 5}), None),
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+                None,
+            ),
+            ("tool_choice", json!("required"), None),
+            ("functions", json!([{"name": "f"}]), None),
+            ("function_call", json!({"name": "f"}), None),
+            ("response_format", json!({"type": "json_object"}), None),
+            ("audio", json!({"voice": "alloy", "format": "wav"}), None),
+            ("modalities", json!(["text", "audio"]), None),
+            (
+                "prediction",
+                json!({"type": "content", "content": "x"}),
+                None,
+            ),
+            ("reasoning_effort", json!("low"), None),
+            ("verbosity", json!("low"), None),
+            ("web_search_options", json!({}), None),
+            ("store", json!(true), None),
+            ("service_tier", json!("flex"), None),
+            ("suffix", json!("end"), Some(false)),
+            ("best_of", json!(3), Some(false)),
+            ("echo", json!(true), Some(false)), // with logprobs, below
+            ("mirostat", json!(2), None),
+            ("dry_multiplier", json!(0.8), None),
+            ("xtc_probability", json!(0.5), None),
+            ("top_n_sigma", json!(1.0), None),
+            ("dynatemp_range", json!(0.5), None),
+            ("grammar", json!("root ::= \"a\""), None),
+            ("json_schema", json!({"type": "object"}), None),
+            ("n_probs", json!(3), None),
+            ("samplers", json!(["top_k"]), None),
+            ("n", json!(3), None), // more than --parallel 2
+            ("frequency_penalty", json!(3), None),
+            ("presence_penalty", json!(-2.5), None),
+            ("repeat_penalty", json!(0), None),
+            ("repeat_last_n", json!(-2), None),
+            ("typical_p", json!(0), None),
+            ("top_logprobs", json!(3), Some(true)), // without logprobs: true
+            ("logprobs", json!(6), Some(false)),
+        ];
+        for (field, value, only) in refused {
+            for chat in [true, false] {
+                if only.is_some_and(|o| o != chat) {
+                    continue;
+                }
+                let mut body = with(
+                    if chat { &chat_base } else { &cmpl_base },
+                    field,
+                    value.clone(),
+                );
+                if field == "echo" {
+                    body["logprobs"] = json!(1);
+                }
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 400, "{field}: {value} (chat: {chat}): {answer}");
+                assert_eq!(answer["error"]["param"], field, "{answer}");
+                let message = answer["error"]["message"].as_str().unwrap();
+                assert!(message.contains(field), "{message}");
+            }
+        }
+        // Their neutral values change nothing and are accepted; so are `user`, the
+        // identifiers OpenAI defines, and fields no API defines (llama-server ignores
+        // those too).
+        let accepted = [
+            ("logit_bias", json!({})),
+            ("tools", json!([])),
+            ("tool_choice", json!("none")),
+            ("parallel_tool_calls", json!(true)),
+            ("response_format", json!({"type": "text"})),
+            ("modalities", json!(["text"])),
+            ("store", json!(false)),
+            ("metadata", json!({"k": "v"})),
+            ("service_tier", json!("auto")),
+            ("mirostat", json!(0)),
+            ("dry_multiplier", json!(0)),
+            ("user", json!("user-1")),
+            ("n", json!(1)),
+            ("frequency_penalty", json!(0)),
+            ("a_field_nobody_defines", json!({"x": 1})),
+        ];
+        for (field, value) in accepted {
+            for chat in [true, false] {
+                let body = with(
+                    if chat { &chat_base } else { &cmpl_base },
+                    field,
+                    value.clone(),
+                );
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 200, "{field}: {value} (chat: {chat}): {answer}");
+            }
+        }
+        // max_completion_tokens and llama.cpp's n_predict cap the completion too.
+        for field in ["max_completion_tokens", "n_predict"] {
+            let mut body = with(&chat_base, field, json!(3));
+            body["max_tokens"] = json!(null);
+            body["ignore_eos"] = json!(true);
+            let (status, answer) = ask(&server, true, &body).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["usage"]["completion_tokens"], 3, "{field}: {answer}");
+        }
+    })
+    .await;
+}
+
+/// The log-softmax of the logits of the prompt's last token, computed here with the
+/// library on the same model (one thread, as the server runs).
+fn reference_logprobs(path: &Path, prompt: &str) -> Vec<f64> {
+    let backend = Backend::init();
+    let model = Model::load(&backend, path, &ModelParams::default()).unwrap();
+    let tokens = model
+        .vocab()
+        .tokenize(prompt, AddSpecial::Yes, ParseSpecial::Yes)
+        .unwrap();
+    let params = ContextParams::default().with_n_ctx(256).with_n_threads(1);
+    let mut ctx = Context::new(&model, &params).unwrap();
+    let batch =
+        llama_cpp_moe::Batch::from_tokens(&tokens, llama_cpp_moe::Pos(0), llama_cpp_moe::SeqId(0))
+            .unwrap();
+    ctx.decode(&batch).unwrap();
+    let logits = ctx.logits(tokens.len() - 1).unwrap();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let norm = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits.iter().map(|&l| l as f64 - norm).collect()
+}
+
+#[tokio::test]
+async fn logprobs_are_the_log_softmax_of_the_logits() {
+    within_timeout(async {
+        let server = start(&["--parallel", "1", "-c", "256"]).await;
+        let prompt = "Once upon a time";
+        let body = json!({"prompt": prompt, "max_tokens": 6, "temperature": 0,
+                          "logprobs": 3, "ignore_eos": true});
+        let (status, answer) = ask(&server, false, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let logprobs = &answer["choices"][0]["logprobs"];
+        let tokens = logprobs["tokens"].as_array().unwrap();
+        let token_logprobs = logprobs["token_logprobs"].as_array().unwrap();
+        let tops = logprobs["top_logprobs"].as_array().unwrap();
+        assert_eq!(tokens.len(), 6, "{answer}");
+        assert_eq!(token_logprobs.len(), 6);
+        assert_eq!(tops.len(), 6);
+        for (lp, top) in token_logprobs.iter().zip(tops) {
+            let lp = lp.as_f64().unwrap();
+            let top: Vec<f64> = top
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(lp <= 0.0 && !top.is_empty() && top.len() <= 3, "{answer}");
+            // Greedy: the sampled token is the most likely one.
+            let best = top.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            assert!((lp - best).abs() < 1e-6, "{lp} vs top {top:?}");
+            assert!(top.iter().all(|&x| x <= 0.0));
+            assert!(top.iter().map(|x| x.exp()).sum::<f64>() <= 1.0 + 1e-5);
+        }
+        // The first step's numbers are the log-softmax of the model's logits.
+        let reference = reference_logprobs(&model(), prompt);
+        let best = reference.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let first = token_logprobs[0].as_f64().unwrap();
+        assert!(
+            (first - best).abs() < 1e-3,
+            "server {first}, library {best}"
+        );
+        assert!(best > -30.0 && best < 0.0, "{best}");
+
+        // Chat: the same numbers in chat's shape, streamed or whole.
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                          "temperature": 0, "logprobs": true, "top_logprobs": 4,
+                          "ignore_eos": true});
+        let (status, whole) = ask(&server, true, &chat).await;
+        assert_eq!(status, 200, "{whole}");
+        let content = whole["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap();
+        assert_eq!(content.len(), 5, "{whole}");
+        for entry in content {
+            let top = entry["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 4, "{entry}");
+            let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+            assert!(
+                values.windows(2).all(|w| w[0] >= w[1]),
+                "most likely first: {values:?}"
+            );
+            assert_eq!(entry["token"], top[0]["token"], "greedy picks the first");
+            assert_eq!(entry["logprob"], top[0]["logprob"]);
+            let bytes: Vec<u8> = entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                entry["token"].as_str().unwrap()
+            );
+        }
+        let mut streaming = chat.clone();
+        streaming["stream"] = json!(true);
+        let chunks = SseReader::new(server.post("/v1/chat/completions", &streaming).await)
+            .rest()
+            .await;
+        let streamed: Vec<Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(&streamed, content);
+        // Without logprobs, none.
+        let (_, plain) = ask(
+            &server,
+            true,
+            &json!({"messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(plain["choices"][0]["logprobs"], Value::Null, "{plain}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn n_choices_each_match_a_request_with_their_seed() {
+    within_timeout(async {
+        for unified in [false, true] {
+            let mut args = vec!["--parallel", "3", "-c", "768"];
+            if unified {
+                args.push("--kv-unified");
+            }
+            let server = start(&args).await;
+            let body = |n: u32, seed: u32| {
+                json!({"prompt": "The clockwork birds", "max_tokens": 10, "temperature": 1.0,
+                       "seed": seed, "n": n, "ignore_eos": true})
+            };
+            let (status, three) = ask(&server, false, &body(3, 40)).await;
+            assert_eq!(status, 200, "{three}");
+            let choices = three["choices"].as_array().unwrap();
+            assert_eq!(choices.len(), 3, "{three}");
+            for (i, choice) in choices.iter().enumerate() {
+                assert_eq!(choice["index"], i);
+                // Choice i draws with seed + i: the same text as a lone request with it.
+                let (_, alone) = ask(&server, false, &body(1, 40 + i as u32)).await;
+                assert_eq!(
+                    choice["text"], alone["choices"][0]["text"],
+                    "choice {i} (unified: {unified}): {three} vs {alone}"
+                );
+                assert_eq!(
+                    three["usage"]["prompt_tokens"],
+                    alone["usage"]["prompt_tokens"]
+                );
+            }
+            assert_eq!(three["usage"]["completion_tokens"], 30, "{three}");
+            let texts: Vec<&Value> = choices.iter().map(|c| &c["text"]).collect();
+            assert!(texts[0] != texts[1] || texts[1] != texts[2], "{three}");
+
+            // Streamed: each choice's chunks carry its index and add up to its text.
+            let mut streaming = body(3, 40);
+            streaming["stream"] = json!(true);
+            streaming["stream_options"] = json!({"include_usage": true});
+            let chunks = SseReader::new(server.post("/v1/completions", &streaming).await)
+                .rest()
+                .await;
+            let mut texts = vec![String::new(); 3];
+            let mut finished = 0;
+            for chunk in &chunks {
+                if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+                    assert_eq!(usage, &three["usage"]);
+                    continue;
+                }
+                let choice = &chunk["choices"][0];
+                let i = choice["index"].as_u64().unwrap() as usize;
+                texts[i].push_str(choice["text"].as_str().unwrap());
+                finished += usize::from(choice["finish_reason"].is_string());
+            }
+            assert_eq!(finished, 3);
+            for (i, text) in texts.iter().enumerate() {
+                assert_eq!(text, choices[i]["text"].as_str().unwrap());
+            }
+            server
+                .wait_health("every sequence freed", |h| h["active"] == 0)
+                .await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn echo_puts_the_prompt_before_the_completion() {
+    within_timeout(async {
+        let server = start(&["--parallel", "1", "-c", "256"]).await;
+        let plain = whole_text(&server, "Once upon a time", 5).await;
+        let mut body = completion("Once upon a time", 5, false);
+        body["echo"] = json!(true);
+        let (status, echoed) = ask(&server, false, &body).await;
+        assert_eq!(status, 200, "{echoed}");
+        assert_eq!(
+            echoed["choices"][0]["text"],
+            format!("Once upon a time{plain}")
+        );
+        body["stream"] = json!(true);
+        let chunks = SseReader::new(server.post("/v1/completions", &body).await)
+            .rest()
+            .await;
+        assert_eq!(
+            streamed(&chunks, false).0,
+            format!("Once upon a time{plain}")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn penalties_change_a_greedy_answer() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let ask_with = |extra: Value| {
+            let mut body = json!({
+                "messages": [{"role": "user", "content": "List ten fruits, one per line."}],
+                "max_tokens": 48, "temperature": 0, "seed": 1,
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let server = &server;
+            async move {
+                let (status, answer) = ask(server, true, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                answer["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let none = ask_with(json!({})).await;
+        assert_eq!(none, ask_with(json!({"frequency_penalty": 0})).await);
+        for extra in [
+            json!({"frequency_penalty": 1.5}),
+            json!({"presence_penalty": 1.5}),
+            json!({"repeat_penalty": 1.5}),
+            json!({"repeat_penalty": 1.5, "repeat_last_n": -1}),
+        ] {
+            let penalised = ask_with(extra.clone()).await;
+            assert_ne!(penalised, none, "{extra} changed nothing");
+        }
+    })
+    .await;
+}
