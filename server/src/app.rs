@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Requests that may wait for a free sequence; beyond that, 503 with Retry-After
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub queue: usize,
+    /// The model's name in /v1/models and in responses (default: the file's stem).
+    /// Requests may name any model: the one model answers, as with llama-server
+    #[arg(short = 'a', long, value_name = "NAME")]
+    pub alias: Option<String>,
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -120,10 +124,11 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
             "note: synthetic model with random weights: its text is gibberish; the serving is real"
         );
     }
-    let model_id = file
-        .path
-        .file_stem()
-        .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+    let model_id = args.server.alias.clone().unwrap_or_else(|| {
+        file.path
+            .file_stem()
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned())
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -40,7 +40,7 @@ pub struct Ready {
 
 /// The server's shared state.
 pub struct AppState {
-    /// The name `/v1/models` lists and responses carry.
+    /// The name `/v1/models` lists and responses carry (`--alias`, else the file's stem).
     pub model_id: String,
     ready: OnceLock<Ready>,
     next_id: AtomicU64,
@@ -239,14 +239,8 @@ async fn start(
     params: CommonParams,
     extras: Extras,
 ) -> Result<Response, ApiError> {
-    if let Some(name) = &params.model {
-        if name != &state.model_id && !name.is_empty() {
-            return Err(ApiError::not_found(format!(
-                "model {name:?} is not served here; this server serves {:?}",
-                state.model_id
-            )));
-        }
-    }
+    // `model` names nothing here: one model answers under any name, as with
+    // llama-server, so that apps configured for another server's model work unchanged.
     let room = ready.n_ctx_seq.saturating_sub(prompt.len());
     if room == 0 {
         return Err(ApiError::invalid(

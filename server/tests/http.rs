@@ -492,11 +492,6 @@ async fn bad_requests_get_openai_error_objects() {
                 400,
                 Some("stop"),
             ),
-            (
-                format!(r#"{{"messages":{user},"model":"gpt-9"}}"#),
-                404,
-                Some("model"),
-            ),
         ];
         for (body, status, param) in cases {
             let (got, value) = bad(body.clone()).await;
@@ -778,6 +773,30 @@ async fn completion_tokens_count_what_generation_stats_count() {
             answer["usage"]["completion_tokens"], stats.generated_tokens,
             "{answer}: the end-of-generation token is not part of the completion"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn any_model_name_is_served_and_alias_names_the_model() {
+    within_timeout(async {
+        let server = start(&["--parallel", "1", "-c", "256", "--alias", "local-moe"]).await;
+        let models = server
+            .http
+            .get(server.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await;
+        assert_eq!(models["data"][0]["id"], "local-moe", "{models}");
+        for name in ["gpt-4o-mini", "local-moe", ""] {
+            let mut body = completion("Once upon a time", 2, false);
+            body["model"] = json!(name);
+            let (status, answer) = server.post_json("/v1/completions", &body).await;
+            assert_eq!(status, 200, "{name}: {answer}");
+            assert_eq!(answer["model"], "local-moe", "{answer}");
+        }
     })
     .await;
 }
