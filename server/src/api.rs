@@ -149,6 +149,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for `Retry-After` (503).
     pub retry_after: Option<u32>,
+    /// OpenAI's `code` (`null` unless set).
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -160,6 +162,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -171,6 +174,7 @@ impl ApiError {
             kind: "server_overloaded",
             param: None,
             retry_after: Some(retry_after),
+            code: None,
         }
     }
 
@@ -183,6 +187,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -194,6 +199,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -205,6 +211,19 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model"),
             retry_after: None,
+            code: None,
+        }
+    }
+
+    /// 401: no valid API key (`--api-key`); OpenAI's `invalid_api_key`.
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "invalid or missing API key: send `Authorization: Bearer KEY`".into(),
+            kind: "authentication_error",
+            param: None,
+            retry_after: None,
+            code: Some("invalid_api_key"),
         }
     }
 
@@ -214,7 +233,7 @@ impl ApiError {
             "message": self.message,
             "type": self.kind,
             "param": self.param,
-            "code": null,
+            "code": self.code,
         }})
     }
 }
@@ -222,6 +241,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

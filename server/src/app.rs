@@ -16,7 +16,7 @@ use llama_cpp_moe_cli::model_setup::{
 use llama_cpp_moe_cli::{self as cli, Spellings};
 
 use crate::engine::{self, run_worker};
-use crate::http::{router, AppState, Ready};
+use crate::http::{cors_layer, router, Access, AppState, Ready};
 use crate::template::ChatTemplate;
 
 /// Serve a (MoE) GGUF model over OpenAI's HTTP API, with simple_moe's model and
@@ -58,6 +58,17 @@ pub struct ServeArgs {
     /// Requests may name any model: the one model answers, as with llama-server
     #[arg(short = 'a', long, value_name = "NAME")]
     pub alias: Option<String>,
+    /// An API key clients must send (`Authorization: Bearer KEY`); repeatable. Without
+    /// any, no authentication. /health stays open
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines are skipped)
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Origins browser apps may call from (CORS), comma-separated or repeated; `*` for
+    /// any. Off by default
+    #[arg(long = "cors-origins", value_name = "ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -143,7 +154,7 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("listening on {host_port}: {e}"))?;
     eprintln!("moe_server: listening on http://{addr} (loading the model; /health answers 503 until it is ready)");
 
-    let state = AppState::loading(model_id);
+    let state = AppState::with_access(model_id, access(&args.server)?);
     let (handle, queue) = engine::queue(args.server.queue);
     let worker_state = Arc::clone(&state);
     std::thread::Builder::new()
@@ -206,6 +217,34 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("serving: {e}"))
 }
 
+/// The API keys (from the flags and the keys file) and CORS origins of `args`.
+fn access(args: &ServeArgs) -> Result<Access, String> {
+    let mut api_keys = args.api_keys.clone();
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --api-key-file {}: {e}", path.display()))?;
+        let before = api_keys.len();
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
+        if api_keys.len() == before {
+            return Err(format!("--api-key-file {} holds no key", path.display()));
+        }
+    }
+    if api_keys.iter().any(String::is_empty) {
+        return Err("--api-key: a key must not be empty".into());
+    }
+    // Bad origins are refused before the model loads.
+    cors_layer(&args.cors_origins)?;
+    Ok(Access {
+        api_keys,
+        cors_origins: args.cors_origins.clone(),
+    })
+}
+
 async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     // Without TCP_NODELAY, Nagle's algorithm holds each small SSE chunk until the client
     // acknowledges the previous one, and delayed ACKs make that ~40 ms per chunk.
@@ -214,7 +253,8 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::
             log::warn!("TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).map_err(std::io::Error::other)?;
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,7 @@ use futures_util::stream::{self, Stream};
 use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, Token};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{
     parse_request, ApiError, ChatRequest, CommonParams, CompletionRequest, Endpoint, Stop,
@@ -38,19 +39,36 @@ pub struct Ready {
     pub chat_template: Option<crate::template::ChatTemplate>,
 }
 
+/// Who may call the server, and from where.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Keys a request must bear one of (`Authorization: Bearer KEY` or `X-Api-Key: KEY`);
+    /// empty: no authentication. `/health` is always open.
+    pub api_keys: Vec<String>,
+    /// Origins browsers may call from (CORS); `*` for any; empty: CORS off.
+    pub cors_origins: Vec<String>,
+}
+
 /// The server's shared state.
 pub struct AppState {
     /// The name `/v1/models` lists and responses carry (`--alias`, else the file's stem).
     pub model_id: String,
+    access: Access,
     ready: OnceLock<Ready>,
     next_id: AtomicU64,
 }
 
 impl AppState {
-    /// A state whose model is not loaded yet (`/health` answers 503).
+    /// A state whose model is not loaded yet (`/health` answers 503), open to anyone.
     pub fn loading(model_id: impl Into<String>) -> Arc<AppState> {
+        AppState::with_access(model_id, Access::default())
+    }
+
+    /// [`AppState::loading`] with API keys and CORS origins.
+    pub fn with_access(model_id: impl Into<String>, access: Access) -> Arc<AppState> {
         Arc::new(AppState {
             model_id: model_id.into(),
+            access,
             ready: OnceLock::new(),
             next_id: AtomicU64::new(1),
         })
@@ -70,14 +88,79 @@ impl AppState {
     }
 }
 
-/// The routes, on `state`.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(health))
+/// The routes, on `state`: every one but `/health` behind the API keys, if any; all
+/// behind CORS, if asked for (so that a browser's preflight, which carries no key, is
+/// answered).
+pub fn router(state: Arc<AppState>) -> Result<Router, String> {
+    let mut protected = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .with_state(state)
+        .route("/v1/chat/completions", post(chat_completions));
+    if !state.access.api_keys.is_empty() {
+        protected = protected.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_key,
+        ));
+    }
+    let cors = cors_layer(&state.access.cors_origins)?;
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .with_state(state);
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    Ok(app)
+}
+
+/// The CORS layer for `origins`, `None` when empty; an origin that is not a valid header
+/// value is an error.
+pub fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, String> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o).map_err(|_| format!("--cors-origins: bad origin {o:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+            ]),
+    ))
+}
+
+/// Lets a request through only with one of the API keys: `Authorization: Bearer KEY`
+/// (OpenAI's clients) or `X-Api-Key: KEY` (llama-server accepts both).
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let known = |k: Option<&str>| k.is_some_and(|k| state.access.api_keys.iter().any(|a| a == k));
+    if known(bearer) || known(x_api_key) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -801,6 +801,146 @@ async fn any_model_name_is_served_and_alias_names_the_model() {
     .await;
 }
 
+#[tokio::test]
+async fn api_keys_guard_everything_but_health() {
+    within_timeout(async {
+        let dir = std::env::temp_dir().join(format!("moe-server-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, "\n  key-from-file  \n\n").unwrap();
+        let server = start(&[
+            "--parallel",
+            "1",
+            "-c",
+            "256",
+            "--api-key",
+            "key-one",
+            "--api-key-file",
+            file.to_str().unwrap(),
+        ])
+        .await;
+        let body = completion("Once upon a time", 2, false).to_string();
+        let send = |path: &str, auth: Option<(&str, String)>| {
+            let mut request = if path == "/v1/models" {
+                server.http.get(server.url(path))
+            } else {
+                server
+                    .http
+                    .post(server.url(path))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            };
+            if let Some((name, value)) = auth {
+                request = request.header(name, value);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let www = response.headers().get("www-authenticate").cloned();
+                (status, www, response.json_value().await)
+            }
+        };
+        for path in ["/v1/models", "/v1/completions", "/v1/chat/completions"] {
+            for auth in [
+                None,
+                Some(("authorization", "Bearer wrong".to_owned())),
+                Some(("authorization", "key-one".to_owned())),
+                Some(("x-api-key", "nope".to_owned())),
+            ] {
+                let (status, www, answer) = send(path, auth.clone()).await;
+                assert_eq!(status, 401, "{path} {auth:?}: {answer}");
+                assert_eq!(answer["error"]["type"], "authentication_error", "{answer}");
+                assert_eq!(answer["error"]["code"], "invalid_api_key", "{answer}");
+                assert_eq!(www.unwrap(), "Bearer");
+            }
+        }
+        for auth in [
+            ("authorization", "Bearer key-one"),
+            ("authorization", "Bearer key-from-file"),
+            ("x-api-key", "key-one"),
+        ] {
+            let (status, _, answer) =
+                send("/v1/completions", Some((auth.0, auth.1.to_owned()))).await;
+            assert_eq!(status, 200, "{auth:?}: {answer}");
+        }
+        // /health stays open (load balancers, the test harness itself).
+        assert_eq!(server.health().await["status"], "ok");
+        drop(server);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_origins_are_given() {
+    within_timeout(async {
+        let preflight = |server: &ServerProcess, origin: &str| {
+            let request = server
+                .http
+                .request(reqwest::Method::OPTIONS, server.url("/v1/chat/completions"))
+                .header("origin", origin.to_owned())
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                );
+            async move {
+                let response = request.send().await.unwrap();
+                response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            }
+        };
+        let closed = start(&["--parallel", "1", "-c", "256"]).await;
+        assert_eq!(preflight(&closed, "http://app.example").await, None);
+        let response = closed
+            .http
+            .get(closed.url("/v1/models"))
+            .header("origin", "http://app.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+        drop(closed);
+
+        // Allowed origins get answers, preflights included (which carry no API key).
+        let open = start(&[
+            "--parallel",
+            "1",
+            "-c",
+            "256",
+            "--api-key",
+            "k",
+            "--cors-origins",
+            "http://app.example,http://other.example",
+        ])
+        .await;
+        assert_eq!(
+            preflight(&open, "http://app.example").await.as_deref(),
+            Some("http://app.example")
+        );
+        assert_eq!(preflight(&open, "http://evil.example").await, None);
+        let response = open
+            .http
+            .get(open.url("/v1/models"))
+            .header("origin", "http://other.example")
+            .header("authorization", "Bearer k")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            "http://other.example"
+        );
+    })
+    .await;
+}
+
 #[test]
 fn command_line_conventions() {
     assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
