@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// any. Off by default
     #[arg(long = "cors-origins", value_name = "ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Serve GET /metrics (Prometheus text format), as llama-server's --metrics
+    #[arg(long)]
+    pub metrics: bool,
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -242,6 +245,7 @@ fn access(args: &ServeArgs) -> Result<Access, String> {
     Ok(Access {
         api_keys,
         cors_origins: args.cors_origins.clone(),
+        metrics: args.metrics,
     })
 }
 

@@ -10,7 +10,7 @@
 //! decoded again (`Worker::recover`). A worker that dies (a panic) says so in
 //! [`Load::stopped`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
@@ -125,6 +125,16 @@ pub struct Load {
     pub queued: AtomicUsize,
     /// Jobs stopped because their client went away.
     pub cancelled: AtomicUsize,
+    /// Jobs started (taken into sequences), since the start.
+    pub started: AtomicU64,
+    /// Jobs turned away because the queue was full.
+    pub rejected: AtomicU64,
+    /// Prompt tokens decoded (once per request, whatever its `n`).
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated, all choices together.
+    pub generated_tokens: AtomicU64,
+    /// Successful `llama_decode` calls.
+    pub decodes: AtomicU64,
     /// Set when the worker has ended, by returning or by a panic: nothing is decoded any
     /// more (`/health` answers 503).
     pub stopped: AtomicBool,
@@ -155,7 +165,10 @@ impl EngineHandle {
             Err(err) => {
                 self.load.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(match err {
-                    TrySendError::Full(_) => SubmitError::QueueFull,
+                    TrySendError::Full(_) => {
+                        self.load.rejected.fetch_add(1, Ordering::Relaxed);
+                        SubmitError::QueueFull
+                    }
                     TrySendError::Disconnected(_) => SubmitError::Stopped,
                 })
             }
@@ -334,6 +347,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
                 break;
             }
             queue.load.queued.fetch_sub(1, Ordering::SeqCst);
+            queue.load.started.fetch_add(1, Ordering::Relaxed);
             next_job += 1;
             if let Err(e) = worker.admit(job, &free[..n], next_job) {
                 log::warn!("request not started: {e}");
@@ -502,7 +516,10 @@ impl<'m> Worker<'_, 'm> {
             }
         }
         match self.ctx.decode(&self.batch) {
-            Ok(()) => Ok(outputs),
+            Ok(()) => {
+                self.load.decodes.fetch_add(1, Ordering::Relaxed);
+                Ok(outputs)
+            }
             Err(DecodeError::NoKvSlot) => Err(StepError::Full),
             Err(e) => Err(StepError::Failed(e.to_string())),
         }
@@ -516,7 +533,11 @@ impl<'m> Worker<'_, 'm> {
             let Some(slot) = self.slots[part.slot].as_mut() else {
                 continue;
             };
-            slot.next = None;
+            if slot.next.take().is_none() {
+                self.load
+                    .prompt_tokens
+                    .fetch_add(part.len as u64, Ordering::Relaxed);
+            }
             slot.n_past += part.len;
             let Some(index) = *output else { continue };
             let (seq, n_past) = (slot.seq, slot.n_past);
@@ -571,7 +592,12 @@ impl<'m> Worker<'_, 'm> {
                 Err(e) => log::error!("logits of a sampled row: {e}"),
             }
         }
-        take(s, token, &self.vocab, self.n_ctx_seq)
+        let before = s.generated;
+        let ended = take(s, token, &self.vocab, self.n_ctx_seq);
+        self.load
+            .generated_tokens
+            .fetch_add((s.generated - before) as u64, Ordering::Relaxed);
+        ended
     }
 
     /// A failed decode of `parts`: fails the request(s) that caused it and decodes the

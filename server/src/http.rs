@@ -15,13 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
-use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, Token};
+use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, RenderSpecial, Token};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{
-    parse_request, ApiError, ChatRequest, CommonParams, CompletionRequest, Endpoint, Stop,
+    parse_body, parse_request, ApiError, ChatRequest, CommonParams, CompletionRequest, Endpoint,
+    Stop,
 };
 use crate::engine::{
     EngineHandle, Event, Job, Logprob, Penalties, Sampling, SubmitError, TokenProb,
@@ -47,6 +48,8 @@ pub struct Access {
     pub api_keys: Vec<String>,
     /// Origins browsers may call from (CORS); `*` for any; empty: CORS off.
     pub cors_origins: Vec<String>,
+    /// Whether `GET /metrics` answers (llama-server's `--metrics`); else 501.
+    pub metrics: bool,
 }
 
 /// The server's shared state.
@@ -95,7 +98,10 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
     let mut protected = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions));
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize_route))
+        .route("/detokenize", post(detokenize_route));
     if !state.access.api_keys.is_empty() {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -189,6 +195,175 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             .into_response()
         }
     }
+}
+
+/// `GET /metrics`: the worker's counters in Prometheus' text format, under
+/// llama-server's names where it has the same metric.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if !state.access.metrics {
+        return ApiError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            message: "this server does not serve /metrics: start it with --metrics".into(),
+            kind: "not_supported_error",
+            param: None,
+            retry_after: None,
+            code: None,
+        }
+        .into_response();
+    }
+    let ready = match state.ready() {
+        Ok(ready) => ready,
+        Err(e) => return e.into_response(),
+    };
+    let load = ready.engine.load();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 9] = [
+        (
+            "llamacpp:prompt_tokens_total",
+            "counter",
+            "Prompt tokens decoded.",
+            get(&load.prompt_tokens),
+        ),
+        (
+            "llamacpp:tokens_predicted_total",
+            "counter",
+            "Tokens generated.",
+            get(&load.generated_tokens),
+        ),
+        (
+            "llamacpp:n_decode_total",
+            "counter",
+            "llama_decode() calls.",
+            get(&load.decodes),
+        ),
+        (
+            "llamacpp:requests_processing",
+            "gauge",
+            "Sequences generating now (one per choice).",
+            load.active.load(Ordering::SeqCst) as u64,
+        ),
+        (
+            "llamacpp:requests_deferred",
+            "gauge",
+            "Requests waiting in the queue.",
+            load.queued.load(Ordering::SeqCst) as u64,
+        ),
+        (
+            "moe_server:requests_total",
+            "counter",
+            "Requests started.",
+            get(&load.started),
+        ),
+        (
+            "moe_server:requests_rejected_total",
+            "counter",
+            "Requests turned away with 503: the queue was full.",
+            get(&load.rejected),
+        ),
+        (
+            "moe_server:requests_cancelled_total",
+            "counter",
+            "Requests stopped because their client went away.",
+            load.cancelled.load(Ordering::SeqCst) as u64,
+        ),
+        (
+            "moe_server:slots_total",
+            "gauge",
+            "Sequences (--parallel).",
+            ready.n_seq as u64,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, kind, help, value) in rows {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `POST /tokenize`, as llama-server spells it.
+#[derive(Debug, serde::Deserialize)]
+struct TokenizeRequest {
+    content: String,
+    /// Add the BOS/EOS the model asks for.
+    #[serde(default)]
+    add_special: bool,
+    /// Turn special tokens' texts into those tokens.
+    #[serde(default = "yes")]
+    parse_special: bool,
+    /// `[{id, piece}]` instead of ids; a piece that is not valid UTF-8 is a byte array.
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn tokenize_route(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = (|| {
+        let request: TokenizeRequest = parse_body(&body)?;
+        let vocab = state.ready()?.model.vocab();
+        let tokens = vocab
+            .tokenize(
+                &request.content,
+                AddSpecial::from(request.add_special),
+                ParseSpecial::from(request.parse_special),
+            )
+            .map_err(|e| ApiError::invalid(format!("tokenizing: {e}"), Some("content")))?;
+        let tokens: Vec<Value> = if request.with_pieces {
+            tokens
+                .iter()
+                .map(|&t| {
+                    let bytes = vocab
+                        .token_to_bytes(t, RenderSpecial::Yes)
+                        .unwrap_or_default();
+                    let piece = match String::from_utf8(bytes) {
+                        Ok(text) => json!(text),
+                        Err(e) => json!(e.into_bytes()),
+                    };
+                    json!({"id": t.0, "piece": piece})
+                })
+                .collect()
+        } else {
+            tokens.iter().map(|t| json!(t.0)).collect()
+        };
+        Ok::<_, ApiError>(Json(json!({ "tokens": tokens })))
+    })();
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// `POST /detokenize`, as llama-server spells it.
+#[derive(Debug, serde::Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<i32>,
+}
+
+async fn detokenize_route(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = (|| {
+        let request: DetokenizeRequest = parse_body(&body)?;
+        let vocab = state.ready()?.model.vocab();
+        // The pieces one after the other, special tokens rendered: llama-server's
+        // `tokens_to_str`.
+        let mut bytes = Vec::new();
+        for &id in &request.tokens {
+            let piece = vocab
+                .token_to_bytes(Token(id), RenderSpecial::Yes)
+                .map_err(|e| ApiError::invalid(format!("token {id}: {e}"), Some("tokens")))?;
+            bytes.extend(piece);
+        }
+        let content = String::from_utf8_lossy(&bytes).into_owned();
+        Ok::<_, ApiError>(Json(json!({ "content": content })))
+    })();
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -941,6 +941,148 @@ async fn cors_is_off_unless_origins_are_given() {
     .await;
 }
 
+/// The value of the Prometheus sample `name` in `text`, checking its `# TYPE` line.
+fn metric(text: &str, name: &str, kind: &str) -> u64 {
+    assert!(
+        text.lines().any(|l| l == format!("# TYPE {name} {kind}")),
+        "no {kind} {name}: {text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no sample {name}: {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_tokens_in_prometheus_format() {
+    within_timeout(async {
+        let get_metrics = |server: &ServerProcess| {
+            let request = server.http.get(server.url("/metrics"));
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let kind = response
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (status, kind, response.text().await.unwrap())
+            }
+        };
+        let off = start(&["--parallel", "1", "-c", "256"]).await;
+        let (status, _, body) = get_metrics(&off).await;
+        assert_eq!(status, 501, "{body}");
+        assert!(body.contains("--metrics"), "{body}");
+        drop(off);
+
+        let server = start(&["--parallel", "2", "-c", "512", "--metrics"]).await;
+        let (status, kind, text) = get_metrics(&server).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(kind.unwrap().starts_with("text/plain"), "{text}");
+        assert_eq!(
+            metric(&text, "llamacpp:tokens_predicted_total", "counter"),
+            0
+        );
+        assert_eq!(metric(&text, "moe_server:slots_total", "gauge"), 2);
+
+        let mut body = completion("Once upon a time", 3, false);
+        body["ignore_eos"] = json!(true);
+        let (_, one) = server.post_json("/v1/completions", &body).await;
+        body["n"] = json!(2);
+        let (_, two) = server.post_json("/v1/completions", &body).await;
+        server
+            .wait_health("every sequence freed", |h| h["active"] == 0)
+            .await;
+        let (_, _, text) = get_metrics(&server).await;
+        assert_eq!(
+            metric(&text, "moe_server:requests_total", "counter"),
+            2,
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "llamacpp:tokens_predicted_total", "counter"),
+            3 + 6,
+            "{text}"
+        );
+        // The prompt of the request with two choices is decoded once.
+        let prompt = one["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(two["usage"]["prompt_tokens"].as_u64().unwrap(), prompt);
+        assert_eq!(
+            metric(&text, "llamacpp:prompt_tokens_total", "counter"),
+            2 * prompt,
+            "{text}"
+        );
+        // Each request: the prompt, then a step per token but the last.
+        assert_eq!(metric(&text, "llamacpp:n_decode_total", "counter"), 2 * 3);
+        assert_eq!(metric(&text, "llamacpp:requests_processing", "gauge"), 0);
+        assert_eq!(metric(&text, "llamacpp:requests_deferred", "gauge"), 0);
+        assert_eq!(
+            metric(&text, "moe_server:requests_cancelled_total", "counter"),
+            0
+        );
+        assert_eq!(
+            metric(&text, "moe_server:requests_rejected_total", "counter"),
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_as_llama_server_spells_them() {
+    within_timeout(async {
+        let server = start(&["--parallel", "1", "-c", "256"]).await;
+        let text = "Once upon a time, in a valley";
+        let (status, plain) = server
+            .post_json("/tokenize", &json!({"content": text}))
+            .await;
+        assert_eq!(status, 200, "{plain}");
+        let tokens = plain["tokens"].as_array().unwrap().clone();
+        assert!(
+            tokens.len() >= 3 && tokens.iter().all(Value::is_u64),
+            "{plain}"
+        );
+        // With the model's special tokens: what a completion's prompt counts.
+        let (_, special) = server
+            .post_json("/tokenize", &json!({"content": text, "add_special": true}))
+            .await;
+        let (_, answer) = server
+            .post_json("/v1/completions", &completion(text, 1, false))
+            .await;
+        assert_eq!(
+            special["tokens"].as_array().unwrap().len(),
+            answer["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+            "{special} {answer}"
+        );
+        // Pieces spell the text; ids come back to it.
+        let (_, pieces) = server
+            .post_json("/tokenize", &json!({"content": text, "with_pieces": true}))
+            .await;
+        let pieces = pieces["tokens"].as_array().unwrap();
+        assert_eq!(
+            pieces.iter().map(|p| p["id"].clone()).collect::<Vec<_>>(),
+            tokens
+        );
+        let spelled: String = pieces
+            .iter()
+            .map(|p| p["piece"].as_str().unwrap())
+            .collect();
+        assert_eq!(spelled, text);
+        let (status, back) = server
+            .post_json("/detokenize", &json!({"tokens": tokens}))
+            .await;
+        assert_eq!(status, 200, "{back}");
+        assert_eq!(back["content"], text);
+        // A token id the vocabulary does not have is a 400, not garbage.
+        let (status, bad) = server
+            .post_json("/detokenize", &json!({"tokens": [1, 99999999]}))
+            .await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(bad["error"]["param"], "tokens", "{bad}");
+    })
+    .await;
+}
+
 #[test]
 fn command_line_conventions() {
     assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);
