@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
+use llama_cpp_moe::context::PoolingType;
 use llama_cpp_moe::Context;
 use llama_cpp_moe_cli::args::{ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS};
 use llama_cpp_moe_cli::model_setup::{
@@ -69,6 +70,13 @@ pub struct ServeArgs {
     /// any. Off by default
     #[arg(long = "cors-origins", value_name = "ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Compute embeddings (POST /v1/embeddings) instead of completions, as llama-server's
+    /// --embedding
+    #[arg(long, visible_alias = "embeddings")]
+    pub embedding: bool,
+    /// With --embedding: how token embeddings pool into one (default: the model's)
+    #[arg(long, value_name = "TYPE", value_parser = ["mean", "cls", "last"])]
+    pub pooling: Option<String>,
     /// Serve GET /metrics (Prometheus text format), as llama-server's --metrics
     #[arg(long)]
     pub metrics: bool,
@@ -93,6 +101,9 @@ impl ServerArgs {
     /// `-b` tokens, capped at `-c` (`src/llama-context.cpp`: `n_outputs_max` is
     /// `n_batch`; a context of more sequences aborts at creation).
     pub fn check(&self) -> Result<(), String> {
+        if self.server.pooling.is_some() && !self.server.embedding {
+            return Err("--pooling needs --embedding".into());
+        }
         let parallel = self.server.parallel;
         let ContextArgs {
             batch_size,
@@ -168,8 +179,19 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                 &*Box::leak(Box::new(l))
             });
             let result = loaded.and_then(|loaded: &'static Loaded| {
-                let params = context_params(&args.context, &args.placement, args.server.parallel)
-                    .with_kv_unified(args.server.kv_unified);
+                let mut params =
+                    context_params(&args.context, &args.placement, args.server.parallel)
+                        .with_kv_unified(args.server.kv_unified);
+                if args.server.embedding {
+                    params = params.with_embeddings(true).with_pooling(
+                        match args.server.pooling.as_deref() {
+                            Some("mean") => PoolingType::Mean,
+                            Some("cls") => PoolingType::Cls,
+                            Some("last") => PoolingType::Last,
+                            _ => PoolingType::Unspecified,
+                        },
+                    );
+                }
                 let mut ctx = Context::new(&loaded.model, &params)
                     .map_err(|e| format!("creating context: {e}"))?;
                 let report = PlacementReport::collect(&args.placement, &backend, loaded, &ctx)?;
@@ -189,11 +211,25 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                     Some(_) => {}
                 }
                 let n_ctx_seq = ctx.n_ctx_seq() as usize;
+                let embeddings = if args.server.embedding {
+                    let pooling = ctx.pooling_type();
+                    if matches!(pooling, PoolingType::None | PoolingType::Rank) {
+                        return Err(format!(
+                            "the model pools its embeddings as {pooling:?}: /v1/embeddings \
+                             needs one vector per input (--pooling mean, cls or last)"
+                        ));
+                    }
+                    // A whole input in one micro-batch: llama.cpp pools each on its own.
+                    Some((ctx.n_ubatch() as usize).min(ctx.n_batch() as usize).min(n_ctx_seq))
+                } else {
+                    None
+                };
                 worker_state.set_ready(Ready {
                     model: &loaded.model,
                     engine: handle,
                     n_ctx_seq,
                     n_seq: ctx.n_seq_max() as usize,
+                    embeddings,
                     chat_template,
                 });
                 let sequences = if args.server.kv_unified {

@@ -100,6 +100,8 @@ pub enum Event {
         prompt_tokens: usize,
         completion_tokens: usize,
     },
+    /// An embedding job's pooled embedding, L2-normalised (the job's one event).
+    Embedding(Vec<f32>),
     /// The generation failed (every choice of it); nothing more follows.
     Failed(String),
 }
@@ -112,6 +114,9 @@ pub struct Job {
     /// Choices to generate (1 to the number of sequences): each in its own sequence,
     /// which starts as a copy of the first one's prompt cells.
     pub n: usize,
+    /// Compute the prompt's pooled embedding instead of generating (a context made with
+    /// embeddings on; the prompt must fit one micro-batch).
+    pub embed: bool,
     /// Where the events go; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -217,6 +222,8 @@ struct Slot<'m> {
     waits_for: Option<usize>,
     /// For a request's first choice: the slots of the other choices.
     followers: Vec<usize>,
+    /// An embedding job: its prompt is decoded whole, in one micro-batch.
+    embed: bool,
     prompt: Vec<Token>,
     /// Tokens of this sequence already in the KV cache.
     n_past: usize,
@@ -285,6 +292,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
         slots: (0..n_seq).map(|_| None).collect(),
         batch: Batch::with_capacity(n_batch),
         n_batch,
+        n_ubatch: ctx.n_ubatch() as usize,
         n_ctx_seq: ctx.n_ctx_seq() as usize,
         load: &queue.load,
         vocab,
@@ -387,6 +395,7 @@ struct Worker<'c, 'm> {
     slots: Vec<Option<Slot<'m>>>,
     batch: Batch,
     n_batch: usize,
+    n_ubatch: usize,
     n_ctx_seq: usize,
     load: &'c Load,
 }
@@ -431,6 +440,7 @@ impl<'m> Worker<'_, 'm> {
                 } else {
                     Vec::new()
                 },
+                embed: job.embed,
                 prompt: job.prompt.clone(),
                 n_past: 0,
                 next: None,
@@ -449,6 +459,11 @@ impl<'m> Worker<'_, 'm> {
     /// in the room left, so a long prompt does not stall the others' decoding. At most
     /// `n_batch` tokens: a generating sequence beyond that waits for the next step (the
     /// server refuses `--parallel` above the batch size at start-up, so none does).
+    ///
+    /// An embedding job's prompt goes whole into a batch of at most one micro-batch, and
+    /// alone: llama.cpp pools each micro-batch on its own, and with one cache per
+    /// sequence it splits a batch of several sequences into micro-batches of as many
+    /// tokens of each (`split_equal`), which would cut the longer inputs.
     fn plan(&self) -> Vec<Part> {
         let mut parts = Vec::new();
         let mut room = self.n_batch;
@@ -467,7 +482,13 @@ impl<'m> Worker<'_, 'm> {
             {
                 continue;
             }
-            let len = room.min(slot.prompt.len() - slot.n_past);
+            let mut len = room.min(slot.prompt.len() - slot.n_past);
+            if slot.embed {
+                len = slot.prompt.len();
+                if !parts.is_empty() || len > self.n_batch.min(self.n_ubatch) {
+                    continue;
+                }
+            }
             parts.push(Part { slot: i, len });
             room -= len;
         }
@@ -540,6 +561,15 @@ impl<'m> Worker<'_, 'm> {
             }
             slot.n_past += part.len;
             let Some(index) = *output else { continue };
+            if slot.embed {
+                let event = match self.ctx.embeddings_seq(slot.seq) {
+                    Ok(e) => Event::Embedding(normalised(e)),
+                    Err(e) => Event::Failed(format!("reading the embedding: {e}")),
+                };
+                let _ = slot.events.send(event);
+                self.free(part.slot);
+                continue;
+            }
             let (seq, n_past) = (slot.seq, slot.n_past);
             let followers = std::mem::take(&mut slot.followers);
             let mut to_sample = vec![part.slot];
@@ -734,6 +764,18 @@ fn send_text(slot: &Slot<'_>, text: String) {
             text,
         });
     }
+}
+
+/// `v` scaled to length 1 (as llama-server's OpenAI endpoint returns embeddings); a zero
+/// vector stays zero.
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+    v.iter().map(|&x| x * scale).collect()
 }
 
 /// The seed of choice `choice` of a request seeded with `seed`: each choice its own

@@ -14,6 +14,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use futures_util::stream::{self, Stream};
 use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, RenderSpecial, Token};
 use serde_json::{json, Value};
@@ -36,6 +37,9 @@ pub struct Ready {
     pub n_ctx_seq: usize,
     /// Sequences (`--parallel`): the most choices one request may ask for.
     pub n_seq: usize,
+    /// `--embedding`: the context computes pooled embeddings, and only
+    /// `/v1/embeddings` is served (as with llama-server); the longest input it takes.
+    pub embeddings: Option<usize>,
     /// The model's chat template, if it has one.
     pub chat_template: Option<crate::template::ChatTemplate>,
 }
@@ -99,6 +103,7 @@ pub fn router(state: Arc<AppState>) -> Result<Router, String> {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize_route))
         .route("/detokenize", post(detokenize_route));
@@ -201,15 +206,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 /// llama-server's names where it has the same metric.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if !state.access.metrics {
-        return ApiError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            message: "this server does not serve /metrics: start it with --metrics".into(),
-            kind: "not_supported_error",
-            param: None,
-            retry_after: None,
-            code: None,
-        }
-        .into_response();
+        return not_supported("this server does not serve /metrics: start it with --metrics")
+            .into_response();
     }
     let ready = match state.ready() {
         Ok(ready) => ready,
@@ -287,6 +285,178 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// 501, as llama-server answers for what a flag turns off.
+fn not_supported(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_IMPLEMENTED,
+        message: message.into(),
+        kind: "not_supported_error",
+        param: None,
+        retry_after: None,
+        code: None,
+    }
+}
+
+/// `POST /v1/embeddings`' `input`: texts, or token ids.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<i32>),
+    TokenLists(Vec<Vec<i32>>),
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, serde::Deserialize)]
+struct EmbeddingRequest {
+    input: EmbeddingInput,
+    /// Accepted: one model answers under any name.
+    #[allow(dead_code)]
+    model: Option<String>,
+    /// `float` (the default) or `base64` (little-endian f32s).
+    encoding_format: Option<String>,
+    /// Only the model's own width.
+    dimensions: Option<usize>,
+    /// Accepted, as for completions.
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let result = async {
+        let request: EmbeddingRequest = parse_body(&body)?;
+        let ready = state.ready()?;
+        let Some(max_len) = ready.embeddings else {
+            return Err(not_supported(
+                "this server does not compute embeddings: start it with --embedding",
+            ));
+        };
+        let base64 = match request.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("encoding_format must be \"float\" or \"base64\", not {other:?}"),
+                    Some("encoding_format"),
+                ))
+            }
+        };
+        let n_embd = ready.model.n_embd() as usize;
+        if request.dimensions.is_some_and(|d| d != n_embd) {
+            return Err(ApiError::invalid(
+                format!("dimensions other than the model's {n_embd} are not supported"),
+                Some("dimensions"),
+            ));
+        }
+        let vocab = ready.model.vocab();
+        let check = |ids: Vec<i32>| {
+            ids.into_iter()
+                .map(|id| {
+                    let t = Token(id);
+                    if vocab.contains(t) {
+                        Ok(t)
+                    } else {
+                        Err(ApiError::invalid(
+                            format!("token {id} is not in the vocabulary"),
+                            Some("input"),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let inputs: Vec<Vec<Token>> = match request.input {
+            EmbeddingInput::One(text) => vec![tokenize_input(ready.model, &text)?],
+            EmbeddingInput::Many(texts) => texts
+                .iter()
+                .map(|t| tokenize_input(ready.model, t))
+                .collect::<Result<_, _>>()?,
+            EmbeddingInput::Tokens(ids) => vec![check(ids)?],
+            EmbeddingInput::TokenLists(lists) => {
+                lists.into_iter().map(check).collect::<Result<_, _>>()?
+            }
+        };
+        if inputs.is_empty() || inputs.iter().any(Vec::is_empty) {
+            return Err(ApiError::invalid("an input is empty", Some("input")));
+        }
+        if let Some(long) = inputs.iter().find(|i| i.len() > max_len) {
+            return Err(ApiError::invalid(
+                format!(
+                    "an input has {} tokens; this server embeds at most {max_len} at once \
+                     (a micro-batch: raise -ub and -b, or -c / --parallel)",
+                    long.len()
+                ),
+                Some("input"),
+            ));
+        }
+        let prompt_tokens: usize = inputs.iter().map(Vec::len).sum();
+        // Every input its own job (the worker decodes them one at a time).
+        let mut receivers = Vec::with_capacity(inputs.len());
+        for prompt in inputs {
+            let (tx, rx) = unbounded_channel();
+            ready
+                .engine
+                .submit(Job {
+                    prompt,
+                    sampling: Sampling {
+                        max_tokens: 1,
+                        temperature: 0.0,
+                        top_p: None,
+                        top_k: None,
+                        min_p: None,
+                        typical_p: None,
+                        penalties: None,
+                        seed: None,
+                        logprobs: None,
+                        stop: Vec::new(),
+                        ignore_eos: false,
+                    },
+                    n: 1,
+                    embed: true,
+                    events: tx,
+                })
+                .map_err(|e| match e {
+                    SubmitError::QueueFull => ApiError::unavailable("the request queue is full", 1),
+                    SubmitError::Stopped => ApiError::stopped("the decoding worker has stopped"),
+                })?;
+            receivers.push(rx);
+        }
+        let mut data = Vec::with_capacity(receivers.len());
+        for (index, mut rx) in receivers.into_iter().enumerate() {
+            let vector = match rx.recv().await {
+                Some(Event::Embedding(v)) => v,
+                Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
+                _ => return Err(ApiError::internal("the worker dropped the request")),
+            };
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+        }
+        Ok::<_, ApiError>(Json(json!({
+            "object": "list",
+            "data": data,
+            "model": state.model_id,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        })))
+    };
+    result
+        .await
+        .map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// An embedding input's tokens, with the model's special tokens as llama-server adds
+/// them.
+fn tokenize_input(model: &Model, text: &str) -> Result<Vec<Token>, ApiError> {
+    model
+        .vocab()
+        .tokenize(text, AddSpecial::Yes, ParseSpecial::Yes)
+        .map_err(|e| ApiError::invalid(format!("tokenizing the input: {e}"), Some("input")))
 }
 
 /// `POST /tokenize`, as llama-server spells it.
@@ -497,6 +667,11 @@ async fn start(
     params: CommonParams,
     extras: Extras,
 ) -> Result<Response, ApiError> {
+    if ready.embeddings.is_some() {
+        return Err(not_supported(
+            "this server computes embeddings (--embedding): completions are off",
+        ));
+    }
     // `model` names nothing here: one model answers under any name, as with
     // llama-server, so that apps configured for another server's model work unchanged.
     let room = ready.n_ctx_seq.saturating_sub(prompt.len());
@@ -561,6 +736,7 @@ async fn start(
             prompt,
             sampling,
             n,
+            embed: false,
             events: tx,
         })
         .map_err(|e| match e {
@@ -905,6 +1081,8 @@ fn sse_stream(
                         done = true;
                     }
                 }
+                // Only embedding jobs send these.
+                Some(Event::Embedding(_)) => {}
                 Some(Event::Failed(message)) => {
                     out.push(data(ApiError::internal(message).body()));
                     out.push(Ok(SseEvent::default().data("[DONE]")));
@@ -953,6 +1131,7 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Json<Va
                     c.completion_tokens = completion_tokens;
                 }
             }
+            Some(Event::Embedding(_)) => {}
             Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
             None => return Err(ApiError::internal("the worker dropped the request")),
         }

@@ -1083,6 +1083,160 @@ async fn tokenize_and_detokenize_as_llama_server_spells_them() {
     .await;
 }
 
+/// The mean-pooled, L2-normalised embedding of `text`, computed here with the library.
+fn reference_embedding(path: &Path, text: &str) -> Vec<f32> {
+    let backend = Backend::init();
+    let model = Model::load(&backend, path, &ModelParams::default()).unwrap();
+    let tokens = model
+        .vocab()
+        .tokenize(text, AddSpecial::Yes, ParseSpecial::Yes)
+        .unwrap();
+    let params = ContextParams::default()
+        .with_n_ctx(256)
+        .with_n_threads(1)
+        .with_embeddings(true)
+        .with_pooling(llama_cpp_moe::context::PoolingType::Mean);
+    let mut ctx = Context::new(&model, &params).unwrap();
+    let batch =
+        llama_cpp_moe::Batch::from_tokens(&tokens, llama_cpp_moe::Pos(0), llama_cpp_moe::SeqId(0))
+            .unwrap();
+    ctx.decode(&batch).unwrap();
+    let v = ctx.embeddings_seq(llama_cpp_moe::SeqId(0)).unwrap();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[tokio::test]
+async fn embeddings_are_the_pooled_normalised_vectors() {
+    within_timeout(async {
+        let server = start(&[
+            "--parallel",
+            "2",
+            "-c",
+            "512",
+            "--embedding",
+            "--pooling",
+            "mean",
+        ])
+        .await;
+        let embed = |body: Value| {
+            let server = &server;
+            async move { server.post_json("/v1/embeddings", &body).await }
+        };
+        let (status, one) = embed(json!({"input": "hello world", "model": "any"})).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["object"], "list");
+        assert_eq!(one["data"][0]["object"], "embedding");
+        assert_eq!(one["data"][0]["index"], 0);
+        let hello = floats(&one["data"][0]["embedding"]);
+        let norm = hello.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        let reference = reference_embedding(&model(), "hello world");
+        assert!(max_diff(&hello, &reference) < 1e-3, "server vs library");
+        let (_, tokens) = server
+            .post_json(
+                "/tokenize",
+                &json!({"content": "hello world", "add_special": true}),
+            )
+            .await;
+        let n_tokens = tokens["tokens"].as_array().unwrap().len();
+        assert_eq!(one["usage"]["prompt_tokens"], n_tokens, "{one}");
+        assert_eq!(one["usage"]["total_tokens"], n_tokens);
+
+        // Several inputs, decoded side by side: each as alone; token ids as their text.
+        let texts = ["the clockwork birds", "hello world", "a mixture of experts"];
+        let (status, many) = embed(json!({"input": texts})).await;
+        assert_eq!(status, 200, "{many}");
+        let data = many["data"].as_array().unwrap();
+        assert_eq!(data.len(), 3);
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(d["index"], i);
+        }
+        assert!(max_diff(&floats(&data[1]["embedding"]), &hello) < 1e-4);
+        assert!(max_diff(&floats(&data[0]["embedding"]), &hello) > 1e-3);
+        // Inputs of different lengths are each pooled whole (llama.cpp would cut a
+        // batch of several into micro-batches of equal counts per sequence).
+        for (text, d) in texts.iter().zip(data) {
+            let (_, alone) = embed(json!({"input": text})).await;
+            let alone = floats(&alone["data"][0]["embedding"]);
+            assert!(max_diff(&floats(&d["embedding"]), &alone) < 1e-4, "{text}");
+        }
+        let (_, by_ids) = embed(json!({"input": tokens["tokens"]})).await;
+        assert!(max_diff(&floats(&by_ids["data"][0]["embedding"]), &hello) < 1e-4);
+
+        // base64: the same floats, little-endian.
+        let (status, b64) =
+            embed(json!({"input": "hello world", "encoding_format": "base64"})).await;
+        assert_eq!(status, 200, "{b64}");
+        let text = b64["data"][0]["embedding"].as_str().unwrap();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        let decoded: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(max_diff(&decoded, &hello) < 1e-6);
+
+        for (body, param) in [
+            (json!({"input": []}), "input"),
+            (json!({"input": [1, 99999999]}), "input"),
+            (
+                json!({"input": "x", "encoding_format": "hex"}),
+                "encoding_format",
+            ),
+            (json!({"input": "x", "dimensions": 3}), "dimensions"),
+        ] {
+            let (status, answer) = embed(body.clone()).await;
+            assert_eq!(status, 400, "{body}: {answer}");
+            assert_eq!(answer["error"]["param"], param, "{answer}");
+        }
+        // An embedding server does not complete, as with llama-server.
+        let (status, answer) = server
+            .post_json("/v1/completions", &completion("hi", 2, false))
+            .await;
+        assert_eq!(status, 501, "{answer}");
+        drop(server);
+
+        let plain = start(&["--parallel", "1", "-c", "256"]).await;
+        let (status, answer) = plain
+            .post_json("/v1/embeddings", &json!({"input": "hi"}))
+            .await;
+        assert_eq!(status, 501, "{answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--embedding"));
+        let out = Command::new(env!("CARGO_BIN_EXE_moe_server"))
+            .arg("-m")
+            .arg(model())
+            .args(["--port", "0", "--pooling", "mean"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--embedding"), "{stderr}");
+    })
+    .await;
+}
+
 #[test]
 fn command_line_conventions() {
     assert_cli_conventions(Path::new(env!("CARGO_BIN_EXE_moe_server")), true);

@@ -73,6 +73,7 @@ async fn health_answers_503_once_the_worker_has_died() {
         engine: handle,
         n_ctx_seq: ready_rx.recv().unwrap(),
         n_seq: 2,
+        embeddings: None,
         chat_template: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
