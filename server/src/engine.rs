@@ -41,6 +41,9 @@ pub struct Sampling {
     /// `Some(k)`: report each sampled token's log-probability and the `k` most likely
     /// tokens' ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
+    /// With `logprobs`: also the prompt's tokens' (from its second on), given the
+    /// tokens before them ([`Event::PromptLogprobs`]).
+    pub prompt_logprobs: bool,
     /// Texts that end the generation (not included in the output).
     pub stop: Vec<String>,
     /// Go on past end-of-generation tokens (benchmarks).
@@ -100,6 +103,10 @@ pub enum Event {
         prompt_tokens: usize,
         completion_tokens: usize,
     },
+    /// The prompt's tokens' log-probabilities, from the second token on (with
+    /// [`Sampling::prompt_logprobs`]), once the prompt is decoded; for the first choice
+    /// only (the others share its prompt).
+    PromptLogprobs { entries: Vec<Logprob> },
     /// An embedding job's pooled embedding, L2-normalised (the job's one event).
     Embedding(Vec<f32>),
     /// The generation failed (every choice of it); nothing more follows.
@@ -224,6 +231,8 @@ struct Slot<'m> {
     followers: Vec<usize>,
     /// An embedding job: its prompt is decoded whole, in one micro-batch.
     embed: bool,
+    /// The prompt's log-probabilities so far (with [`Sampling::prompt_logprobs`]).
+    prompt_logprobs: Vec<Logprob>,
     prompt: Vec<Token>,
     /// Tokens of this sequence already in the KV cache.
     n_past: usize,
@@ -259,6 +268,15 @@ struct Part {
     slot: usize,
     /// Tokens from the slot's `n_past` on.
     len: usize,
+}
+
+/// Where a part's tokens went in the batch.
+#[derive(Debug, Clone, Copy)]
+struct PartOutput {
+    /// The batch index of the part's first token.
+    start: usize,
+    /// The batch index of its output for sampling, if it has one.
+    last: Option<usize>,
 }
 
 /// Why a step's decode failed.
@@ -441,6 +459,7 @@ impl<'m> Worker<'_, 'm> {
                     Vec::new()
                 },
                 embed: job.embed,
+                prompt_logprobs: Vec::new(),
                 prompt: job.prompt.clone(),
                 n_past: 0,
                 next: None,
@@ -506,14 +525,16 @@ impl<'m> Worker<'_, 'm> {
 
     /// Decodes `parts` in one batch; the batch index of each part's output, if it has
     /// one.
-    fn decode(&mut self, parts: &[Part]) -> Result<Vec<Option<usize>>, StepError> {
+    fn decode(&mut self, parts: &[Part]) -> Result<Vec<PartOutput>, StepError> {
         self.batch.clear();
         let mut outputs = Vec::with_capacity(parts.len());
         for part in parts {
+            let start = self.batch.len();
             let Some(slot) = &self.slots[part.slot] else {
-                outputs.push(None);
+                outputs.push(PartOutput { start, last: None });
                 continue;
             };
+            let every = slot.sampling.prompt_logprobs;
             let added = match slot.next {
                 Some(token) => self
                     .batch
@@ -524,7 +545,7 @@ impl<'m> Worker<'_, 'm> {
                     let last = end == slot.prompt.len();
                     (slot.n_past..end)
                         .try_for_each(|at| {
-                            let output = (last && at + 1 == end).into();
+                            let output = (every || (last && at + 1 == end)).into();
                             self.batch
                                 .add(slot.prompt[at], pos(at), &[slot.seq], output)
                         })
@@ -532,7 +553,10 @@ impl<'m> Worker<'_, 'm> {
                 }
             };
             match added {
-                Ok(output) => outputs.push(output.then(|| self.batch.len() - 1)),
+                Ok(output) => outputs.push(PartOutput {
+                    start,
+                    last: output.then(|| self.batch.len() - 1),
+                }),
                 Err(e) => return Err(StepError::Failed(format!("building the batch: {e}"))),
             }
         }
@@ -549,18 +573,50 @@ impl<'m> Worker<'_, 'm> {
     /// After a successful decode: moves each part's sequence on and samples where the
     /// part has an output. A first choice whose prompt is now decoded hands its cells to
     /// the request's other choices, which sample from the same logits.
-    fn advance(&mut self, parts: &[Part], outputs: &[Option<usize>]) {
+    fn advance(&mut self, parts: &[Part], outputs: &[PartOutput]) {
         for (part, output) in parts.iter().zip(outputs) {
             let Some(slot) = self.slots[part.slot].as_mut() else {
                 continue;
             };
-            if slot.next.take().is_none() {
+            let prompt_part = slot.next.take().is_none();
+            if prompt_part {
                 self.load
                     .prompt_tokens
                     .fetch_add(part.len as u64, Ordering::Relaxed);
+                if slot.sampling.prompt_logprobs {
+                    let top = slot.sampling.logprobs.unwrap_or(0);
+                    // The logits at each position give the next prompt token's.
+                    for j in 0..part.len {
+                        let Some(&next) = slot.prompt.get(slot.n_past + j + 1) else {
+                            break;
+                        };
+                        match self.ctx.logits(output.start + j) {
+                            Ok(logits) => {
+                                slot.prompt_logprobs
+                                    .push(logprob(logits, next, top, &self.vocab))
+                            }
+                            Err(e) => log::error!("logits of a prompt row: {e}"),
+                        }
+                    }
+                }
             }
             slot.n_past += part.len;
-            let Some(index) = *output else { continue };
+            let Some(index) = output.last else { continue };
+            if prompt_part && slot.sampling.prompt_logprobs {
+                let entries = std::mem::take(&mut slot.prompt_logprobs);
+                let _ = slot.events.send(Event::PromptLogprobs { entries });
+            }
+            if slot.sampling.max_tokens == 0 {
+                // Only the prompt's log-probabilities were asked for (`echo`).
+                let job = slot.job;
+                for i in 0..self.slots.len() {
+                    if let Some(s) = self.slots[i].as_ref().filter(|s| s.job == job) {
+                        let _ = s.events.send(s.finish(FinishReason::Length));
+                        self.free(i);
+                    }
+                }
+                continue;
+            }
             if slot.embed {
                 let event = match self.ctx.embeddings_seq(slot.seq) {
                     Ok(e) => Event::Embedding(normalised(e)),

@@ -410,6 +410,7 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response
                         penalties: None,
                         seed: None,
                         logprobs: None,
+                        prompt_logprobs: false,
                         stop: Vec::new(),
                         ignore_eos: false,
                     },
@@ -560,6 +561,9 @@ enum Api {
 struct Extras {
     /// Completions' `echo`: the prompt text, put before each choice's text.
     echo: Option<String>,
+    /// With `echo` and `logprobs`: the prompt's first token's text, which opens the
+    /// prompt's log-probabilities (its own is `null`).
+    prompt_first: Option<String>,
     /// `Some(k)`: log-probabilities with the `k` most likely tokens.
     logprobs: Option<usize>,
 }
@@ -575,14 +579,19 @@ async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
                 Some("logprobs"),
             ));
         }
-        if request.echo && request.logprobs.is_some() {
-            return Err(ApiError::invalid(
-                "`echo` with `logprobs` (the prompt's log-probabilities) is not supported",
-                Some("echo"),
-            ));
-        }
         let extras = Extras {
             echo: request.echo.then(|| request.prompt.clone()),
+            // With echo, the prompt's tokens' log-probabilities too, as OpenAI gives them.
+            prompt_first: (request.echo && request.logprobs.is_some()).then(|| {
+                String::from_utf8_lossy(
+                    &ready
+                        .model
+                        .vocab()
+                        .token_to_bytes(prompt[0], RenderSpecial::Yes)
+                        .unwrap_or_default(),
+                )
+                .into_owned()
+            }),
             logprobs: request.logprobs.map(usize::from),
         };
         start(
@@ -639,6 +648,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Re
         let prompt = tokenize(ready.model, &text)?;
         let extras = Extras {
             echo: None,
+            prompt_first: None,
             logprobs,
         };
         start(&state, ready, Api::Chat, prompt, request.common, extras).await
@@ -695,6 +705,9 @@ async fn start(
     };
     let max_tokens = match asked {
         None => room,
+        // Only the echoed prompt (and its log-probabilities): how evaluation harnesses
+        // score a text.
+        Some(0) if extras.echo.is_some() => 0,
         Some(0) => {
             return Err(ApiError::invalid(
                 "max_tokens must be at least 1",
@@ -724,7 +737,8 @@ async fn start(
             Some("n"),
         ));
     }
-    let sampling = sampling(&params, max_tokens, ready.n_ctx_seq, extras.logprobs)?;
+    let mut sampling = sampling(&params, max_tokens, ready.n_ctx_seq, extras.logprobs)?;
+    sampling.prompt_logprobs = extras.prompt_first.is_some();
     let include_usage = params
         .stream_options
         .as_ref()
@@ -755,6 +769,7 @@ async fn start(
         n,
         logprobs: extras.logprobs.is_some(),
         echo: extras.echo,
+        prompt_first: extras.prompt_first,
     };
     if params.stream {
         Ok(Sse::new(sse_stream(meta, rx, include_usage)).into_response())
@@ -871,6 +886,7 @@ fn sampling(
         penalties,
         seed,
         logprobs,
+        prompt_logprobs: false,
         stop,
         ignore_eos: p.ignore_eos,
     })
@@ -888,6 +904,8 @@ struct Meta {
     logprobs: bool,
     /// Completions' `echo`: the prompt text each choice starts with.
     echo: Option<String>,
+    /// See [`Extras::prompt_first`].
+    prompt_first: Option<String>,
 }
 
 impl Meta {
@@ -977,6 +995,32 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// Completions' log-probabilities of the prompt (`echo` with `logprobs`): the first
+    /// token's are `null`, as OpenAI gives them.
+    fn prompt_logprobs_json(&self, entries: &[Logprob]) -> Value {
+        let first = self.prompt_first.clone().unwrap_or_default();
+        let rest = self.logprobs_json(entries, first.chars().count());
+        let mut out = json!({
+            "tokens": [first],
+            "token_logprobs": [null],
+            "top_logprobs": [null],
+            "text_offset": [0],
+        });
+        concat_logprobs(&mut out, &rest);
+        out
+    }
+}
+
+/// Appends completions' log-probabilities `more` to `to`, field by field.
+fn concat_logprobs(to: &mut Value, more: &Value) {
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        if let (Some(a), Some(b)) = (to[key].as_array_mut(), more[key].as_array()) {
+            a.extend(b.iter().cloned());
+        }
+    }
+}
+
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
@@ -993,6 +1037,8 @@ struct ChoiceState {
     /// Characters of the choice's text sent so far (completions' `text_offset`).
     chars: usize,
     logprobs: Vec<Logprob>,
+    /// The prompt's (`echo` with `logprobs`), as completions' JSON.
+    prompt_logprobs: Option<Value>,
     finish_reason: Option<&'static str>,
     completion_tokens: usize,
 }
@@ -1081,6 +1127,17 @@ fn sse_stream(
                         done = true;
                     }
                 }
+                Some(Event::PromptLogprobs { entries }) => {
+                    let logprobs = meta.prompt_logprobs_json(&entries);
+                    for i in 0..choices.len() {
+                        out.push(data(meta.chunk(vec![json!({
+                            "index": i,
+                            "text": "",
+                            "logprobs": logprobs,
+                            "finish_reason": null,
+                        })])));
+                    }
+                }
                 // Only embedding jobs send these.
                 Some(Event::Embedding(_)) => {}
                 Some(Event::Failed(message)) => {
@@ -1131,6 +1188,12 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Json<Va
                     c.completion_tokens = completion_tokens;
                 }
             }
+            Some(Event::PromptLogprobs { entries }) => {
+                let logprobs = meta.prompt_logprobs_json(&entries);
+                for c in &mut choices {
+                    c.prompt_logprobs = Some(logprobs.clone());
+                }
+            }
             Some(Event::Embedding(_)) => {}
             Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
             None => return Err(ApiError::internal("the worker dropped the request")),
@@ -1143,9 +1206,17 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Json<Va
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let logprobs = meta
-                .logprobs
-                .then(|| meta.logprobs_json(&c.logprobs, echo_chars));
+            let logprobs = meta.logprobs.then(|| {
+                let generated = meta.logprobs_json(&c.logprobs, echo_chars);
+                match &c.prompt_logprobs {
+                    Some(prompt) => {
+                        let mut all = prompt.clone();
+                        concat_logprobs(&mut all, &generated);
+                        all
+                    }
+                    None => generated,
+                }
+            });
             match meta.api {
                 Api::Chat => json!({
                     "index": i,

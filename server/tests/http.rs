@@ -1292,7 +1292,6 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("service_tier", json!("flex"), None),
             ("suffix", json!("end"), Some(false)),
             ("best_of", json!(3), Some(false)),
-            ("echo", json!(true), Some(false)), // with logprobs, below
             ("mirostat", json!(2), None),
             ("dry_multiplier", json!(0.8), None),
             ("xtc_probability", json!(0.5), None),
@@ -1316,14 +1315,11 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
                 if only.is_some_and(|o| o != chat) {
                     continue;
                 }
-                let mut body = with(
+                let body = with(
                     if chat { &chat_base } else { &cmpl_base },
                     field,
                     value.clone(),
                 );
-                if field == "echo" {
-                    body["logprobs"] = json!(1);
-                }
                 let (status, answer) = ask(&server, chat, &body).await;
                 assert_eq!(status, 400, "{field}: {value} (chat: {chat}): {answer}");
                 assert_eq!(answer["error"]["param"], field, "{answer}");
@@ -1584,6 +1580,125 @@ async fn echo_puts_the_prompt_before_the_completion() {
             streamed(&chunks, false).0,
             format!("Once upon a time{plain}")
         );
+    })
+    .await;
+}
+
+/// Each prompt token's log-probability given the tokens before it (from the second
+/// token on), computed here with the library.
+fn reference_prompt_logprobs(path: &Path, prompt: &str) -> Vec<f64> {
+    let backend = Backend::init();
+    let model = Model::load(&backend, path, &ModelParams::default()).unwrap();
+    let tokens = model
+        .vocab()
+        .tokenize(prompt, AddSpecial::Yes, ParseSpecial::Yes)
+        .unwrap();
+    let params = ContextParams::default().with_n_ctx(256).with_n_threads(1);
+    let mut ctx = Context::new(&model, &params).unwrap();
+    let mut batch = llama_cpp_moe::Batch::with_capacity(tokens.len());
+    for (i, &t) in tokens.iter().enumerate() {
+        batch
+            .add(
+                t,
+                llama_cpp_moe::Pos(i as i32),
+                &[llama_cpp_moe::SeqId(0)],
+                llama_cpp_moe::Output::Yes,
+            )
+            .unwrap();
+    }
+    ctx.decode(&batch).unwrap();
+    (1..tokens.len())
+        .map(|k| {
+            let logits = ctx.logits(k - 1).unwrap();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let norm = max
+                + logits
+                    .iter()
+                    .map(|&l| (l as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            logits[tokens[k].0 as usize] as f64 - norm
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt() {
+    within_timeout(async {
+        let server = start(&["--parallel", "2", "-c", "512"]).await;
+        let prompt = "The clockwork birds sang at dawn";
+        let score = json!({"prompt": prompt, "echo": true, "logprobs": 2, "max_tokens": 0,
+                           "temperature": 0, "n": 2});
+        let (status, answer) = ask(&server, false, &score).await;
+        assert_eq!(status, 200, "{answer}");
+        let prompt_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(answer["usage"]["completion_tokens"], 0, "{answer}");
+        let reference = reference_prompt_logprobs(&model(), prompt);
+        assert_eq!(reference.len() + 1, prompt_tokens);
+        for choice in answer["choices"].as_array().unwrap() {
+            assert_eq!(choice["text"], prompt, "{answer}");
+            assert_eq!(choice["finish_reason"], "length");
+            let logprobs = &choice["logprobs"];
+            assert_eq!(logprobs["tokens"].as_array().unwrap().len(), prompt_tokens);
+            let values = logprobs["token_logprobs"].as_array().unwrap();
+            assert_eq!(values[0], Value::Null, "{logprobs}");
+            assert_eq!(logprobs["top_logprobs"][0], Value::Null);
+            for (k, v) in values[1..].iter().enumerate() {
+                let v = v.as_f64().unwrap();
+                assert!(v <= 0.0);
+                assert!(
+                    (v - reference[k]).abs() < 1e-3,
+                    "token {k}: {v} vs {}",
+                    reference[k]
+                );
+                let top = logprobs["top_logprobs"][k + 1].as_object().unwrap();
+                let best = top
+                    .values()
+                    .map(|x| x.as_f64().unwrap())
+                    .fold(f64::MIN, f64::max);
+                assert!(best >= v - 1e-6, "the top entries are the most likely");
+            }
+        }
+        // With a completion: the prompt's entries, then the completion's, as without echo.
+        let mut body = score.clone();
+        body["max_tokens"] = json!(3);
+        body["n"] = json!(1);
+        body["ignore_eos"] = json!(true);
+        let (_, echoed) = ask(&server, false, &body).await;
+        body["echo"] = json!(false);
+        let (_, plain) = ask(&server, false, &body).await;
+        let all = echoed["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap();
+        assert_eq!(all.len(), prompt_tokens + 3, "{echoed}");
+        assert_eq!(
+            all[prompt_tokens..],
+            plain["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .unwrap()[..]
+        );
+        assert_eq!(
+            echoed["choices"][0]["text"],
+            format!("{prompt}{}", plain["choices"][0]["text"].as_str().unwrap())
+        );
+        // Streamed, the prompt's entries come in a chunk of their own.
+        let mut streaming = score.clone();
+        streaming["stream"] = json!(true);
+        streaming["n"] = json!(1);
+        let chunks = SseReader::new(server.post("/v1/completions", &streaming).await)
+            .rest()
+            .await;
+        let streamed: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array())
+            .flatten()
+            .collect();
+        assert_eq!(streamed.len(), prompt_tokens, "{chunks:?}");
+        // Without echo, max_tokens must still be at least 1.
+        let mut empty = score.clone();
+        empty["echo"] = json!(false);
+        let (status, _) = ask(&server, false, &empty).await;
+        assert_eq!(status, 400);
     })
     .await;
 }
