@@ -1560,6 +1560,56 @@ async fn n_choices_each_match_a_request_with_their_seed() {
 }
 
 #[tokio::test]
+async fn n_choices_wait_for_free_sequences_and_are_cancelled_together() {
+    within_timeout(async {
+        let server = start(&["--parallel", "3", "-c", "3072"]).await;
+        let mut long = completion("Once upon a time", 1000, true);
+        long["ignore_eos"] = json!(true);
+        // One sequence busy: a request for three choices waits for all three.
+        let mut first = SseReader::new(server.post("/v1/completions", &long).await);
+        first.next().await.expect("a first chunk");
+        let mut three = completion("The clockwork birds", 4, false);
+        three["n"] = json!(3);
+        let waiting = {
+            let http = server.http.clone();
+            let url = server.url("/v1/completions");
+            tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(three.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                response.json_value().await
+            })
+        };
+        server
+            .wait_health("the three-choice request waits", |h| {
+                h["queued"] == 1 && h["active"] == 1
+            })
+            .await;
+        drop(first);
+        let answer = waiting.await.unwrap();
+        assert_eq!(answer["choices"].as_array().unwrap().len(), 3, "{answer}");
+
+        // A client that hangs up stops every choice, counted as one cancelled request.
+        long["n"] = json!(3);
+        let mut all = SseReader::new(server.post("/v1/completions", &long).await);
+        all.next().await.expect("a first chunk");
+        server
+            .wait_health("three choices generating", |h| h["active"] == 3)
+            .await;
+        drop(all);
+        let health = server
+            .wait_health("every sequence freed", |h| h["active"] == 0)
+            .await;
+        assert_eq!(health["cancelled"], 2, "{health}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn echo_puts_the_prompt_before_the_completion() {
     within_timeout(async {
         let server = start(&["--parallel", "1", "-c", "256"]).await;
