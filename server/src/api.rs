@@ -1,10 +1,16 @@
-//! OpenAI's request bodies (the fields this server honours; others are ignored) and its
-//! error object.
+//! OpenAI's request bodies and its error object.
+//!
+//! Every field OpenAI's Chat Completions and Completions APIs define is either honoured
+//! (a field of the structs below) or, when set to anything but its neutral value,
+//! refused with a 400 that names it ([`refuse_unsupported`]); so are llama.cpp's
+//! extensions that change the output and are not implemented here. Fields neither API
+//! nor llama-server knows are ignored, as llama-server does (it copies the body and reads
+//! the fields it knows: `oaicompat_chat_params_parse` in `tools/server`).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Fields common to `/v1/completions` and `/v1/chat/completions`.
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +24,20 @@ pub struct CommonParams {
     /// Not in OpenAI's API; llama.cpp's server and most local servers accept it.
     pub top_k: Option<i32>,
     pub min_p: Option<f32>,
+    /// llama.cpp's locally typical sampling (`typical_p`, 1 = off).
+    pub typical_p: Option<f32>,
+    /// OpenAI's penalties, in [-2, 2] (0 = off).
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// llama.cpp's repetition penalty (1 = off) and its window (-1: the whole sequence).
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<i32>,
+    /// Choices to generate, each its own sequence sharing the prompt's KV cells.
+    pub n: Option<u32>,
+    /// llama.cpp's name for `max_tokens` (it wins when both are set; -1: no limit).
+    pub n_predict: Option<i64>,
+    /// An end-user id: accepted (OpenAI uses it for abuse monitoring; nothing to do here).
+    pub user: Option<String>,
     pub seed: Option<i64>,
     pub stop: Option<Stop>,
     /// Not in OpenAI's API (llama.cpp's server has it): keep generating past
@@ -48,6 +68,12 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: String,
+    /// The prompt's text before the completion in each choice.
+    #[serde(default)]
+    pub echo: bool,
+    /// The log-probabilities of the sampled token and of the `logprobs` most likely ones
+    /// (0 to 5; `null`: none).
+    pub logprobs: Option<u8>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -56,6 +82,11 @@ pub struct CompletionRequest {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessageIn>,
+    /// The log-probability of each sampled token.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`: also the `top_logprobs` most likely tokens at each step (0 to 20).
+    pub top_logprobs: Option<u8>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -118,6 +149,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds for `Retry-After` (503).
     pub retry_after: Option<u32>,
+    /// OpenAI's `code` (`null` unless set).
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -129,6 +162,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -140,6 +174,7 @@ impl ApiError {
             kind: "server_overloaded",
             param: None,
             retry_after: Some(retry_after),
+            code: None,
         }
     }
 
@@ -152,6 +187,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -163,6 +199,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -174,6 +211,19 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model"),
             retry_after: None,
+            code: None,
+        }
+    }
+
+    /// 401: no valid API key (`--api-key`); OpenAI's `invalid_api_key`.
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "invalid or missing API key: send `Authorization: Bearer KEY`".into(),
+            kind: "authentication_error",
+            param: None,
+            retry_after: None,
+            code: Some("invalid_api_key"),
         }
     }
 
@@ -183,7 +233,7 @@ impl ApiError {
             "message": self.message,
             "type": self.kind,
             "param": self.param,
-            "code": null,
+            "code": self.code,
         }})
     }
 }
@@ -191,6 +241,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -204,6 +259,242 @@ impl IntoResponse for ApiError {
 /// what serde found and where.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
+}
+
+/// Which endpoint a body came to: the two APIs define different fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// A field that this server does not implement, and when a value of it is refused (the
+/// neutral values, which change nothing, are accepted).
+struct Unsupported {
+    field: &'static str,
+    /// Only on this endpoint (`None`: both).
+    only: Option<Endpoint>,
+    refused: fn(&Value) -> bool,
+    why: &'static str,
+}
+
+fn set(v: &Value) -> bool {
+    !v.is_null()
+}
+
+fn nonempty(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+fn nonzero(v: &Value) -> bool {
+    v.as_f64().map_or(!v.is_null(), |x| x != 0.0)
+}
+
+fn positive(v: &Value) -> bool {
+    v.as_f64().map_or(!v.is_null(), |x| x > 0.0)
+}
+
+fn not_auto(v: &Value) -> bool {
+    !(v.is_null() || v == "none" || v == "auto")
+}
+
+/// Everything either API defines (and the llama.cpp extensions that change the output)
+/// that this server does not do. See the module's doc for the rule.
+const UNSUPPORTED: &[Unsupported] = &[
+    Unsupported {
+        field: "logit_bias",
+        only: None,
+        refused: nonempty,
+        why: "is not supported yet",
+    },
+    Unsupported {
+        field: "tools",
+        only: None,
+        refused: nonempty,
+        why: "(tool calls) is not supported yet",
+    },
+    Unsupported {
+        field: "tool_choice",
+        only: None,
+        refused: not_auto,
+        why: "other than \"none\" or \"auto\" is not supported (no tools)",
+    },
+    Unsupported {
+        field: "functions",
+        only: None,
+        refused: nonempty,
+        why: "(function calls) is not supported",
+    },
+    Unsupported {
+        field: "function_call",
+        only: None,
+        refused: not_auto,
+        why: "other than \"none\" or \"auto\" is not supported (no functions)",
+    },
+    Unsupported {
+        field: "response_format",
+        only: None,
+        refused: |v| !(v.is_null() || v["type"] == "text"),
+        why: "other than {\"type\": \"text\"} is not supported yet",
+    },
+    Unsupported {
+        field: "audio",
+        only: None,
+        refused: set,
+        why: "(audio output) is not supported",
+    },
+    Unsupported {
+        field: "modalities",
+        only: None,
+        refused: |v| !(v.is_null() || *v == serde_json::json!(["text"])),
+        why: "other than [\"text\"] is not supported",
+    },
+    Unsupported {
+        field: "prediction",
+        only: None,
+        refused: set,
+        why: "(predicted outputs) is not supported",
+    },
+    Unsupported {
+        field: "reasoning_effort",
+        only: None,
+        refused: set,
+        why: "is not supported",
+    },
+    Unsupported {
+        field: "verbosity",
+        only: None,
+        refused: set,
+        why: "is not supported",
+    },
+    Unsupported {
+        field: "web_search_options",
+        only: None,
+        refused: set,
+        why: "(web search) is not supported",
+    },
+    Unsupported {
+        field: "store",
+        only: None,
+        refused: |v| *v == Value::Bool(true),
+        why: "= true is not supported: nothing is stored",
+    },
+    Unsupported {
+        field: "service_tier",
+        only: None,
+        refused: |v| !(v.is_null() || v == "auto" || v == "default"),
+        why: "other than \"auto\" or \"default\" is not supported",
+    },
+    Unsupported {
+        field: "suffix",
+        only: Some(Endpoint::Completions),
+        refused: nonempty,
+        why: "(insertion) is not supported",
+    },
+    Unsupported {
+        field: "best_of",
+        only: Some(Endpoint::Completions),
+        refused: |v| v.as_u64().map_or(!v.is_null(), |n| n > 1),
+        why: "> 1 is not supported",
+    },
+    // llama.cpp's extensions (llama-server's names).
+    Unsupported {
+        field: "mirostat",
+        only: None,
+        refused: nonzero,
+        why: "is not supported yet",
+    },
+    Unsupported {
+        field: "dry_multiplier",
+        only: None,
+        refused: nonzero,
+        why: "(DRY) is not supported yet",
+    },
+    Unsupported {
+        field: "xtc_probability",
+        only: None,
+        refused: nonzero,
+        why: "(XTC) is not supported yet",
+    },
+    Unsupported {
+        field: "top_n_sigma",
+        only: None,
+        refused: positive,
+        why: "is not supported yet",
+    },
+    Unsupported {
+        field: "dynatemp_range",
+        only: None,
+        refused: nonzero,
+        why: "(dynamic temperature) is not supported",
+    },
+    Unsupported {
+        field: "grammar",
+        only: None,
+        refused: nonempty,
+        why: "is not supported yet",
+    },
+    Unsupported {
+        field: "json_schema",
+        only: None,
+        refused: set,
+        why: "is not supported yet",
+    },
+    Unsupported {
+        field: "n_probs",
+        only: None,
+        refused: positive,
+        why: "is not supported: use logprobs",
+    },
+    Unsupported {
+        field: "samplers",
+        only: None,
+        refused: set,
+        why: "(a custom sampler order) is not supported",
+    },
+];
+
+/// A 400 naming the first field of `body` that asks for something this server does not
+/// do; `Ok` when there is none. `body` must be a JSON object.
+pub fn refuse_unsupported(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::invalid(
+            "invalid request body: expected a JSON object",
+            None,
+        ));
+    };
+    for u in UNSUPPORTED {
+        if u.only.is_some_and(|e| e != endpoint) {
+            continue;
+        }
+        if let Some(value) = fields.get(u.field) {
+            if (u.refused)(value) {
+                return Err(ApiError::invalid(
+                    format!("`{}` {}", u.field, u.why),
+                    Some(u.field),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a request body for `endpoint`: a 400 for bad JSON, a field that asks for
+/// something not done here ([`refuse_unsupported`]), or a wrong-typed field.
+pub fn parse_request<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<T, ApiError> {
+    let value: Value = parse_body(body)?;
+    refuse_unsupported(&value, endpoint)?;
+    serde_json::from_value(value)
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
+use llama_cpp_moe::context::PoolingType;
 use llama_cpp_moe::Context;
 use llama_cpp_moe_cli::args::{ContextArgs, ModelArgs, PlacementArgs, LLAMA_SPELLINGS};
 use llama_cpp_moe_cli::model_setup::{
@@ -16,7 +17,7 @@ use llama_cpp_moe_cli::model_setup::{
 use llama_cpp_moe_cli::{self as cli, Spellings};
 
 use crate::engine::{self, run_worker};
-use crate::http::{router, AppState, Ready};
+use crate::http::{cors_layer, router, Access, AppState, Ready};
 use crate::template::ChatTemplate;
 
 /// Serve a (MoE) GGUF model over OpenAI's HTTP API, with simple_moe's model and
@@ -54,6 +55,31 @@ pub struct ServeArgs {
     /// Requests that may wait for a free sequence; beyond that, 503 with Retry-After
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub queue: usize,
+    /// The model's name in /v1/models and in responses (default: the file's stem).
+    /// Requests may name any model: the one model answers, as with llama-server
+    #[arg(short = 'a', long, value_name = "NAME")]
+    pub alias: Option<String>,
+    /// An API key clients must send (`Authorization: Bearer KEY`); repeatable. Without
+    /// any, no authentication. /health stays open
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines are skipped)
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Origins browser apps may call from (CORS), comma-separated or repeated; `*` for
+    /// any. Off by default
+    #[arg(long = "cors-origins", value_name = "ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Compute embeddings (POST /v1/embeddings) instead of completions, as llama-server's
+    /// --embedding
+    #[arg(long, visible_alias = "embeddings")]
+    pub embedding: bool,
+    /// With --embedding: how token embeddings pool into one (default: the model's)
+    #[arg(long, value_name = "TYPE", value_parser = ["mean", "cls", "last"])]
+    pub pooling: Option<String>,
+    /// Serve GET /metrics (Prometheus text format), as llama-server's --metrics
+    #[arg(long)]
+    pub metrics: bool,
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     pub verbose: bool,
@@ -75,6 +101,9 @@ impl ServerArgs {
     /// `-b` tokens, capped at `-c` (`src/llama-context.cpp`: `n_outputs_max` is
     /// `n_batch`; a context of more sequences aborts at creation).
     pub fn check(&self) -> Result<(), String> {
+        if self.server.pooling.is_some() && !self.server.embedding {
+            return Err("--pooling needs --embedding".into());
+        }
         let parallel = self.server.parallel;
         let ContextArgs {
             batch_size,
@@ -120,10 +149,11 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
             "note: synthetic model with random weights: its text is gibberish; the serving is real"
         );
     }
-    let model_id = file
-        .path
-        .file_stem()
-        .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+    let model_id = args.server.alias.clone().unwrap_or_else(|| {
+        file.path
+            .file_stem()
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned())
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,7 +168,7 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("listening on {host_port}: {e}"))?;
     eprintln!("moe_server: listening on http://{addr} (loading the model; /health answers 503 until it is ready)");
 
-    let state = AppState::loading(model_id);
+    let state = AppState::with_access(model_id, access(&args.server)?);
     let (handle, queue) = engine::queue(args.server.queue);
     let worker_state = Arc::clone(&state);
     std::thread::Builder::new()
@@ -149,8 +179,19 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                 &*Box::leak(Box::new(l))
             });
             let result = loaded.and_then(|loaded: &'static Loaded| {
-                let params = context_params(&args.context, &args.placement, args.server.parallel)
-                    .with_kv_unified(args.server.kv_unified);
+                let mut params =
+                    context_params(&args.context, &args.placement, args.server.parallel)
+                        .with_kv_unified(args.server.kv_unified);
+                if args.server.embedding {
+                    params = params.with_embeddings(true).with_pooling(
+                        match args.server.pooling.as_deref() {
+                            Some("mean") => PoolingType::Mean,
+                            Some("cls") => PoolingType::Cls,
+                            Some("last") => PoolingType::Last,
+                            _ => PoolingType::Unspecified,
+                        },
+                    );
+                }
                 let mut ctx = Context::new(&loaded.model, &params)
                     .map_err(|e| format!("creating context: {e}"))?;
                 let report = PlacementReport::collect(&args.placement, &backend, loaded, &ctx)?;
@@ -170,10 +211,25 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
                     Some(_) => {}
                 }
                 let n_ctx_seq = ctx.n_ctx_seq() as usize;
+                let embeddings = if args.server.embedding {
+                    let pooling = ctx.pooling_type();
+                    if matches!(pooling, PoolingType::None | PoolingType::Rank) {
+                        return Err(format!(
+                            "the model pools its embeddings as {pooling:?}: /v1/embeddings \
+                             needs one vector per input (--pooling mean, cls or last)"
+                        ));
+                    }
+                    // A whole input in one micro-batch: llama.cpp pools each on its own.
+                    Some((ctx.n_ubatch() as usize).min(ctx.n_batch() as usize).min(n_ctx_seq))
+                } else {
+                    None
+                };
                 worker_state.set_ready(Ready {
                     model: &loaded.model,
                     engine: handle,
                     n_ctx_seq,
+                    n_seq: ctx.n_seq_max() as usize,
+                    embeddings,
                     chat_template,
                 });
                 let sequences = if args.server.kv_unified {
@@ -200,6 +256,35 @@ pub fn run(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("serving: {e}"))
 }
 
+/// The API keys (from the flags and the keys file) and CORS origins of `args`.
+fn access(args: &ServeArgs) -> Result<Access, String> {
+    let mut api_keys = args.api_keys.clone();
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading --api-key-file {}: {e}", path.display()))?;
+        let before = api_keys.len();
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
+        if api_keys.len() == before {
+            return Err(format!("--api-key-file {} holds no key", path.display()));
+        }
+    }
+    if api_keys.iter().any(String::is_empty) {
+        return Err("--api-key: a key must not be empty".into());
+    }
+    // Bad origins are refused before the model loads.
+    cors_layer(&args.cors_origins)?;
+    Ok(Access {
+        api_keys,
+        cors_origins: args.cors_origins.clone(),
+        metrics: args.metrics,
+    })
+}
+
 async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     // Without TCP_NODELAY, Nagle's algorithm holds each small SSE chunk until the client
     // acknowledges the previous one, and delayed ACKs make that ~40 ms per chunk.
@@ -208,7 +293,8 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::
             log::warn!("TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).map_err(std::io::Error::other)?;
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -10,11 +10,12 @@
 //! decoded again (`Worker::recover`). A worker that dies (a panic) says so in
 //! [`Load::stopped`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 use llama_cpp_moe::context::DecodeError;
+pub use llama_cpp_moe::sampler::Penalties;
 use llama_cpp_moe::{
     Batch, Context, Output, Pos, RenderSpecial, Sampler, SamplerBuilder, SeqId, Token, Utf8Decoder,
     Vocab,
@@ -31,8 +32,18 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     pub top_k: Option<i32>,
     pub min_p: Option<f32>,
-    /// `None`: a random seed.
+    pub typical_p: Option<f32>,
+    /// Repetition penalties (`None`: off); the prompt counts as history, as in
+    /// llama-server.
+    pub penalties: Option<Penalties>,
+    /// `None`: a random seed. Choice `i` of a request uses `seed + i`.
     pub seed: Option<u32>,
+    /// `Some(k)`: report each sampled token's log-probability and the `k` most likely
+    /// tokens' ([`Event::Logprob`]).
+    pub logprobs: Option<usize>,
+    /// With `logprobs`: also the prompt's tokens' (from its second on), given the
+    /// tokens before them ([`Event::PromptLogprobs`]).
+    pub prompt_logprobs: bool,
     /// Texts that end the generation (not included in the output).
     pub stop: Vec<String>,
     /// Go on past end-of-generation tokens (benchmarks).
@@ -58,18 +69,47 @@ impl FinishReason {
     }
 }
 
-/// What the worker tells the request that submitted a job.
+/// A token and its log-probability under the model's raw distribution (the log-softmax
+/// of the logits, before any sampling stage), as llama-server reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenProb {
+    pub token: Token,
+    /// The token's text (special tokens rendered), possibly part of a UTF-8 character.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// A sampled token's log-probability, and the most likely tokens' at that step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprob {
+    pub sampled: TokenProb,
+    /// Most likely first.
+    pub top: Vec<TokenProb>,
+}
+
+/// What the worker tells the request that submitted a job. `choice` is the index of the
+/// choice (0 to `n - 1`) an event is about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Generated text (never empty).
-    Text(String),
-    /// The end, with the real token counts.
+    Text { choice: usize, text: String },
+    /// A sampled token's log-probabilities (with [`Sampling::logprobs`]); it comes before
+    /// the text that holds the token.
+    Logprob { choice: usize, logprob: Logprob },
+    /// The end of a choice, with the real token counts.
     Done {
+        choice: usize,
         finish_reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
     },
-    /// The generation failed; nothing more follows.
+    /// The prompt's tokens' log-probabilities, from the second token on (with
+    /// [`Sampling::prompt_logprobs`]), once the prompt is decoded; for the first choice
+    /// only (the others share its prompt).
+    PromptLogprobs { entries: Vec<Logprob> },
+    /// An embedding job's pooled embedding, L2-normalised (the job's one event).
+    Embedding(Vec<f32>),
+    /// The generation failed (every choice of it); nothing more follows.
     Failed(String),
 }
 
@@ -78,6 +118,12 @@ pub struct Job {
     /// The tokenized prompt (never empty; checked to fit the sequence's context).
     pub prompt: Vec<Token>,
     pub sampling: Sampling,
+    /// Choices to generate (1 to the number of sequences): each in its own sequence,
+    /// which starts as a copy of the first one's prompt cells.
+    pub n: usize,
+    /// Compute the prompt's pooled embedding instead of generating (a context made with
+    /// embeddings on; the prompt must fit one micro-batch).
+    pub embed: bool,
     /// Where the events go; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -91,6 +137,16 @@ pub struct Load {
     pub queued: AtomicUsize,
     /// Jobs stopped because their client went away.
     pub cancelled: AtomicUsize,
+    /// Jobs started (taken into sequences), since the start.
+    pub started: AtomicU64,
+    /// Jobs turned away because the queue was full.
+    pub rejected: AtomicU64,
+    /// Prompt tokens decoded (once per request, whatever its `n`).
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated, all choices together.
+    pub generated_tokens: AtomicU64,
+    /// Successful `llama_decode` calls.
+    pub decodes: AtomicU64,
     /// Set when the worker has ended, by returning or by a panic: nothing is decoded any
     /// more (`/health` answers 503).
     pub stopped: AtomicBool,
@@ -121,7 +177,10 @@ impl EngineHandle {
             Err(err) => {
                 self.load.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(match err {
-                    TrySendError::Full(_) => SubmitError::QueueFull,
+                    TrySendError::Full(_) => {
+                        self.load.rejected.fetch_add(1, Ordering::Relaxed);
+                        SubmitError::QueueFull
+                    }
                     TrySendError::Disconnected(_) => SubmitError::Stopped,
                 })
             }
@@ -158,9 +217,22 @@ pub fn queue(capacity: usize) -> (EngineHandle, JobQueue) {
     )
 }
 
-/// One active request: its sequence, sampler and progress.
+/// One active choice of a request: its sequence, sampler and progress.
 struct Slot<'m> {
     seq: SeqId,
+    /// The request it belongs to (its choices share this id).
+    job: u64,
+    /// Which choice of the request.
+    choice: usize,
+    /// Set while this choice waits for the slot at that index (its request's first choice)
+    /// to decode the prompt, whose cells it then copies.
+    waits_for: Option<usize>,
+    /// For a request's first choice: the slots of the other choices.
+    followers: Vec<usize>,
+    /// An embedding job: its prompt is decoded whole, in one micro-batch.
+    embed: bool,
+    /// The prompt's log-probabilities so far (with [`Sampling::prompt_logprobs`]).
+    prompt_logprobs: Vec<Logprob>,
     prompt: Vec<Token>,
     /// Tokens of this sequence already in the KV cache.
     n_past: usize,
@@ -180,6 +252,7 @@ struct Slot<'m> {
 impl Slot<'_> {
     fn finish(&self, reason: FinishReason) -> Event {
         Event::Done {
+            choice: self.choice,
             finish_reason: reason,
             prompt_tokens: self.prompt.len(),
             completion_tokens: self.generated,
@@ -195,6 +268,15 @@ struct Part {
     slot: usize,
     /// Tokens from the slot's `n_past` on.
     len: usize,
+}
+
+/// Where a part's tokens went in the batch.
+#[derive(Debug, Clone, Copy)]
+struct PartOutput {
+    /// The batch index of the part's first token.
+    start: usize,
+    /// The batch index of its output for sampling, if it has one.
+    last: Option<usize>,
 }
 
 /// Why a step's decode failed.
@@ -228,6 +310,7 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
         slots: (0..n_seq).map(|_| None).collect(),
         batch: Batch::with_capacity(n_batch),
         n_batch,
+        n_ubatch: ctx.n_ubatch() as usize,
         n_ctx_seq: ctx.n_ctx_seq() as usize,
         load: &queue.load,
         vocab,
@@ -237,68 +320,80 @@ pub fn run_worker(ctx: &mut Context<'_>, queue: JobQueue) {
     // clients of the requests it held see their streams end.
     let _stopped = StoppedOnDrop(&queue.load);
     let mut disconnected = false;
+    // A request taken from the queue that waits for enough free sequences (one per
+    // choice); requests behind it wait too, in order.
+    let mut pending: Option<Job> = None;
+    let mut next_job = 0u64;
 
     loop {
         // Admit waiting jobs into free sequences; block only when nothing is running.
-        while let Some(free) = worker.slots.iter().position(Option::is_none) {
-            let job = if worker.slots.iter().all(Option::is_none) && !disconnected {
-                match queue.jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => {
-                        disconnected = true;
-                        break;
+        loop {
+            let free: Vec<usize> = (0..worker.slots.len())
+                .filter(|&i| worker.slots[i].is_none())
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            let job = match pending.take() {
+                Some(job) => job,
+                None if worker.slots.iter().all(Option::is_none) && !disconnected => {
+                    match queue.jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            disconnected = true;
+                            break;
+                        }
                     }
                 }
-            } else {
-                match queue.jobs.try_recv() {
+                None => match queue.jobs.try_recv() {
                     Ok(job) => job,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         disconnected = true;
                         break;
                     }
-                }
+                },
             };
-            queue.load.queued.fetch_sub(1, Ordering::SeqCst);
             if job.events.is_closed() {
+                queue.load.queued.fetch_sub(1, Ordering::SeqCst);
                 queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
-            let sampler = match sampler(&worker.vocab, &job.sampling) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = job.events.send(Event::Failed(e));
+            let n = job.n.max(1);
+            if n > free.len() {
+                if n > worker.slots.len() {
+                    queue.load.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job.events.send(Event::Failed(format!(
+                        "n = {n} choices need {n} sequences; there are {}",
+                        worker.slots.len()
+                    )));
                     continue;
                 }
-            };
-            queue.load.active.fetch_add(1, Ordering::SeqCst);
-            worker.slots[free] = Some(Slot {
-                seq: SeqId(free as i32),
-                prompt: job.prompt,
-                n_past: 0,
-                next: None,
-                sampler,
-                sampling: job.sampling,
-                events: job.events,
-                decoder: Utf8Decoder::new(),
-                held: String::new(),
-                generated: 0,
-            });
+                pending = Some(job);
+                break;
+            }
+            queue.load.queued.fetch_sub(1, Ordering::SeqCst);
+            queue.load.started.fetch_add(1, Ordering::Relaxed);
+            next_job += 1;
+            if let Err(e) = worker.admit(job, &free[..n], next_job) {
+                log::warn!("request not started: {e}");
+            }
         }
         if worker.slots.iter().all(Option::is_none) {
-            if disconnected {
+            if disconnected && pending.is_none() {
                 return;
             }
             continue;
         }
 
         // Clients that went away: stop and free their sequences.
+        let mut gone = Vec::new();
         for i in 0..worker.slots.len() {
-            if worker.slots[i]
-                .as_ref()
-                .is_some_and(|s| s.events.is_closed())
-            {
-                queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
+            if let Some(s) = worker.slots[i].as_ref().filter(|s| s.events.is_closed()) {
+                if !gone.contains(&s.job) {
+                    gone.push(s.job);
+                    queue.load.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
                 worker.free(i);
             }
         }
@@ -318,15 +413,76 @@ struct Worker<'c, 'm> {
     slots: Vec<Option<Slot<'m>>>,
     batch: Batch,
     n_batch: usize,
+    n_ubatch: usize,
     n_ctx_seq: usize,
     load: &'c Load,
 }
 
-impl Worker<'_, '_> {
+impl<'m> Worker<'_, 'm> {
+    /// Puts the `job.n` choices of `job` into the free slots `free`: the first decodes the
+    /// prompt, the others wait to copy its cells. Fails the job (and says so to its
+    /// client) if a sampler cannot be built.
+    fn admit(&mut self, job: Job, free: &[usize], id: u64) -> Result<(), String> {
+        let mut samplers = Vec::with_capacity(free.len());
+        for choice in 0..free.len() {
+            let mut sampling = job.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| choice_seed(s, choice));
+            let built = sampler(&self.vocab, &sampling).and_then(|mut s| {
+                // The penalties look back at the prompt too, as in llama-server.
+                if let Some(p) = &sampling.penalties {
+                    let from = job.prompt.len().saturating_sub(p.last_n as usize);
+                    for &t in &job.prompt[from..] {
+                        s.accept(t).map_err(|e| format!("sampler: {e}"))?;
+                    }
+                }
+                Ok(s)
+            });
+            match built {
+                Ok(s) => samplers.push((s, sampling)),
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.clone()));
+                    return Err(e);
+                }
+            }
+        }
+        let leader = free[0];
+        for (choice, ((sampler, sampling), &slot)) in samplers.into_iter().zip(free).enumerate() {
+            self.load.active.fetch_add(1, Ordering::SeqCst);
+            self.slots[slot] = Some(Slot {
+                seq: SeqId(slot as i32),
+                job: id,
+                choice,
+                waits_for: (choice > 0).then_some(leader),
+                followers: if choice == 0 {
+                    free[1..].to_vec()
+                } else {
+                    Vec::new()
+                },
+                embed: job.embed,
+                prompt_logprobs: Vec::new(),
+                prompt: job.prompt.clone(),
+                n_past: 0,
+                next: None,
+                sampler,
+                sampling,
+                events: job.events.clone(),
+                decoder: Utf8Decoder::new(),
+                held: String::new(),
+                generated: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// The next step: every generating sequence's next token first, then prompt chunks
     /// in the room left, so a long prompt does not stall the others' decoding. At most
     /// `n_batch` tokens: a generating sequence beyond that waits for the next step (the
     /// server refuses `--parallel` above the batch size at start-up, so none does).
+    ///
+    /// An embedding job's prompt goes whole into a batch of at most one micro-batch, and
+    /// alone: llama.cpp pools each micro-batch on its own, and with one cache per
+    /// sequence it splits a batch of several sequences into micro-batches of as many
+    /// tokens of each (`split_equal`), which would cut the longer inputs.
     fn plan(&self) -> Vec<Part> {
         let mut parts = Vec::new();
         let mut room = self.n_batch;
@@ -338,10 +494,20 @@ impl Worker<'_, '_> {
         }
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
-            if room == 0 || slot.next.is_some() || slot.n_past >= slot.prompt.len() {
+            if room == 0
+                || slot.next.is_some()
+                || slot.waits_for.is_some()
+                || slot.n_past >= slot.prompt.len()
+            {
                 continue;
             }
-            let len = room.min(slot.prompt.len() - slot.n_past);
+            let mut len = room.min(slot.prompt.len() - slot.n_past);
+            if slot.embed {
+                len = slot.prompt.len();
+                if !parts.is_empty() || len > self.n_batch.min(self.n_ubatch) {
+                    continue;
+                }
+            }
             parts.push(Part { slot: i, len });
             room -= len;
         }
@@ -359,14 +525,16 @@ impl Worker<'_, '_> {
 
     /// Decodes `parts` in one batch; the batch index of each part's output, if it has
     /// one.
-    fn decode(&mut self, parts: &[Part]) -> Result<Vec<Option<usize>>, StepError> {
+    fn decode(&mut self, parts: &[Part]) -> Result<Vec<PartOutput>, StepError> {
         self.batch.clear();
         let mut outputs = Vec::with_capacity(parts.len());
         for part in parts {
+            let start = self.batch.len();
             let Some(slot) = &self.slots[part.slot] else {
-                outputs.push(None);
+                outputs.push(PartOutput { start, last: None });
                 continue;
             };
+            let every = slot.sampling.prompt_logprobs;
             let added = match slot.next {
                 Some(token) => self
                     .batch
@@ -377,7 +545,7 @@ impl Worker<'_, '_> {
                     let last = end == slot.prompt.len();
                     (slot.n_past..end)
                         .try_for_each(|at| {
-                            let output = (last && at + 1 == end).into();
+                            let output = (every || (last && at + 1 == end)).into();
                             self.batch
                                 .add(slot.prompt[at], pos(at), &[slot.seq], output)
                         })
@@ -385,38 +553,137 @@ impl Worker<'_, '_> {
                 }
             };
             match added {
-                Ok(output) => outputs.push(output.then(|| self.batch.len() - 1)),
+                Ok(output) => outputs.push(PartOutput {
+                    start,
+                    last: output.then(|| self.batch.len() - 1),
+                }),
                 Err(e) => return Err(StepError::Failed(format!("building the batch: {e}"))),
             }
         }
         match self.ctx.decode(&self.batch) {
-            Ok(()) => Ok(outputs),
+            Ok(()) => {
+                self.load.decodes.fetch_add(1, Ordering::Relaxed);
+                Ok(outputs)
+            }
             Err(DecodeError::NoKvSlot) => Err(StepError::Full),
             Err(e) => Err(StepError::Failed(e.to_string())),
         }
     }
 
     /// After a successful decode: moves each part's sequence on and samples where the
-    /// part has an output.
-    fn advance(&mut self, parts: &[Part], outputs: &[Option<usize>]) {
+    /// part has an output. A first choice whose prompt is now decoded hands its cells to
+    /// the request's other choices, which sample from the same logits.
+    fn advance(&mut self, parts: &[Part], outputs: &[PartOutput]) {
         for (part, output) in parts.iter().zip(outputs) {
             let Some(slot) = self.slots[part.slot].as_mut() else {
                 continue;
             };
-            slot.next = None;
-            slot.n_past += part.len;
-            let Some(index) = *output else { continue };
-            let ended = match slot.sampler.sample(self.ctx, index) {
-                Err(e) => {
-                    let _ = slot.events.send(Event::Failed(format!("sampling: {e}")));
-                    true
+            let prompt_part = slot.next.take().is_none();
+            if prompt_part {
+                self.load
+                    .prompt_tokens
+                    .fetch_add(part.len as u64, Ordering::Relaxed);
+                if slot.sampling.prompt_logprobs {
+                    let top = slot.sampling.logprobs.unwrap_or(0);
+                    // The logits at each position give the next prompt token's.
+                    for j in 0..part.len {
+                        let Some(&next) = slot.prompt.get(slot.n_past + j + 1) else {
+                            break;
+                        };
+                        match self.ctx.logits(output.start + j) {
+                            Ok(logits) => {
+                                slot.prompt_logprobs
+                                    .push(logprob(logits, next, top, &self.vocab))
+                            }
+                            Err(e) => log::error!("logits of a prompt row: {e}"),
+                        }
+                    }
                 }
-                Ok(token) => take(slot, token, &self.vocab, self.n_ctx_seq),
-            };
-            if ended {
+            }
+            slot.n_past += part.len;
+            let Some(index) = output.last else { continue };
+            if prompt_part && slot.sampling.prompt_logprobs {
+                let entries = std::mem::take(&mut slot.prompt_logprobs);
+                let _ = slot.events.send(Event::PromptLogprobs { entries });
+            }
+            if slot.sampling.max_tokens == 0 {
+                // Only the prompt's log-probabilities were asked for (`echo`).
+                let job = slot.job;
+                for i in 0..self.slots.len() {
+                    if let Some(s) = self.slots[i].as_ref().filter(|s| s.job == job) {
+                        let _ = s.events.send(s.finish(FinishReason::Length));
+                        self.free(i);
+                    }
+                }
+                continue;
+            }
+            if slot.embed {
+                let event = match self.ctx.embeddings_seq(slot.seq) {
+                    Ok(e) => Event::Embedding(normalised(e)),
+                    Err(e) => Event::Failed(format!("reading the embedding: {e}")),
+                };
+                let _ = slot.events.send(event);
                 self.free(part.slot);
+                continue;
+            }
+            let (seq, n_past) = (slot.seq, slot.n_past);
+            let followers = std::mem::take(&mut slot.followers);
+            let mut to_sample = vec![part.slot];
+            for f in followers {
+                let Some(follower) = self.slots[f].as_mut() else {
+                    continue;
+                };
+                follower.waits_for = None;
+                follower.n_past = n_past;
+                let dst = follower.seq;
+                // The whole sequence: with one cache per sequence llama.cpp copies only
+                // whole streams.
+                if let Err(e) = self.ctx.seq_cp(seq, dst, ..) {
+                    self.fail(part.slot, format!("copying the prompt's cells: {e}"));
+                    break;
+                }
+                to_sample.push(f);
+            }
+            for i in to_sample {
+                if self.slots[i].is_some() && self.sample(i, index) {
+                    self.free(i);
+                }
             }
         }
+    }
+
+    /// Samples the token of the choice in `slot` from the logits at batch index `index`,
+    /// reports it; true when the choice has ended.
+    fn sample(&mut self, slot: usize, index: usize) -> bool {
+        let Some(s) = self.slots[slot].as_mut() else {
+            return true;
+        };
+        let token = match s.sampler.sample(self.ctx, index) {
+            Ok(token) => token,
+            Err(e) => {
+                let _ = s.events.send(Event::Failed(format!("sampling: {e}")));
+                return true;
+            }
+        };
+        let ends_here = self.vocab.is_eog(token) && !s.sampling.ignore_eos;
+        if let (Some(top), false) = (s.sampling.logprobs, ends_here) {
+            match self.ctx.logits(index) {
+                Ok(logits) => {
+                    let logprob = logprob(logits, token, top, &self.vocab);
+                    let _ = s.events.send(Event::Logprob {
+                        choice: s.choice,
+                        logprob,
+                    });
+                }
+                Err(e) => log::error!("logits of a sampled row: {e}"),
+            }
+        }
+        let before = s.generated;
+        let ended = take(s, token, &self.vocab, self.n_ctx_seq);
+        self.load
+            .generated_tokens
+            .fetch_add((s.generated - before) as u64, Ordering::Relaxed);
+        ended
     }
 
     /// A failed decode of `parts`: fails the request(s) that caused it and decodes the
@@ -476,12 +743,16 @@ impl Worker<'_, '_> {
         }
     }
 
-    /// Ends the request in `slot` with an error.
+    /// Ends the request in `slot` with an error, and all its other choices.
     fn fail(&mut self, slot: usize, message: String) {
-        if let Some(s) = &self.slots[slot] {
-            let _ = s.events.send(Event::Failed(message));
+        let Some(s) = &self.slots[slot] else { return };
+        let _ = s.events.send(Event::Failed(message));
+        let job = s.job;
+        for i in 0..self.slots.len() {
+            if self.slots[i].as_ref().is_some_and(|s| s.job == job) {
+                self.free(i);
+            }
         }
-        self.free(slot);
     }
 
     /// Ends the request in `slot`: removes its sequence's KV cells and marks it free.
@@ -544,8 +815,79 @@ fn take(slot: &mut Slot<'_>, token: Token, vocab: &Vocab<'_>, n_ctx_seq: usize) 
 
 fn send_text(slot: &Slot<'_>, text: String) {
     if !text.is_empty() {
-        let _ = slot.events.send(Event::Text(text));
+        let _ = slot.events.send(Event::Text {
+            choice: slot.choice,
+            text,
+        });
     }
+}
+
+/// `v` scaled to length 1 (as llama-server's OpenAI endpoint returns embeddings); a zero
+/// vector stays zero.
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+    v.iter().map(|&x| x * scale).collect()
+}
+
+/// The seed of choice `choice` of a request seeded with `seed`: each choice its own
+/// draw, never `u32::MAX` (which asks llama.cpp for a random seed).
+fn choice_seed(seed: u32, choice: usize) -> u32 {
+    let s = seed.wrapping_add(choice as u32);
+    if s == u32::MAX {
+        0
+    } else {
+        s
+    }
+}
+
+/// The log-probability of `token` and of the `top` most likely tokens under `logits`
+/// (the log-softmax, computed in f64 so that a 150k-token vocabulary sums exactly
+/// enough).
+pub fn logprob(logits: &[f32], token: Token, top: usize, vocab: &Vocab<'_>) -> Logprob {
+    let (best, ranked) = log_softmax_top(logits, top);
+    let prob = |id: usize, logprob: f32| TokenProb {
+        token: Token(id as i32),
+        bytes: vocab
+            .token_to_bytes(Token(id as i32), RenderSpecial::Yes)
+            .unwrap_or_default(),
+        logprob,
+    };
+    let at = usize::try_from(token.0).unwrap_or(0).min(logits.len() - 1);
+    Logprob {
+        sampled: prob(at, (f64::from(logits[at]) - best) as f32),
+        top: ranked.into_iter().map(|(id, lp)| prob(id, lp)).collect(),
+    }
+}
+
+/// The log-normaliser of `logits` (so that a token's log-probability is its logit minus
+/// it) and the `top` most likely tokens with their log-probabilities, most likely first
+/// (ties: the lower id first).
+pub fn log_softmax_top(logits: &[f32], top: usize) -> (f64, Vec<(usize, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = f64::from(max);
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    let norm = max + sum.ln();
+    let mut ranked: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (id, &l) in logits.iter().enumerate() {
+            if ranked.len() == top && ranked.last().is_some_and(|&(_, worst)| l <= worst) {
+                continue;
+            }
+            let at = ranked.partition_point(|&(_, x)| x >= l);
+            ranked.insert(at, (id, l));
+            ranked.truncate(top);
+        }
+    }
+    let ranked = ranked
+        .into_iter()
+        .map(|(id, l)| (id, (f64::from(l) - norm) as f32))
+        .collect();
+    (norm, ranked)
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of a stop text: those
@@ -566,15 +908,21 @@ fn pos(i: usize) -> Pos {
     Pos(i32::try_from(i).unwrap_or(i32::MAX))
 }
 
+/// The chain of `s`, in llama-server's default order (penalties, top-k, typical, top-p,
+/// min-p, temperature); greedy at temperature 0, after the penalties.
 fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
-    if s.temperature <= 0.0 {
-        return SamplerBuilder::new()
-            .greedy(vocab)
-            .map_err(|e| format!("sampler: {e}"));
-    }
     let mut b = SamplerBuilder::new();
+    if let Some(p) = s.penalties {
+        b = b.with_penalties(p);
+    }
+    if s.temperature <= 0.0 {
+        return b.greedy(vocab).map_err(|e| format!("sampler: {e}"));
+    }
     if let Some(k) = s.top_k.filter(|&k| k > 0) {
         b = b.with_top_k(k);
+    }
+    if let Some(p) = s.typical_p.filter(|&p| p < 1.0) {
+        b = b.with_typical(p, 1);
     }
     if let Some(p) = s.top_p {
         b = b.with_top_p(p, 1);
@@ -589,7 +937,25 @@ fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::held_back;
+    use super::{held_back, log_softmax_top};
+
+    #[test]
+    fn log_softmax_ranks_and_normalises() {
+        let logits = [1.0f32, 3.0, 3.0, -2.0, 0.5];
+        let (norm, top) = log_softmax_top(&logits, 3);
+        let total: f64 = logits.iter().map(|&l| (f64::from(l) - norm).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12, "{total}");
+        // Most likely first; equal logits in id order.
+        assert_eq!(
+            top.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
+            vec![1, 2, 0]
+        );
+        assert!(top.iter().all(|&(_, lp)| lp <= 0.0));
+        assert_eq!(top[0].1, top[1].1);
+        assert!(((f64::from(top[2].1)) - (1.0 - norm)).abs() < 1e-6);
+        assert!(log_softmax_top(&logits, 0).1.is_empty());
+        assert_eq!(log_softmax_top(&logits, 10).1.len(), logits.len());
+    }
 
     #[test]
     fn text_that_may_start_a_stop_text_is_held_back() {

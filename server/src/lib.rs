@@ -4,7 +4,13 @@
 //!   `POST /v1/completions`, streamed with Server-Sent Events or answered whole, with the
 //!   real token counts in `usage`;
 //! - `GET /v1/models`, and `GET /health`, which says `ok` only once the model is loaded
-//!   and while the decoding worker runs (503 before, and after it died).
+//!   and while the decoding worker runs (503 before, and after it died);
+//! - `POST /v1/embeddings` (`--embedding`), `GET /metrics` (`--metrics`), and
+//!   llama-server's `POST /tokenize` and `POST /detokenize`.
+//!
+//! Every request field OpenAI's two APIs define is honoured or refused with a 400 naming
+//! it ([`api`]); `n` choices share the prompt's KV cells ([`engine`]). With `--api-key`
+//! every endpoint but `/health` needs a key; CORS is off unless `--cors-origins`.
 //!
 //! Concurrency: one worker thread owns the llama.cpp context and decodes up to
 //! `--parallel` requests together, one sequence each, in one batch per step

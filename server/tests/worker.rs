@@ -72,11 +72,13 @@ async fn health_answers_503_once_the_worker_has_died() {
         model,
         engine: handle,
         n_ctx_seq: ready_rx.recv().unwrap(),
+        n_seq: 2,
+        embeddings: None,
         chat_template: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(async move { axum::serve(listener, router(state).unwrap()).await });
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
