@@ -41,6 +41,7 @@ pub fn remove_scratch_file(target: &str) {
     let name = match target {
         "gguf_open" => "reader.gguf",
         "model_load" => "model.gguf",
+        "state_load" => "state",
         _ => return,
     };
     let _ = std::fs::remove_file(scratch_file(name));
@@ -624,4 +625,169 @@ impl Mutator {
         }
         out
     }
+}
+
+/// One context per model of [`context_models`] for the `state_load` target: 64 cells,
+/// two sequences, one thread. Each input restores into one of them, which is then
+/// cleared.
+fn state_contexts() -> &'static [std::sync::Mutex<Context<'static>>] {
+    static CONTEXTS: OnceLock<Vec<std::sync::Mutex<Context<'static>>>> = OnceLock::new();
+    CONTEXTS.get_or_init(|| {
+        context_models()
+            .iter()
+            .map(|model| {
+                let ctx = Context::new(model, &state_params()).expect("state fuzz context");
+                std::sync::Mutex::new(ctx)
+            })
+            .collect()
+    })
+}
+
+fn state_params() -> ContextParams {
+    ContextParams::default()
+        .with_n_ctx(64)
+        .with_n_batch(32)
+        .with_n_ubatch(32)
+        .with_n_seq_max(2)
+        .with_n_threads(1)
+        .with_n_threads_batch(1)
+}
+
+/// What a `state_load` input restores: its first three bytes choose the entry point
+/// (`mode`), the model (modulo the number of models) and the destination sequence (0,
+/// 1, or 2, which is out of range); the rest is the state or the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMode {
+    /// `Context::state_load`.
+    Context,
+    /// `Context::seq_state_load`, scope `All`.
+    Sequence,
+    /// `Context::seq_state_load`, scope `PartialOnly`.
+    SequencePartial,
+    /// `Context::state_load_file`.
+    ContextFile,
+    /// `Context::seq_state_load_file`.
+    SequenceFile,
+}
+
+impl StateMode {
+    /// Every mode, in the order of its byte value (modulo the count).
+    pub const ALL: [StateMode; 5] = [
+        StateMode::Context,
+        StateMode::Sequence,
+        StateMode::SequencePartial,
+        StateMode::ContextFile,
+        StateMode::SequenceFile,
+    ];
+}
+
+/// `Context::state_load` and friends on arbitrary bytes: a typed error or a restore,
+/// after which the context still decodes. A file's tokens fit in the file.
+pub fn check_state_load(data: &[u8]) {
+    use llama_cpp_moe::context::{ClearData, SeqStateScope};
+    let [mode, model, dest, payload @ ..] = data else {
+        return;
+    };
+    let mode = StateMode::ALL[*mode as usize % StateMode::ALL.len()];
+    let contexts = state_contexts();
+    let mut ctx = contexts[*model as usize % contexts.len()]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dest = SeqId(i32::from(*dest % 3));
+    let path = scratch_file("state");
+    let result = match mode {
+        StateMode::Context => ctx.state_load(payload).map(|()| None),
+        StateMode::Sequence => ctx
+            .seq_state_load(payload, dest, SeqStateScope::All)
+            .map(|()| None),
+        StateMode::SequencePartial => ctx
+            .seq_state_load(payload, dest, SeqStateScope::PartialOnly)
+            .map(|()| None),
+        StateMode::ContextFile => {
+            std::fs::write(&path, payload).expect("write scratch file");
+            ctx.state_load_file(&path).map(Some)
+        }
+        StateMode::SequenceFile => {
+            std::fs::write(&path, payload).expect("write scratch file");
+            ctx.seq_state_load_file(&path, dest).map(Some)
+        }
+    };
+    match result {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(Some(tokens)) => assert!(tokens.len() * 4 <= payload.len()),
+        Ok(None) => {}
+    }
+    // Whatever the memory holds now, the context decodes on after it (or refuses the
+    // batch with a typed error).
+    for seq in [SeqId(0), SeqId(1)] {
+        let next = match ctx.seq_pos_max(seq) {
+            Ok(Some(p)) if p.0 < i32::MAX - 1 => p + 1,
+            Ok(Some(_)) => continue,
+            _ => Pos(0),
+        };
+        let batch = Batch::from_tokens(&[Token(1)], next, seq).expect("valid batch");
+        if ctx.decode(&batch).is_ok() {
+            read_outputs(&ctx);
+        }
+    }
+    ctx.clear_memory(ClearData::Keep).expect("the contexts have memory");
+}
+
+/// The `state_load` seeds: for each model, the states of a context that decoded a few
+/// tokens in each sequence, in every mode, as `(name, input)`.
+pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
+    use llama_cpp_moe::context::SeqStateScope;
+    let mut seeds = Vec::new();
+    let path = scratch_file("state-seed");
+    for (m, model) in context_models().iter().enumerate() {
+        let mut ctx = Context::new(model, &state_params()).expect("context");
+        let tokens = [Token(1), Token(2), Token(3), Token(4), Token(5)];
+        for (seq, n) in [(SeqId(0), 5), (SeqId(1), 3)] {
+            let batch = Batch::from_tokens(&tokens[..n], Pos(0), seq).expect("batch");
+            ctx.decode(&batch).expect("decode");
+        }
+        let whole = ctx.state_save().expect("state");
+        let seq = ctx
+            .seq_state_save(SeqId(0), SeqStateScope::All)
+            .expect("sequence state");
+        let partial = ctx
+            .seq_state_save(SeqId(1), SeqStateScope::PartialOnly)
+            .expect("partial sequence state");
+        ctx.state_save_file(&path, &tokens).expect("state file");
+        let whole_file = std::fs::read(&path).expect("read state file");
+        ctx.seq_state_save_file(&path, SeqId(1), &tokens[..3])
+            .expect("sequence state file");
+        let seq_file = std::fs::read(&path).expect("read sequence state file");
+        // Each seed restores into a fresh context, or the target would only ever
+        // explore rejections.
+        let mut fresh = Context::new(model, &state_params()).expect("context");
+        fresh.state_load(&whole).expect("state seed restores");
+        fresh
+            .seq_state_load(&seq, SeqId(1), SeqStateScope::All)
+            .expect("sequence seed restores");
+        fresh
+            .seq_state_load(&partial, SeqId(0), SeqStateScope::PartialOnly)
+            .expect("partial sequence seed restores");
+        std::fs::write(&path, &whole_file).expect("write state file");
+        fresh.state_load_file(&path).expect("state file seed restores");
+        std::fs::write(&path, &seq_file).expect("write sequence state file");
+        fresh
+            .seq_state_load_file(&path, SeqId(0))
+            .expect("sequence state file seed restores");
+        let _ = std::fs::remove_file(&path);
+        let m = m as u8;
+        for (mode, dest, payload) in [
+            (StateMode::Context, 0, whole),
+            (StateMode::Sequence, 1, seq),
+            (StateMode::SequencePartial, 0, partial),
+            (StateMode::ContextFile, 0, whole_file),
+            (StateMode::SequenceFile, 0, seq_file),
+        ] {
+            let byte = StateMode::ALL.iter().position(|&x| x == mode).expect("mode") as u8;
+            let mut input = vec![byte, m, dest];
+            input.extend(payload);
+            seeds.push((format!("model{m}-{mode:?}").to_lowercase(), input));
+        }
+    }
+    seeds
 }

@@ -131,6 +131,27 @@ fn context_params_corpus() {
     );
 }
 
+#[test]
+fn state_load_corpus() {
+    replay("state_load", llama_cpp_moe_fuzz::check_state_load);
+    // A restore plus two one-token decodes on a tiny model: about a millisecond.
+    short_run(
+        "state_load",
+        llama_cpp_moe_fuzz::check_state_load,
+        short_runs() / 10,
+    );
+}
+
+/// Freshly made state seeds restore (`state_seeds` checks each), and the committed ones
+/// are all there (their bytes depend on the CPU's float kernels, so only names compare).
+#[test]
+fn state_load_seeds_restore() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/state_load");
+    for (name, _) in llama_cpp_moe_fuzz::state_seeds() {
+        assert!(root.join(&name).is_file(), "{name}: run make_seeds");
+    }
+}
+
 /// The load seeds must load, or the load target would only ever explore rejections.
 #[test]
 fn model_load_seeds_are_loadable_models() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::backend::{NoCpuDevice, UnknownBufferType};
 use crate::batch::BatchError;
-use crate::context::{ContextError, DecodeError, MemoryError, OutputError};
+use crate::context::{ContextError, DecodeError, MemoryError, OutputError, StateError};
 use crate::generate::GenerateError;
 use crate::model::{DryRunError, LoadError, ParamsError};
 #[cfg(feature = "rpc")]
@@ -70,6 +70,9 @@ pub enum Error {
     /// A KV-cache (memory) operation failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A context or sequence state could not be saved or restored.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A batch could not be built.
     #[error(transparent)]
     Batch(#[from] BatchError),
