@@ -533,36 +533,43 @@ impl Context<'_> {
 
     /// Bytes [`Context::seq_state_save`] would return now for `seq` with `scope`.
     ///
-    /// C equivalent: `llama_state_seq_get_size_ext(ctx, seq, flags)`.
+    /// C equivalent: `llama_state_seq_get_size(ctx, seq)` for [`SeqStateScope::All`],
+    /// `llama_state_seq_get_size_ext(ctx, seq, flags)` otherwise.
     pub fn seq_state_size(&self, seq: SeqId, scope: SeqStateScope) -> Result<usize, StateError> {
         self.check_state_seq(seq)?;
-        // SAFETY: valid context; the sequence id is in range.
-        Ok(unsafe { sys::llama_state_seq_get_size_ext(self.ptr.as_ptr(), seq.0, scope.flags()) })
+        let ctx = self.ptr.as_ptr();
+        // SAFETY: valid context; the sequence id is in range. The plain call is the
+        // _ext one with no flags.
+        Ok(unsafe {
+            match scope {
+                SeqStateScope::All => sys::llama_state_seq_get_size(ctx, seq.0),
+                _ => sys::llama_state_seq_get_size_ext(ctx, seq.0, scope.flags()),
+            }
+        })
     }
 
     /// The state of one sequence, to restore with [`Context::seq_state_load`] into any
     /// sequence of this or another context of the same model.
     ///
-    /// C equivalent: `llama_state_seq_get_data_ext(ctx, buf, len, seq, flags)`
-    /// (`llama_state_seq_get_data` with [`SeqStateScope::All`]).
+    /// C equivalent: `llama_state_seq_get_data(ctx, buf, len, seq)` for
+    /// [`SeqStateScope::All`], `llama_state_seq_get_data_ext(ctx, buf, len, seq, flags)`
+    /// otherwise.
     pub fn seq_state_save(&self, seq: SeqId, scope: SeqStateScope) -> Result<Vec<u8>, StateError> {
         let size = self.seq_state_size(seq, scope)?;
         let mut buf = vec![0u8; size];
         crate::logging::clear_last_error();
+        let (ctx, dst) = (self.ptr.as_ptr(), buf.as_mut_ptr());
         // SAFETY: valid context; the id is in range; `buf` is writable for `size` bytes
         // and llama.cpp writes at most that many (it throws, and returns 0, past them).
         let n = unsafe {
-            sys::llama_state_seq_get_data_ext(
-                self.ptr.as_ptr(),
-                buf.as_mut_ptr(),
-                size,
-                seq.0,
-                scope.flags(),
-            )
+            match scope {
+                SeqStateScope::All => sys::llama_state_seq_get_data(ctx, dst, size, seq.0),
+                _ => sys::llama_state_seq_get_data_ext(ctx, dst, size, seq.0, scope.flags()),
+            }
         };
         if n == 0 || n > size {
             return Err(StateError::SaveFailed {
-                reason: reason("llama_state_seq_get_data_ext returned 0"),
+                reason: reason("llama_state_seq_get_data returned 0"),
             });
         }
         buf.truncate(n);
@@ -578,7 +585,9 @@ impl Context<'_> {
     /// sequence state (nothing changes then); [`StateError::Rejected`] when llama.cpp
     /// refuses it (sequence `dest` is left empty).
     ///
-    /// C equivalent: `llama_state_seq_set_data_ext(ctx, data, len, dest, flags)`.
+    /// C equivalent: `llama_state_seq_set_data(ctx, data, len, dest)` for
+    /// [`SeqStateScope::All`], `llama_state_seq_set_data_ext(ctx, data, len, dest, flags)`
+    /// otherwise.
     pub fn seq_state_load(
         &mut self,
         data: &[u8],
@@ -616,21 +625,19 @@ impl Context<'_> {
         }
         self.forget_outputs();
         crate::logging::clear_last_error();
+        let (ctx, src, len) = (self.ptr.as_ptr(), data.as_ptr(), data.len());
         // SAFETY: valid context; `dest` is in range (llama.cpp asserts that); host flags
         // only (no ON_DEVICE), so llama.cpp reads at most `data.len()` bytes, throwing
         // past the end, which the call catches.
         let n = unsafe {
-            sys::llama_state_seq_set_data_ext(
-                self.ptr.as_ptr(),
-                data.as_ptr(),
-                data.len(),
-                dest.0,
-                scope.flags(),
-            )
+            match scope {
+                SeqStateScope::All => sys::llama_state_seq_set_data(ctx, src, len, dest.0),
+                _ => sys::llama_state_seq_set_data_ext(ctx, src, len, dest.0, scope.flags()),
+            }
         };
         if n == 0 {
             return Err(StateError::Rejected {
-                reason: reason("llama_state_seq_set_data_ext returned 0"),
+                reason: reason("llama_state_seq_set_data returned 0"),
             });
         }
         self.check_restored(dest.0..dest.0 + 1, kind)?;
@@ -681,7 +688,7 @@ impl Context<'_> {
     /// [`Context::seq_state_save_file`] and returns the tokens recorded with it. The
     /// last decode's outputs are forgotten.
     ///
-    /// The file is read whole and restored through `llama_state_seq_set_data_ext`, not
+    /// The file is read whole and restored through `llama_state_seq_set_data`, not
     /// with `llama_state_seq_load_file`: llama.cpp's file reader takes a short read at
     /// the end of a truncated file for a full one, then aborts the process when it
     /// counts more bytes read than the file holds.
