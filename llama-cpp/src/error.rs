@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::adapter::AdapterError;
 use crate::backend::{NoCpuDevice, UnknownBufferType};
 use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError, StateError};
@@ -73,6 +74,9 @@ pub enum Error {
     /// A context or sequence state could not be saved or restored.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A LoRA adapter or control vector could not be loaded or applied.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
     /// A batch could not be built.
     #[error(transparent)]
     Batch(#[from] BatchError),

@@ -225,6 +225,8 @@ impl<'model> Context<'model> {
                 .cast_mut()
                 .cast::<c_void>()
         });
+        // Creating the context reads the model's adapter set (see `adapter`).
+        let _adapters = crate::adapter::reading_adapters();
         crate::logging::clear_last_error();
         // SAFETY: the model pointer is valid for 'model; the raw params point only to
         // `abort`, which the context keeps (boxed, at a stable address) until after
