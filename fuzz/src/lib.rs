@@ -730,7 +730,8 @@ pub fn check_state_load(data: &[u8]) {
             read_outputs(&ctx);
         }
     }
-    ctx.clear_memory(ClearData::Keep).expect("the contexts have memory");
+    ctx.clear_memory(ClearData::Keep)
+        .expect("the contexts have memory");
 }
 
 /// The `state_load` seeds: for each model, the states of a context that decoded a few
@@ -769,7 +770,9 @@ pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
             .seq_state_load(&partial, SeqId(0), SeqStateScope::PartialOnly)
             .expect("partial sequence seed restores");
         std::fs::write(&path, &whole_file).expect("write state file");
-        fresh.state_load_file(&path).expect("state file seed restores");
+        fresh
+            .state_load_file(&path)
+            .expect("state file seed restores");
         std::fs::write(&path, &seq_file).expect("write sequence state file");
         fresh
             .seq_state_load_file(&path, SeqId(0))
@@ -783,7 +786,10 @@ pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
             (StateMode::ContextFile, 0, whole_file),
             (StateMode::SequenceFile, 0, seq_file),
         ] {
-            let byte = StateMode::ALL.iter().position(|&x| x == mode).expect("mode") as u8;
+            let byte = StateMode::ALL
+                .iter()
+                .position(|&x| x == mode)
+                .expect("mode") as u8;
             let mut input = vec![byte, m, dest];
             input.extend(payload);
             seeds.push((format!("model{m}-{mode:?}").to_lowercase(), input));

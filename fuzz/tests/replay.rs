@@ -303,3 +303,35 @@ fn known_crash_classes_are_recognised() {
     assert!(!known::nested_quantifier(r"blk\.(2|3)\.ffn_.*_exps"));
     assert!(!known::nested_quantifier(r"a+?b{1,3}?\*+"));
 }
+
+/// The abort the state tests found (fuzz/README.md, "Known crashes" 11): truncated state
+/// files are typed errors, where llama.cpp's file reader aborted.
+#[test]
+fn known_state_crashes_are_fixed() {
+    use llama_cpp_moe::context::StateError;
+    use llama_cpp_moe::{Context, SeqId};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-crashes/state_load");
+    for name in ["sequence-file-truncated", "context-file-truncated"] {
+        let data = std::fs::read(root.join(name)).expect("known crash");
+        llama_cpp_moe_fuzz::check_state_load(&data);
+        let models = llama_cpp_moe_fuzz::context_models();
+        let model = &models[data[1] as usize % models.len()];
+        let params = llama_cpp_moe::ContextParams::default()
+            .with_n_ctx(64)
+            .with_n_seq_max(2)
+            .with_n_threads(1);
+        let mut ctx = Context::new(model, &params).expect("context");
+        let file = std::env::temp_dir().join(format!("known-state-{}-{name}", std::process::id()));
+        std::fs::write(&file, &data[3..]).expect("write state file");
+        let result = if name.starts_with("sequence") {
+            ctx.seq_state_load_file(&file, SeqId(0)).map(|_| ())
+        } else {
+            ctx.state_load_file(&file).map(|_| ())
+        };
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            matches!(result, Err(StateError::Rejected { .. })),
+            "{name}: {result:?}"
+        );
+    }
+}
