@@ -493,7 +493,6 @@ fn state_errors_convert_into_the_crate_error() {
         llama_cpp_moe::ErrorChain(&file).to_string(),
         "reading state file s.state: gone"
     );
-    let _ = ContextParams::default();
 }
 
 /// A cell at a negative position: llama.cpp stores it without complaint and the

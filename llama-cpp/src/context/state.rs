@@ -7,10 +7,13 @@
 //!
 //! Loading checks what it can before llama.cpp reads anything: the architecture name
 //! at the head of a context state (llama.cpp would allocate whatever length the bytes
-//! claim), the magic of a sequence state, a file's header and its token count against
-//! the file's size, and sequence ids. The rest llama.cpp checks itself (layer count, K/V
-//! types, row sizes, cell counts) and refuses with an error that becomes
-//! [`StateError::Rejected`].
+//! claim), the tag of a sequence state, a file's header and its token count against
+//! the file's size, sequence ids, and the positions of the first cells (llama.cpp stores
+//! negative ones silently). The rest llama.cpp checks itself (layer count, K/V types,
+//! row sizes, cell counts) and refuses with an error that becomes
+//! [`StateError::Rejected`]. State files are read whole into memory and restored through
+//! the in-memory API, whose reader stops at the end of the data (llama.cpp's file reader
+//! does not, and aborts on a truncated sequence file).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -620,9 +623,7 @@ impl Context<'_> {
                 ))
             }
         }
-        if scope == SeqStateScope::All {
-            self.check_state_cells(&data[8.min(data.len())..], kind)?;
-        }
+        self.check_state_cells(&data[8.min(data.len())..], kind)?;
         self.forget_outputs();
         crate::logging::clear_last_error();
         let (ctx, src, len) = (self.ptr.as_ptr(), data.as_ptr(), data.len());
