@@ -457,3 +457,37 @@ fn adapter_errors_convert_into_the_crate_error() {
         "the LoRA adapter was loaded for another model than the context's"
     );
 }
+
+/// The token embedding's pair is used the other way round (rows of A are gathered per
+/// token): A is `[rank, n_vocab]`, B `[rank, n_embd]`. Such an adapter loads, a zero B
+/// leaves the logits identical, a non-zero one changes them; a rank mismatch is refused.
+#[test]
+fn a_token_embedding_adapter_uses_the_flipped_shapes() {
+    let model = dense();
+    let embd = base_shape("token_embd.weight");
+    let (n_embd, n_vocab) = (embd[0], embd[1]);
+    let adapter = |b: f32, b_rank: u64, name: &str| {
+        let mut lora = Lora::new(b);
+        lora.tensors = vec![(
+            "token_embd.weight".into(),
+            (Some(vec![4, n_vocab]), Some(vec![b_rank, n_embd])),
+        )];
+        LoraAdapter::load(model, lora.write(name))
+    };
+    let zero = adapter(0.0, 4, "embd-zero.gguf").unwrap();
+    let some = adapter(0.5, 4, "embd-some.gguf").unwrap();
+    let mut ctx = Context::new(model, &small_params()).unwrap();
+    let base = logits(&mut ctx);
+    ctx.set_lora_adapters(&[(&zero, 1.0)]).unwrap();
+    assert_eq!(logits(&mut ctx), base);
+    ctx.set_lora_adapters(&[(&some, 1.0)]).unwrap();
+    assert_ne!(logits(&mut ctx), base);
+    ctx.clear_lora_adapters();
+    assert_eq!(logits(&mut ctx), base);
+    match adapter(0.5, 3, "embd-rank.gguf").unwrap_err() {
+        AdapterError::BadTensor { tensor, reason, .. } => {
+            assert_eq!(tensor, "token_embd.weight", "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
