@@ -42,6 +42,7 @@ pub fn remove_scratch_file(target: &str) {
         "gguf_open" => "reader.gguf",
         "model_load" => "model.gguf",
         "state_load" => "state",
+        "lora_load" => "lora.gguf",
         _ => return,
     };
     let _ = std::fs::remove_file(scratch_file(name));
@@ -796,4 +797,188 @@ pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
         }
     }
     seeds
+}
+
+/// The model the `lora_load` target loads adapters for: the tiny llama of
+/// [`context_models`] (2 layers, 64 wide).
+pub fn lora_model() -> &'static Model {
+    let models = context_models();
+    let i = Arch::ALL
+        .iter()
+        .position(|&a| a == Arch::Llama)
+        .expect("the factory has llama");
+    &models[i]
+}
+
+/// `LoraAdapter::load` on `data` written to a file, for the tiny llama: a typed error,
+/// or an adapter that a fresh context runs (scale 1, then -1) through a two-token
+/// decode and removes again.
+pub fn check_lora_load(data: &[u8]) {
+    use llama_cpp_moe::adapter::LoraAdapter;
+    let path = scratch_file("lora.gguf");
+    std::fs::write(&path, data).expect("write scratch file");
+    let model = lora_model();
+    let adapter = match LoraAdapter::load(model, &path) {
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+        Ok(adapter) => adapter,
+    };
+    let _ = adapter.metadata();
+    let _ = adapter.alpha();
+    let _ = adapter.alora_invocation_tokens();
+    let params = ContextParams::default()
+        .with_n_ctx(64)
+        .with_n_batch(32)
+        .with_n_ubatch(32)
+        .with_n_threads(1)
+        .with_n_threads_batch(1);
+    let mut ctx = Context::new(model, &params).expect("context on the tiny llama");
+    for scale in [1.0, -1.0] {
+        ctx.set_lora_adapters(&[(&adapter, scale)])
+            .expect("an adapter of the context's model");
+        let batch = Batch::from_tokens(&[Token(1), Token(2)], Pos(0), SeqId(0)).expect("batch");
+        if ctx.decode(&batch).is_ok() {
+            read_outputs(&ctx);
+        }
+        ctx.clear_memory(llama_cpp_moe::context::ClearData::Keep)
+            .expect("memory");
+    }
+    ctx.clear_lora_adapters();
+}
+
+/// The `lora_load` seeds: LoRA adapters for the tiny llama, as `(name, file bytes)`:
+/// attention, FFN and output pairs with zero and non-zero B, a token-embedding pair
+/// (used the other way round), an aLoRA with invocation tokens, a q8_0 pair.
+pub fn lora_seeds() -> Vec<(String, Vec<u8>)> {
+    use llama_cpp_moe_gguf::{GgmlType, GgufWriter, TensorDesc};
+    let spec = SynthSpec::new(Arch::Llama, Preset::Tiny).seed(3);
+    let shapes: Vec<(String, Vec<u64>)> = spec
+        .tensors()
+        .expect("tensor table")
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    let shape = |name: &str| {
+        shapes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .expect("base tensor")
+    };
+    let rank = 4u64;
+    // (seed name, [(base tensor, a shape, b shape)], B value, tensor type, extra keys)
+    type Pairs = Vec<(&'static str, Vec<u64>, Vec<u64>)>;
+    let pair = |name: &'static str| {
+        let s = shape(name);
+        (name, vec![s[0], rank], vec![rank, s[1]])
+    };
+    let embd = shape("token_embd.weight");
+    let cases: Vec<(&str, Pairs, f32, GgmlType, bool)> = vec![
+        (
+            "attn-ffn-output",
+            vec![
+                pair("blk.0.attn_q.weight"),
+                pair("blk.1.ffn_down.weight"),
+                pair("output.weight"),
+            ],
+            0.25,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "zero-b",
+            vec![pair("blk.0.attn_v.weight")],
+            0.0,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "token-embd",
+            vec![(
+                "token_embd.weight",
+                vec![rank, embd[1]],
+                vec![rank, embd[0]],
+            )],
+            0.5,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "alora",
+            vec![pair("blk.1.attn_k.weight")],
+            0.1,
+            GgmlType::F16,
+            true,
+        ),
+        (
+            "q8_0",
+            vec![(
+                "blk.0.ffn_up.weight",
+                vec![shape("blk.0.ffn_up.weight")[0], 32],
+                vec![32, shape("blk.0.ffn_up.weight")[1]],
+            )],
+            0.1,
+            GgmlType::Q8_0,
+            false,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, pairs, b, ty, alora)| {
+            let mut w = GgufWriter::new();
+            let kv = [
+                ("general.architecture", MetaValue::String("llama".into())),
+                ("general.type", MetaValue::String("adapter".into())),
+                ("adapter.type", MetaValue::String("lora".into())),
+                ("adapter.lora.alpha", MetaValue::F32(8.0)),
+            ];
+            for (k, v) in kv {
+                w.add_kv(k, v).expect("key");
+            }
+            if alora {
+                w.add_kv(
+                    "adapter.alora.invocation_tokens",
+                    MetaValue::Array(MetaArray::U32(vec![5, 6, 7])),
+                )
+                .expect("key");
+            }
+            for (base, a, b_shape) in pairs {
+                for (suffix, shape) in [("lora_a", a), ("lora_b", b_shape)] {
+                    w.add_tensor(TensorDesc {
+                        name: format!("{base}.{suffix}"),
+                        ty,
+                        shape,
+                    })
+                    .expect("tensor");
+                }
+            }
+            let mut bytes = Vec::new();
+            w.write(&mut bytes, |_, t, out| {
+                let n = t.n_elements() as usize;
+                let values: Vec<f32> = if t.name.ends_with("lora_b") {
+                    vec![b; n]
+                } else {
+                    (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.05).collect()
+                };
+                let data = if t.ty == GgmlType::F16 {
+                    values
+                        .iter()
+                        .flat_map(|v| llama_cpp_moe_gguf::quant::f32_to_f16(*v).to_le_bytes())
+                        .collect::<Vec<u8>>()
+                } else if t.ty == GgmlType::Q8_0 {
+                    let mut q = vec![0u8; t.nbytes() as usize];
+                    llama_cpp_moe_gguf::quant::quantize(GgmlType::Q8_0, &values, &mut q)
+                        .expect("q8_0");
+                    q
+                } else {
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+                };
+                out.write_all(&data)
+            })
+            .expect("write adapter");
+            (name.to_owned(), bytes)
+        })
+        .collect()
 }

@@ -142,6 +142,32 @@ fn state_load_corpus() {
     );
 }
 
+#[test]
+fn lora_load_corpus() {
+    replay("lora_load", llama_cpp_moe_fuzz::check_lora_load);
+    // A load, a context and two decodes on the tiny llama: a few milliseconds.
+    short_run(
+        "lora_load",
+        llama_cpp_moe_fuzz::check_lora_load,
+        short_runs() / 40,
+    );
+}
+
+/// The LoRA seeds load and run (the check would only explore rejections otherwise).
+#[test]
+fn lora_load_seeds_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/lora_load");
+    let model = llama_cpp_moe_fuzz::lora_model();
+    for (name, _) in llama_cpp_moe_fuzz::lora_seeds() {
+        let path = root.join(&name);
+        let adapter = llama_cpp_moe::adapter::LoraAdapter::load(model, &path)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "alora" {
+            assert_eq!(adapter.alora_invocation_tokens().len(), 3);
+        }
+    }
+}
+
 /// Freshly made state seeds restore (`state_seeds` checks each), and the committed ones
 /// are all there (their bytes depend on the CPU's float kernels, so only names compare).
 #[test]

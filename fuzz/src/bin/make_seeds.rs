@@ -155,6 +155,11 @@ fn main() {
         write(&root.join("state_load"), &name, &input);
     }
 
+    // LoRA adapters for the tiny llama (see llama_cpp_moe_fuzz::check_lora_load).
+    for (name, bytes) in llama_cpp_moe_fuzz::lora_seeds() {
+        write(&root.join("lora_load"), &name, &bytes);
+    }
+
     let lines: [&[&str]; 6] = [
         &[
             "-m",
