@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the GGUF reader, the override-pattern validation, the
-# examples' argument parser, Model::load and Context::new (cargo-fuzz + libFuzzer;
+# examples' argument parser, Model::load, Context::new, state restores and LoRA loads (cargo-fuzz + libFuzzer;
 # needs a nightly toolchain and `cargo install cargo-fuzz`). See fuzz/README.md.
 #
 #   scripts/fuzz.sh replay      stable: every seed, corpus entry and regression, once
 #   scripts/fuzz.sh short [S]   nightly: each target S seconds (default 15) from the corpus
 #   scripts/fuzz.sh campaign [TARGET...]
 #                               nightly: 1,000,000 runs per parser target, 100,000 loads
-#                               and 100,000 contexts, then merge what found new coverage
+#                               and 100,000 contexts and restores, then merge what found new coverage
 #                               into fuzz/corpus
 #   scripts/fuzz.sh seeds       stable: rewrite fuzz/seeds from the synthetic factory
 #
@@ -20,8 +20,9 @@ parser_targets=(gguf_open override_patterns example_args)
 # Per-target input size cap: the GGUF seeds are up to 42 KiB; parser inputs are short.
 max_len() {
     case $1 in
-        gguf_open | model_load) echo 65536 ;;
+        gguf_open | model_load | lora_load) echo 65536 ;;
         context_params) echo 64 ;;
+        state_load) echo 8192 ;;
         *) echo 4096 ;;
     esac
 }
@@ -58,17 +59,17 @@ case "${1:-short}" in
         ;;
     short)
         seconds=${2:-15}
-        for t in "${parser_targets[@]}" model_load context_params; do
+        for t in "${parser_targets[@]}" model_load context_params state_load lora_load; do
             fuzz_run "$t" -max_total_time="$seconds"
         done
         ;;
     campaign)
         shift
         targets=("$@")
-        [ "${#targets[@]}" -gt 0 ] || targets=("${parser_targets[@]}" model_load context_params)
+        [ "${#targets[@]}" -gt 0 ] || targets=("${parser_targets[@]}" model_load context_params state_load lora_load)
         for t in "${targets[@]}"; do
             runs=1000000
-            case $t in model_load | context_params) runs=100000 ;; esac
+            case $t in model_load | context_params | state_load | lora_load) runs=100000 ;; esac
             fuzz_run "$t" -runs="$runs" -timeout=30
             merge_into_corpus "$t"
         done

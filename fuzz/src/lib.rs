@@ -41,6 +41,8 @@ pub fn remove_scratch_file(target: &str) {
     let name = match target {
         "gguf_open" => "reader.gguf",
         "model_load" => "model.gguf",
+        "state_load" => "state",
+        "lora_load" => "lora.gguf",
         _ => return,
     };
     let _ = std::fs::remove_file(scratch_file(name));
@@ -624,4 +626,359 @@ impl Mutator {
         }
         out
     }
+}
+
+/// One context per model of [`context_models`] for the `state_load` target: 64 cells,
+/// two sequences, one thread. Each input restores into one of them, which is then
+/// cleared.
+fn state_contexts() -> &'static [std::sync::Mutex<Context<'static>>] {
+    static CONTEXTS: OnceLock<Vec<std::sync::Mutex<Context<'static>>>> = OnceLock::new();
+    CONTEXTS.get_or_init(|| {
+        context_models()
+            .iter()
+            .map(|model| {
+                let ctx = Context::new(model, &state_params()).expect("state fuzz context");
+                std::sync::Mutex::new(ctx)
+            })
+            .collect()
+    })
+}
+
+fn state_params() -> ContextParams {
+    ContextParams::default()
+        .with_n_ctx(64)
+        .with_n_batch(32)
+        .with_n_ubatch(32)
+        .with_n_seq_max(2)
+        .with_n_threads(1)
+        .with_n_threads_batch(1)
+}
+
+/// What a `state_load` input restores: its first three bytes choose the entry point
+/// (`mode`), the model (modulo the number of models) and the destination sequence (0,
+/// 1, or 2, which is out of range); the rest is the state or the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMode {
+    /// `Context::state_load`.
+    Context,
+    /// `Context::seq_state_load`, scope `All`.
+    Sequence,
+    /// `Context::seq_state_load`, scope `PartialOnly`.
+    SequencePartial,
+    /// `Context::state_load_file`.
+    ContextFile,
+    /// `Context::seq_state_load_file`.
+    SequenceFile,
+}
+
+impl StateMode {
+    /// Every mode, in the order of its byte value (modulo the count).
+    pub const ALL: [StateMode; 5] = [
+        StateMode::Context,
+        StateMode::Sequence,
+        StateMode::SequencePartial,
+        StateMode::ContextFile,
+        StateMode::SequenceFile,
+    ];
+}
+
+/// `Context::state_load` and friends on arbitrary bytes: a typed error or a restore,
+/// after which the context still decodes. A file's tokens fit in the file.
+pub fn check_state_load(data: &[u8]) {
+    use llama_cpp_moe::context::{ClearData, SeqStateScope};
+    let [mode, model, dest, payload @ ..] = data else {
+        return;
+    };
+    let mode = StateMode::ALL[*mode as usize % StateMode::ALL.len()];
+    let contexts = state_contexts();
+    let mut ctx = contexts[*model as usize % contexts.len()]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dest = SeqId(i32::from(*dest % 3));
+    let path = scratch_file("state");
+    let result = match mode {
+        StateMode::Context => ctx.state_load(payload).map(|()| None),
+        StateMode::Sequence => ctx
+            .seq_state_load(payload, dest, SeqStateScope::All)
+            .map(|()| None),
+        StateMode::SequencePartial => ctx
+            .seq_state_load(payload, dest, SeqStateScope::PartialOnly)
+            .map(|()| None),
+        StateMode::ContextFile => {
+            std::fs::write(&path, payload).expect("write scratch file");
+            ctx.state_load_file(&path).map(Some)
+        }
+        StateMode::SequenceFile => {
+            std::fs::write(&path, payload).expect("write scratch file");
+            ctx.seq_state_load_file(&path, dest).map(Some)
+        }
+    };
+    match result {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(Some(tokens)) => assert!(tokens.len() * 4 <= payload.len()),
+        Ok(None) => {}
+    }
+    // Whatever the memory holds now, the context decodes on after it (or refuses the
+    // batch with a typed error).
+    for seq in [SeqId(0), SeqId(1)] {
+        let next = match ctx.seq_pos_max(seq) {
+            Ok(Some(p)) if p.0 < i32::MAX - 1 => p + 1,
+            Ok(Some(_)) => continue,
+            _ => Pos(0),
+        };
+        let batch = Batch::from_tokens(&[Token(1)], next, seq).expect("valid batch");
+        if ctx.decode(&batch).is_ok() {
+            read_outputs(&ctx);
+        }
+    }
+    ctx.clear_memory(ClearData::Keep)
+        .expect("the contexts have memory");
+}
+
+/// The `state_load` seeds: for each model, the states of a context that decoded a few
+/// tokens in each sequence, in every mode, as `(name, input)`.
+pub fn state_seeds() -> Vec<(String, Vec<u8>)> {
+    use llama_cpp_moe::context::SeqStateScope;
+    let mut seeds = Vec::new();
+    let path = scratch_file("state-seed");
+    for (m, model) in context_models().iter().enumerate() {
+        let mut ctx = Context::new(model, &state_params()).expect("context");
+        let tokens = [Token(1), Token(2), Token(3), Token(4), Token(5)];
+        for (seq, n) in [(SeqId(0), 5), (SeqId(1), 3)] {
+            let batch = Batch::from_tokens(&tokens[..n], Pos(0), seq).expect("batch");
+            ctx.decode(&batch).expect("decode");
+        }
+        let whole = ctx.state_save().expect("state");
+        let seq = ctx
+            .seq_state_save(SeqId(0), SeqStateScope::All)
+            .expect("sequence state");
+        let partial = ctx
+            .seq_state_save(SeqId(1), SeqStateScope::PartialOnly)
+            .expect("partial sequence state");
+        ctx.state_save_file(&path, &tokens).expect("state file");
+        let whole_file = std::fs::read(&path).expect("read state file");
+        ctx.seq_state_save_file(&path, SeqId(1), &tokens[..3])
+            .expect("sequence state file");
+        let seq_file = std::fs::read(&path).expect("read sequence state file");
+        // Each seed restores into a fresh context, or the target would only ever
+        // explore rejections.
+        let mut fresh = Context::new(model, &state_params()).expect("context");
+        fresh.state_load(&whole).expect("state seed restores");
+        fresh
+            .seq_state_load(&seq, SeqId(1), SeqStateScope::All)
+            .expect("sequence seed restores");
+        fresh
+            .seq_state_load(&partial, SeqId(0), SeqStateScope::PartialOnly)
+            .expect("partial sequence seed restores");
+        std::fs::write(&path, &whole_file).expect("write state file");
+        fresh
+            .state_load_file(&path)
+            .expect("state file seed restores");
+        std::fs::write(&path, &seq_file).expect("write sequence state file");
+        fresh
+            .seq_state_load_file(&path, SeqId(0))
+            .expect("sequence state file seed restores");
+        let _ = std::fs::remove_file(&path);
+        let m = m as u8;
+        for (mode, dest, payload) in [
+            (StateMode::Context, 0, whole),
+            (StateMode::Sequence, 1, seq),
+            (StateMode::SequencePartial, 0, partial),
+            (StateMode::ContextFile, 0, whole_file),
+            (StateMode::SequenceFile, 0, seq_file),
+        ] {
+            let byte = StateMode::ALL
+                .iter()
+                .position(|&x| x == mode)
+                .expect("mode") as u8;
+            let mut input = vec![byte, m, dest];
+            input.extend(payload);
+            seeds.push((format!("model{m}-{mode:?}").to_lowercase(), input));
+        }
+    }
+    seeds
+}
+
+/// The model the `lora_load` target loads adapters for: the tiny llama of
+/// [`context_models`] (2 layers, 64 wide).
+pub fn lora_model() -> &'static Model {
+    let models = context_models();
+    let i = Arch::ALL
+        .iter()
+        .position(|&a| a == Arch::Llama)
+        .expect("the factory has llama");
+    &models[i]
+}
+
+/// `LoraAdapter::load` on `data` written to a file, for the tiny llama: a typed error,
+/// or an adapter that a fresh context runs (scale 1, then -1) through a two-token
+/// decode and removes again.
+pub fn check_lora_load(data: &[u8]) {
+    use llama_cpp_moe::adapter::LoraAdapter;
+    let path = scratch_file("lora.gguf");
+    std::fs::write(&path, data).expect("write scratch file");
+    let model = lora_model();
+    let adapter = match LoraAdapter::load(model, &path) {
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+        Ok(adapter) => adapter,
+    };
+    let _ = adapter.metadata();
+    let _ = adapter.alpha();
+    let _ = adapter.alora_invocation_tokens();
+    let params = ContextParams::default()
+        .with_n_ctx(64)
+        .with_n_batch(32)
+        .with_n_ubatch(32)
+        .with_n_threads(1)
+        .with_n_threads_batch(1);
+    let mut ctx = Context::new(model, &params).expect("context on the tiny llama");
+    for scale in [1.0, -1.0] {
+        ctx.set_lora_adapters(&[(&adapter, scale)])
+            .expect("an adapter of the context's model");
+        let batch = Batch::from_tokens(&[Token(1), Token(2)], Pos(0), SeqId(0)).expect("batch");
+        if ctx.decode(&batch).is_ok() {
+            read_outputs(&ctx);
+        }
+        ctx.clear_memory(llama_cpp_moe::context::ClearData::Keep)
+            .expect("memory");
+    }
+    ctx.clear_lora_adapters();
+}
+
+/// The `lora_load` seeds: LoRA adapters for the tiny llama, as `(name, file bytes)`:
+/// attention, FFN and output pairs with zero and non-zero B, a token-embedding pair
+/// (used the other way round), an aLoRA with invocation tokens, a q8_0 pair.
+pub fn lora_seeds() -> Vec<(String, Vec<u8>)> {
+    use llama_cpp_moe_gguf::{GgmlType, GgufWriter, TensorDesc};
+    let spec = SynthSpec::new(Arch::Llama, Preset::Tiny).seed(3);
+    let shapes: Vec<(String, Vec<u64>)> = spec
+        .tensors()
+        .expect("tensor table")
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    let shape = |name: &str| {
+        shapes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .expect("base tensor")
+    };
+    let rank = 4u64;
+    // (seed name, [(base tensor, a shape, b shape)], B value, tensor type, extra keys)
+    type Pairs = Vec<(&'static str, Vec<u64>, Vec<u64>)>;
+    let pair = |name: &'static str| {
+        let s = shape(name);
+        (name, vec![s[0], rank], vec![rank, s[1]])
+    };
+    let embd = shape("token_embd.weight");
+    let cases: Vec<(&str, Pairs, f32, GgmlType, bool)> = vec![
+        (
+            "attn-ffn-output",
+            vec![
+                pair("blk.0.attn_q.weight"),
+                pair("blk.1.ffn_down.weight"),
+                pair("output.weight"),
+            ],
+            0.25,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "zero-b",
+            vec![pair("blk.0.attn_v.weight")],
+            0.0,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "token-embd",
+            vec![(
+                "token_embd.weight",
+                vec![rank, embd[1]],
+                vec![rank, embd[0]],
+            )],
+            0.5,
+            GgmlType::F32,
+            false,
+        ),
+        (
+            "alora",
+            vec![pair("blk.1.attn_k.weight")],
+            0.1,
+            GgmlType::F16,
+            true,
+        ),
+        (
+            "q8_0",
+            vec![(
+                "blk.0.ffn_up.weight",
+                vec![shape("blk.0.ffn_up.weight")[0], 32],
+                vec![32, shape("blk.0.ffn_up.weight")[1]],
+            )],
+            0.1,
+            GgmlType::Q8_0,
+            false,
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, pairs, b, ty, alora)| {
+            let mut w = GgufWriter::new();
+            let kv = [
+                ("general.architecture", MetaValue::String("llama".into())),
+                ("general.type", MetaValue::String("adapter".into())),
+                ("adapter.type", MetaValue::String("lora".into())),
+                ("adapter.lora.alpha", MetaValue::F32(8.0)),
+            ];
+            for (k, v) in kv {
+                w.add_kv(k, v).expect("key");
+            }
+            if alora {
+                w.add_kv(
+                    "adapter.alora.invocation_tokens",
+                    MetaValue::Array(MetaArray::U32(vec![5, 6, 7])),
+                )
+                .expect("key");
+            }
+            for (base, a, b_shape) in pairs {
+                for (suffix, shape) in [("lora_a", a), ("lora_b", b_shape)] {
+                    w.add_tensor(TensorDesc {
+                        name: format!("{base}.{suffix}"),
+                        ty,
+                        shape,
+                    })
+                    .expect("tensor");
+                }
+            }
+            let mut bytes = Vec::new();
+            w.write(&mut bytes, |_, t, out| {
+                let n = t.n_elements() as usize;
+                let values: Vec<f32> = if t.name.ends_with("lora_b") {
+                    vec![b; n]
+                } else {
+                    (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.05).collect()
+                };
+                let data = if t.ty == GgmlType::F16 {
+                    values
+                        .iter()
+                        .flat_map(|v| llama_cpp_moe_gguf::quant::f32_to_f16(*v).to_le_bytes())
+                        .collect::<Vec<u8>>()
+                } else if t.ty == GgmlType::Q8_0 {
+                    let mut q = vec![0u8; t.nbytes() as usize];
+                    llama_cpp_moe_gguf::quant::quantize(GgmlType::Q8_0, &values, &mut q)
+                        .expect("q8_0");
+                    q
+                } else {
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+                };
+                out.write_all(&data)
+            })
+            .expect("write adapter");
+            (name.to_owned(), bytes)
+        })
+        .collect()
 }

@@ -131,6 +131,53 @@ fn context_params_corpus() {
     );
 }
 
+#[test]
+fn state_load_corpus() {
+    replay("state_load", llama_cpp_moe_fuzz::check_state_load);
+    // A restore plus two one-token decodes on a tiny model: about a millisecond.
+    short_run(
+        "state_load",
+        llama_cpp_moe_fuzz::check_state_load,
+        short_runs() / 10,
+    );
+}
+
+#[test]
+fn lora_load_corpus() {
+    replay("lora_load", llama_cpp_moe_fuzz::check_lora_load);
+    // A load, a context and two decodes on the tiny llama: a few milliseconds.
+    short_run(
+        "lora_load",
+        llama_cpp_moe_fuzz::check_lora_load,
+        short_runs() / 40,
+    );
+}
+
+/// The LoRA seeds load and run (the check would only explore rejections otherwise).
+#[test]
+fn lora_load_seeds_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/lora_load");
+    let model = llama_cpp_moe_fuzz::lora_model();
+    for (name, _) in llama_cpp_moe_fuzz::lora_seeds() {
+        let path = root.join(&name);
+        let adapter = llama_cpp_moe::adapter::LoraAdapter::load(model, &path)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "alora" {
+            assert_eq!(adapter.alora_invocation_tokens().len(), 3);
+        }
+    }
+}
+
+/// Freshly made state seeds restore (`state_seeds` checks each), and the committed ones
+/// are all there (their bytes depend on the CPU's float kernels, so only names compare).
+#[test]
+fn state_load_seeds_restore() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/state_load");
+    for (name, _) in llama_cpp_moe_fuzz::state_seeds() {
+        assert!(root.join(&name).is_file(), "{name}: run make_seeds");
+    }
+}
+
 /// The load seeds must load, or the load target would only ever explore rejections.
 #[test]
 fn model_load_seeds_are_loadable_models() {
@@ -281,4 +328,36 @@ fn known_crash_classes_are_recognised() {
     ));
     assert!(!known::nested_quantifier(r"blk\.(2|3)\.ffn_.*_exps"));
     assert!(!known::nested_quantifier(r"a+?b{1,3}?\*+"));
+}
+
+/// The abort the state tests found (fuzz/README.md, "Known crashes" 11): truncated state
+/// files are typed errors, where llama.cpp's file reader aborted.
+#[test]
+fn known_state_crashes_are_fixed() {
+    use llama_cpp_moe::context::StateError;
+    use llama_cpp_moe::{Context, SeqId};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("known-crashes/state_load");
+    for name in ["sequence-file-truncated", "context-file-truncated"] {
+        let data = std::fs::read(root.join(name)).expect("known crash");
+        llama_cpp_moe_fuzz::check_state_load(&data);
+        let models = llama_cpp_moe_fuzz::context_models();
+        let model = &models[data[1] as usize % models.len()];
+        let params = llama_cpp_moe::ContextParams::default()
+            .with_n_ctx(64)
+            .with_n_seq_max(2)
+            .with_n_threads(1);
+        let mut ctx = Context::new(model, &params).expect("context");
+        let file = std::env::temp_dir().join(format!("known-state-{}-{name}", std::process::id()));
+        std::fs::write(&file, &data[3..]).expect("write state file");
+        let result = if name.starts_with("sequence") {
+            ctx.seq_state_load_file(&file, SeqId(0)).map(|_| ())
+        } else {
+            ctx.state_load_file(&file).map(|_| ())
+        };
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            matches!(result, Err(StateError::Rejected { .. })),
+            "{name}: {result:?}"
+        );
+    }
 }

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::adapter::AdapterError;
 use crate::backend::{NoCpuDevice, UnknownBufferType};
 use crate::batch::BatchError;
-use crate::context::{ContextError, DecodeError, MemoryError, OutputError};
+use crate::context::{ContextError, DecodeError, MemoryError, OutputError, StateError};
 use crate::generate::GenerateError;
 use crate::model::{DryRunError, LoadError, ParamsError};
 #[cfg(feature = "rpc")]
@@ -70,6 +71,12 @@ pub enum Error {
     /// A KV-cache (memory) operation failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// A context or sequence state could not be saved or restored.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A LoRA adapter or control vector could not be loaded or applied.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
     /// A batch could not be built.
     #[error(transparent)]
     Batch(#[from] BatchError),

@@ -39,6 +39,7 @@
 //! of real MoE architectures, from `tiny` up to the public models' `full` size, and
 //! reads any GGUF file's metadata and tensor table without loading it.
 
+pub mod adapter;
 pub mod backend;
 pub mod batch;
 pub mod context;

@@ -148,6 +148,18 @@ fn main() {
         write(&root.join("context_params"), &format!("seed-{i}"), seed);
     }
 
+    // Mode, model, destination sequence, then a state or state file the factory's
+    // models saved (see llama_cpp_moe_fuzz::check_state_load).
+    llama_cpp_moe::logging::set_silent(true);
+    for (name, input) in llama_cpp_moe_fuzz::state_seeds() {
+        write(&root.join("state_load"), &name, &input);
+    }
+
+    // LoRA adapters for the tiny llama (see llama_cpp_moe_fuzz::check_lora_load).
+    for (name, bytes) in llama_cpp_moe_fuzz::lora_seeds() {
+        write(&root.join("lora_load"), &name, &bytes);
+    }
+
     let lines: [&[&str]; 6] = [
         &[
             "-m",

@@ -96,6 +96,8 @@ impl Context<'_> {
         self.forget_outputs();
         self.validate(batch)?;
         let mut raw = batch.to_raw();
+        // A decode may reserve graphs again, which reads the model's adapter set.
+        let _adapters = crate::adapter::reading_adapters();
         crate::logging::clear_last_error();
         // SAFETY: valid context; the raw batch points into `batch` and `raw`, both alive
         // for the call; every token and sequence id was checked above and the length is

@@ -4,6 +4,7 @@ mod decode;
 mod memory;
 mod params;
 mod perf;
+mod state;
 
 use std::any::Any;
 use std::ffi::c_void;
@@ -19,6 +20,7 @@ pub use decode::{DecodeError, OutputError};
 pub use memory::{ClearData, MemoryBreakdownRow, MemoryError};
 pub use params::{ContextParams, FlashAttention, KvCacheType, PoolingType};
 pub use perf::PerfCounters;
+pub use state::{DeviceSeqState, SeqStateScope, StateError};
 
 use crate::batch::{Pos, SeqId};
 use crate::vocab::Vocab;
@@ -154,6 +156,8 @@ pub struct Context<'model> {
     k_shift_safe: bool,
     abort: Option<Box<AbortState>>,
     model_load_time: Option<Duration>,
+    /// The sequence states this context keeps on its devices (see `state`).
+    device_states: state::DeviceStates,
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
@@ -221,6 +225,8 @@ impl<'model> Context<'model> {
                 .cast_mut()
                 .cast::<c_void>()
         });
+        // Creating the context reads the model's adapter set (see `adapter`).
+        let _adapters = crate::adapter::reading_adapters();
         crate::logging::clear_last_error();
         // SAFETY: the model pointer is valid for 'model; the raw params point only to
         // `abort`, which the context keeps (boxed, at a stable address) until after
@@ -244,6 +250,7 @@ impl<'model> Context<'model> {
             k_shift_safe: params::k_shift_is_safe(params.type_k, model),
             abort,
             model_load_time,
+            device_states: state::DeviceStates::default(),
             _not_sync: PhantomData,
         })
     }
