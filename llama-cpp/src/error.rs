@@ -7,7 +7,7 @@ use crate::backend::{NoCpuDevice, UnknownBufferType};
 use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError, StateError};
 use crate::generate::GenerateError;
-use crate::model::{DryRunError, LoadError, ParamsError};
+use crate::model::{DryRunError, LoadError, ParamsError, SplitPathError};
 #[cfg(feature = "rpc")]
 use crate::rpc::{RpcError, RpcServeError};
 use crate::sampler::{SampleError, SamplerError};
@@ -59,6 +59,9 @@ pub enum Error {
     /// A path cannot be handed to C.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// A split model's file name could not be made.
+    #[error(transparent)]
+    SplitPath(#[from] SplitPathError),
     /// A context could not be created.
     #[error(transparent)]
     Context(#[from] ContextError),

@@ -92,3 +92,61 @@ pub fn llama_version() -> String {
     // SAFETY: returns a static NUL-terminated string.
     unsafe { string_from_c(sys::llama_version()) }
 }
+
+/// The most devices llama.cpp splits a model over (the length `tensor_split` may have).
+/// C equivalent: `llama_max_devices`.
+pub fn max_devices() -> usize {
+    // SAFETY: a constant query.
+    unsafe { sys::llama_max_devices() }
+}
+
+/// The most tensor buffer-type overrides llama.cpp's own tools accept (the crate's
+/// override list has no such limit). C equivalent: `llama_max_tensor_buft_overrides`.
+pub fn max_tensor_buft_overrides() -> usize {
+    // SAFETY: a constant query.
+    unsafe { sys::llama_max_tensor_buft_overrides() }
+}
+
+/// The names of the chat templates llama.cpp's built-in matcher knows (`"chatml"`,
+/// `"llama3"`, ...), which [`apply_chat_template`](crate::vocab::apply_chat_template)
+/// accepts by name. C equivalent: `llama_chat_builtin_templates`.
+pub fn builtin_chat_templates() -> Vec<String> {
+    // SAFETY: with len 0 it writes nothing and returns the number of templates.
+    let n = unsafe { sys::llama_chat_builtin_templates(std::ptr::null_mut(), 0) };
+    let mut names = vec![std::ptr::null::<std::ffi::c_char>(); usize::try_from(n).unwrap_or(0)];
+    // SAFETY: names has room for names.len() pointers; llama.cpp writes at most that
+    // many, each a NUL-terminated string owned by a static map.
+    unsafe { sys::llama_chat_builtin_templates(names.as_mut_ptr(), names.len()) };
+    names
+        .into_iter()
+        // SAFETY: each pointer is one llama.cpp wrote: a static NUL-terminated string.
+        .map(|p| unsafe { string_from_c(p) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_llama_cpps() {
+        assert!(max_devices() >= 1);
+        assert!(max_tensor_buft_overrides() >= 1);
+    }
+
+    #[test]
+    fn builtin_templates_include_chatml_and_each_renders() {
+        let names = builtin_chat_templates();
+        assert!(names.iter().any(|n| n == "chatml"), "{names:?}");
+        assert!(names.iter().any(|n| n == "llama3"), "{names:?}");
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        let messages = [crate::vocab::ChatMessage::new("user", "hello there")];
+        for name in &names {
+            let prompt =
+                crate::vocab::apply_chat_template(name, &messages, crate::AddAssistant::Yes)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(prompt.contains("hello there"), "{name}: {prompt:?}");
+        }
+    }
+}
