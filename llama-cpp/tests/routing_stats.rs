@@ -233,3 +233,52 @@ fn warmup_decodes_and_reset_are_not_counted() {
     assert_eq!(ctx.routing_stats().expect("on").tokens(), 0);
     assert!(ctx.routing_stats().expect("on").layers.is_empty());
 }
+
+/// A router built to send every token to experts 3 and 1 (gpt-oss: zero router weights,
+/// biases 10 and 9): the statistics name exactly those experts, with gpt-oss's softmax
+/// over the two chosen logits as their weights.
+#[test]
+fn a_fixed_router_routes_every_token_to_its_experts() {
+    let dir = std::env::temp_dir().join(format!(
+        "llama-cpp-moe-routing-fixed-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("gpt-oss-fixed.gguf");
+    llama_cpp_moe_gguf::synth::SynthSpec::new(Arch::GptOss, Preset::Tiny)
+        .seed(3)
+        .fixed_routing(&[3, 1])
+        .write(&path)
+        .expect("synthetic model");
+    let model = Model::load(
+        &llama_cpp_moe::Backend::init(),
+        &path,
+        &llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0),
+    )
+    .expect("load");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stats = collected(&model, 19, 3, 30);
+    let w3 = 1.0 / (1.0 + (-1.0f64).exp());
+    assert_eq!(stats.layers.len(), 2);
+    for l in &stats.layers {
+        assert_eq!(l.tokens, 22, "layer {}", l.layer);
+        let mut expected = vec![0; 4];
+        expected[3] = l.tokens;
+        expected[1] = l.tokens;
+        assert_eq!(l.counts, expected, "layer {}", l.layer);
+        assert_eq!(l.distinct_max, 2);
+        assert_eq!(l.distinct_sum, 2 * l.ubatches);
+        let t = l.tokens as f64;
+        assert!(
+            (l.weight_sums[3] - w3 * t).abs() < 1e-4 * t,
+            "{:?}",
+            l.weight_sums
+        );
+        assert!(
+            (l.weight_sums[1] - (1.0 - w3) * t).abs() < 1e-4 * t,
+            "{:?}",
+            l.weight_sums
+        );
+        assert_eq!(l.entropy(), 1.0);
+    }
+}
