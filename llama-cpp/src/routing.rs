@@ -7,7 +7,9 @@
 //! expert ids (an I32 view `[n_expert_used, n_tokens]` into the argsort, read with its
 //! strides), and the last of `ffn_moe_weights`, `ffn_moe_weights_softmax`,
 //! `ffn_moe_weights_norm`, `ffn_moe_weights_scaled` of the layer, the gate weights that
-//! multiply the expert outputs.
+//! multiply the expert outputs, and the last of `ffn_moe_down`, `ffn_moe_down_scaled`,
+//! `ffn_moe_down_biased`, the expert outputs `[n_embd, n_expert_used, n_tokens]`, whose
+//! norms give the router-weighted saliency of REAP-style pruning.
 //!
 //! Collection is off by default, and then costs nothing: no eval callback is installed.
 //! When on, llama.cpp's scheduler stops after each observed tensor to hand it over (see
@@ -172,6 +174,9 @@ pub struct LayerStats {
     pub counts: Vec<u64>,
     /// Per expert: the sum of its gate weights over the tokens that selected it.
     pub weight_sums: Vec<f64>,
+    /// Per expert: the sum, over the tokens that selected it, of its gate weight times
+    /// the L2 norm of its output for the token (see [`LayerStats::saliency`]).
+    pub saliency_sums: Vec<f64>,
     /// Most distinct experts selected in one micro-batch (what must be on the device for
     /// it, when experts live in host RAM).
     pub distinct_max: u32,
@@ -187,6 +192,7 @@ impl LayerStats {
             ubatches: 0,
             counts: vec![0; n_expert],
             weight_sums: vec![0.0; n_expert],
+            saliency_sums: vec![0.0; n_expert],
             distinct_max: 0,
             distinct_sum: 0,
         }
@@ -220,6 +226,17 @@ impl LayerStats {
         self.entropy() / (n as f64).log2()
     }
 
+    /// Per expert: the router-weighted output norm REAP prunes by, the mean over the
+    /// tokens that selected the expert of gate weight × ‖expert output‖ (0 for an
+    /// expert never selected).
+    pub fn saliency(&self) -> Vec<f64> {
+        self.saliency_sums
+            .iter()
+            .zip(&self.counts)
+            .map(|(&s, &c)| if c == 0 { 0.0 } else { s / c as f64 })
+            .collect()
+    }
+
     /// Mean distinct experts selected per micro-batch.
     pub fn distinct_mean(&self) -> f64 {
         if self.ubatches == 0 {
@@ -235,11 +252,15 @@ impl LayerStats {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);
             self.weight_sums.resize(other.counts.len(), 0.0);
+            self.saliency_sums.resize(other.counts.len(), 0.0);
         }
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
         for (a, b) in self.weight_sums.iter_mut().zip(&other.weight_sums) {
+            *a += b;
+        }
+        for (a, b) in self.saliency_sums.iter_mut().zip(&other.saliency_sums) {
             *a += b;
         }
         self.distinct_max = self.distinct_max.max(other.distinct_max);
@@ -323,6 +344,8 @@ impl RoutingStats {
                     "ubatches": l.ubatches,
                     "counts": l.counts,
                     "weight_sums": l.weight_sums,
+                    "saliency_sums": l.saliency_sums,
+                    "saliency": l.saliency(),
                     "entropy": l.entropy(),
                     "normalized_entropy": l.normalized_entropy(),
                     "distinct_max": l.distinct_max,
@@ -442,11 +465,19 @@ impl RoutingStats {
                         .ok_or_else(|| bad("a weight sum is not a number"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let saliency_sums = array("saliency_sums")?
+                .iter()
+                .map(|c| {
+                    c.as_f64()
+                        .ok_or_else(|| bad("a saliency sum is not a number"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let entry = stats.layer_mut(layer, n_expert);
             entry.tokens = u(l, "tokens")?;
             entry.ubatches = u(l, "ubatches")?;
             entry.counts = counts;
             entry.weight_sums = weight_sums;
+            entry.saliency_sums = saliency_sums;
             entry.distinct_max = u32_of(l, "distinct_max")?;
             entry.distinct_sum = u(l, "distinct_sum")?;
         }
@@ -541,6 +572,7 @@ impl RoutingStats {
 enum Kind {
     TopK,
     Weights,
+    Down,
     Out,
 }
 
@@ -554,6 +586,7 @@ fn classify(name: &[u8]) -> Option<(Kind, u32)> {
         | b"ffn_moe_weights_softmax"
         | b"ffn_moe_weights_norm"
         | b"ffn_moe_weights_scaled" => Kind::Weights,
+        b"ffn_moe_down" | b"ffn_moe_down_scaled" | b"ffn_moe_down_biased" => Kind::Down,
         b"ffn_moe_out" => Kind::Out,
         _ => return None,
     };
@@ -566,6 +599,8 @@ struct Pending {
     n_tokens: usize,
     topk: Vec<i32>,
     weights: Option<Vec<f32>>,
+    /// ‖expert output‖ per selection, in the order of `topk`.
+    norms: Option<Vec<f32>>,
 }
 
 struct CollectState {
@@ -639,8 +674,11 @@ impl Collector {
             }
             entry.counts[e] += 1;
             seen[e] = true;
-            if let Some(w) = p.weights.as_ref().and_then(|w| w.get(i)) {
-                entry.weight_sums[e] += f64::from(*w);
+            if let Some(&w) = p.weights.as_ref().and_then(|w| w.get(i)) {
+                entry.weight_sums[e] += f64::from(w);
+                if let Some(&n) = p.norms.as_ref().and_then(|n| n.get(i)) {
+                    entry.saliency_sums[e] += f64::from(w) * f64::from(n);
+                }
             }
         }
         let distinct = seen.iter().filter(|&&s| s).count() as u32;
@@ -682,6 +720,7 @@ impl Collector {
                         n_tokens,
                         topk,
                         weights: None,
+                        norms: None,
                     });
                 }
             }
@@ -695,6 +734,17 @@ impl Collector {
                     // expert outputs.
                     if w.len() == p.topk.len() {
                         p.weights = Some(w);
+                    }
+                }
+            }
+            Kind::Down => {
+                let Some(p) = state.pending[layer].as_mut() else {
+                    return;
+                };
+                // SAFETY: as this function's contract.
+                if let Some(n) = unsafe { read_row_norms(t, &mut state.bytes) } {
+                    if n.len() == p.topk.len() {
+                        p.norms = Some(n);
                     }
                 }
             }
@@ -793,6 +843,40 @@ unsafe fn read_f32(t: &sys::ggml_tensor, buf: &mut Vec<u8>) -> Option<Vec<f32>> 
     }
 }
 
+/// The L2 norm of every row (dimension 0) of an F32 tensor, rows in logical order.
+///
+/// # Safety
+/// As [`tensor_bytes`].
+unsafe fn read_row_norms(t: &sys::ggml_tensor, buf: &mut Vec<u8>) -> Option<Vec<f32>> {
+    if t.type_ != sys::GGML_TYPE_F32 {
+        return None;
+    }
+    // SAFETY: as this function's contract.
+    let bytes = unsafe { tensor_bytes(t, buf) }?;
+    let ne: Vec<usize> =
+        t.ne.iter()
+            .map(|&n| usize::try_from(n).ok())
+            .collect::<Option<_>>()?;
+    let nb = t.nb;
+    let mut out = Vec::with_capacity(ne[1] * ne[2] * ne[3]);
+    for i3 in 0..ne[3] {
+        for i2 in 0..ne[2] {
+            for i1 in 0..ne[1] {
+                let row = i1 * nb[1] + i2 * nb[2] + i3 * nb[3];
+                let mut sum = 0.0f64;
+                for i0 in 0..ne[0] {
+                    let off = row + i0 * nb[0];
+                    let b = bytes.get(off..off + 4)?;
+                    let x = f64::from(f32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    sum += x * x;
+                }
+                out.push(sum.sqrt() as f32);
+            }
+        }
+    }
+    Some(out)
+}
+
 fn f16_to_f32(h: u16) -> f32 {
     let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
     let exp = i32::from((h >> 10) & 0x1f);
@@ -871,6 +955,7 @@ mod tests {
             let l = s.layer_mut(i as u32, 4);
             l.counts = c.to_vec();
             l.weight_sums = c.iter().map(|&x| x as f64 * 0.5).collect();
+            l.saliency_sums = c.iter().map(|&x| x as f64 * 1.5).collect();
             l.tokens = c.iter().sum::<u64>() / 2;
             l.ubatches = 1;
             l.distinct_max = c.iter().filter(|&&x| x > 0).count() as u32;
@@ -888,6 +973,7 @@ mod tests {
         );
         assert_eq!(classify(b"ffn_moe_weights_sum-0"), None);
         assert_eq!(classify(b"ffn_moe_out-3"), Some((Kind::Out, 3)));
+        assert_eq!(classify(b"ffn_moe_down_biased-1"), Some((Kind::Down, 1)));
         assert_eq!(classify(b"ffn_moe_topk-12 (view)"), None);
         assert_eq!(classify(b"ffn_moe_topk"), None);
     }

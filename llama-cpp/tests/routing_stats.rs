@@ -77,9 +77,11 @@ fn counts_sum_to_tokens_times_experts_used_in_every_moe_layer_of_every_arch() {
             assert_eq!(l.ubatches, ubatches, "{arch:?} layer {}", l.layer);
             assert!(l.distinct_max as u64 <= (8 * k).min(u64::from(hp.n_expert)));
             assert!(l.distinct_max as u64 >= k, "{arch:?}: {}", l.distinct_max);
-            for (c, w) in l.counts.iter().zip(&l.weight_sums) {
+            for ((c, w), s) in l.counts.iter().zip(&l.weight_sums).zip(&l.saliency_sums) {
                 assert!(w.is_finite() && *w >= 0.0, "{arch:?}: weight sum {w}");
                 assert_eq!(*c == 0, *w == 0.0, "{arch:?}: count {c}, weight sum {w}");
+                assert!(s.is_finite() && *s >= 0.0, "{arch:?}: saliency sum {s}");
+                assert_eq!(*c == 0, *s == 0.0, "{arch:?}: count {c}, saliency sum {s}");
             }
         }
     }
@@ -169,7 +171,8 @@ fn merged_profiles_equal_one_profile_of_both_runs() {
         assert_eq!(m.ubatches, o.ubatches);
         assert_eq!(m.distinct_sum, o.distinct_sum);
         assert_eq!(m.distinct_max, o.distinct_max);
-        for (x, y) in m.weight_sums.iter().zip(&o.weight_sums) {
+        let pairs = m.weight_sums.iter().zip(&o.weight_sums);
+        for (x, y) in pairs.chain(m.saliency_sums.iter().zip(&o.saliency_sums)) {
             assert!((x - y).abs() < 1e-4, "layer {}: {x} vs {y}", m.layer);
         }
         assert!((m.entropy() - o.entropy()).abs() < 1e-12);
@@ -280,5 +283,9 @@ fn a_fixed_router_routes_every_token_to_its_experts() {
             l.weight_sums
         );
         assert_eq!(l.entropy(), 1.0);
+        let saliency = l.saliency();
+        for (e, s) in saliency.iter().enumerate() {
+            assert_eq!(*s > 0.0, e == 1 || e == 3, "{saliency:?}");
+        }
     }
 }
