@@ -573,7 +573,6 @@ enum Kind {
     TopK,
     Weights,
     Down,
-    Out,
 }
 
 /// Parses `ffn_moe_topk-12` and friends into what they hold and their layer.
@@ -587,14 +586,16 @@ fn classify(name: &[u8]) -> Option<(Kind, u32)> {
         | b"ffn_moe_weights_norm"
         | b"ffn_moe_weights_scaled" => Kind::Weights,
         b"ffn_moe_down" | b"ffn_moe_down_scaled" | b"ffn_moe_down_biased" => Kind::Down,
-        b"ffn_moe_out" => Kind::Out,
         _ => return None,
     };
     let layer = std::str::from_utf8(layer).ok()?.parse().ok()?;
     Some((kind, layer))
 }
 
-/// One layer's selections in the micro-batch being computed.
+/// One layer's selections in the last micro-batch computed. It is added to the
+/// statistics when the layer's next selection arrives or the statistics are read, so
+/// that no tensor after the expert outputs has to be observed (each observed tensor
+/// splits the scheduler's compute).
 struct Pending {
     n_tokens: usize,
     topk: Vec<i32>,
@@ -746,11 +747,6 @@ impl Collector {
                     if n.len() == p.topk.len() {
                         p.norms = Some(n);
                     }
-                }
-            }
-            Kind::Out => {
-                if let Some(p) = state.pending[layer].take() {
-                    self.fold(&mut state.stats, layer as u32, p);
                 }
             }
         }
@@ -972,7 +968,7 @@ mod tests {
             Some((Kind::Weights, 0))
         );
         assert_eq!(classify(b"ffn_moe_weights_sum-0"), None);
-        assert_eq!(classify(b"ffn_moe_out-3"), Some((Kind::Out, 3)));
+        assert_eq!(classify(b"ffn_moe_out-3"), None);
         assert_eq!(classify(b"ffn_moe_down_biased-1"), Some((Kind::Down, 1)));
         assert_eq!(classify(b"ffn_moe_topk-12 (view)"), None);
         assert_eq!(classify(b"ffn_moe_topk"), None);

@@ -171,7 +171,8 @@ impl std::fmt::Debug for Context<'_> {
 
 // SAFETY: a llama_context may move between threads (llama-server hands contexts to
 // worker threads); it is not Sync because decode mutates it without locking. The abort
-// state it owns is Send (its callback is Send + Sync).
+// state it owns is Send (its callback is Send + Sync), and so is the routing collector
+// (plain data behind Mutexes).
 unsafe impl Send for Context<'_> {}
 
 impl Drop for Context<'_> {
