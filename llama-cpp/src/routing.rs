@@ -612,6 +612,7 @@ struct CollectState {
 
 /// The eval callback's state, owned (boxed) by the context.
 pub(crate) struct Collector {
+    n_layer: usize,
     n_expert: usize,
     n_used: usize,
     state: Mutex<CollectState>,
@@ -622,6 +623,7 @@ impl Collector {
     pub(crate) fn new(model: &Model) -> Self {
         let identity = ModelIdentity::of(model);
         Collector {
+            n_layer: identity.block_count as usize,
             n_expert: identity.expert_count as usize,
             n_used: identity.expert_used_count as usize,
             state: Mutex::new(CollectState {
@@ -698,6 +700,9 @@ impl Collector {
         let mut state = self.lock();
         let state = &mut *state;
         let layer = layer as usize;
+        if layer >= self.n_layer {
+            return;
+        }
         if state.pending.len() <= layer {
             state.pending.resize_with(layer + 1, || None);
         }
