@@ -12,8 +12,12 @@
 //! norms give the router-weighted saliency of REAP-style pruning.
 //!
 //! Collection is off by default, and then costs nothing: no eval callback is installed.
-//! When on, llama.cpp's scheduler stops after each observed tensor to hand it over (see
-//! `ggml_backend_sched_compute_splits`), which costs some decode speed.
+//! When on, llama.cpp's scheduler stops after each observed tensor to hand it over and
+//! synchronises (see `ggml_backend_sched_compute_splits`). Only the expert outputs are
+//! observed, one stop per MoE layer (two with expert biases): the selection is their
+//! source, and the final gate weights, consumed after them, are still in memory then.
+//! The `decode_overhead_of_routing_stats` benchmark (tests/routing_stats.rs) measures
+//! the cost.
 //!
 //! What is counted:
 //! - Each micro-batch that llama.cpp computes, once, in every MoE layer. Graph
@@ -573,6 +577,7 @@ enum Kind {
     TopK,
     Weights,
     Down,
+    Weighted,
 }
 
 /// Parses `ffn_moe_topk-12` and friends into what they hold and their layer.
@@ -586,6 +591,7 @@ fn classify(name: &[u8]) -> Option<(Kind, u32)> {
         | b"ffn_moe_weights_norm"
         | b"ffn_moe_weights_scaled" => Kind::Weights,
         b"ffn_moe_down" | b"ffn_moe_down_scaled" | b"ffn_moe_down_biased" => Kind::Down,
+        b"ffn_moe_weighted" => Kind::Weighted,
         _ => return None,
     };
     let layer = std::str::from_utf8(layer).ok()?.parse().ok()?;
@@ -604,9 +610,28 @@ struct Pending {
     norms: Option<Vec<f32>>,
 }
 
+/// What the scheduler showed of one layer in the graph being computed.
+#[derive(Default, Clone)]
+struct LayerGraph {
+    /// The last gate-weight tensor asked about since this micro-batch's selection (the
+    /// final one of the chain, which multiplies the expert outputs after them, so it is
+    /// still alive when they are read); an address, only dereferenced during the same
+    /// graph compute.
+    weights: Option<usize>,
+    /// An expert output of this micro-batch was read already (a `_biased` one follows
+    /// the plain one).
+    down_seen: bool,
+    /// The architecture weights the experts' input instead of their output
+    /// (`weight_before_ffn`, llama4): the weights are read from `ffn_moe_weighted`.
+    weights_first: bool,
+    /// The weights read from `ffn_moe_weighted`, for `weights_first`.
+    early_weights: Option<Vec<f32>>,
+}
+
 struct CollectState {
     stats: RoutingStats,
     pending: Vec<Option<Pending>>,
+    graph: Vec<LayerGraph>,
     bytes: Vec<u8>,
 }
 
@@ -629,6 +654,7 @@ impl Collector {
             state: Mutex::new(CollectState {
                 stats: RoutingStats::new(identity),
                 pending: Vec::new(),
+                graph: Vec::new(),
                 bytes: Vec::new(),
             }),
             panic: Mutex::new(None),
@@ -692,7 +718,46 @@ impl Collector {
         debug_assert_eq!(p.topk.len(), k * p.n_tokens);
     }
 
-    /// Handles one computed tensor.
+    /// Answers the scheduler's question whether it should stop after `t` to hand it
+    /// over. Only the expert outputs are wanted (one stop per MoE layer, two with
+    /// expert biases): they take the selected experts as their source, and the final
+    /// gate weights, remembered here, are still alive then.
+    fn ask(&self, t: &sys::ggml_tensor, kind: Kind, layer: u32) -> bool {
+        let mut state = self.lock();
+        let layer = layer as usize;
+        if layer >= self.n_layer {
+            return false;
+        }
+        if state.graph.len() <= layer {
+            state.graph.resize_with(layer + 1, LayerGraph::default);
+        }
+        let g = &mut state.graph[layer];
+        match kind {
+            // The selection starts a micro-batch's MoE block: every expert output of the
+            // layer depends on it, so it comes first in any order the backend chooses.
+            Kind::TopK => {
+                g.down_seen = false;
+                g.weights = None;
+                false
+            }
+            Kind::Weights => {
+                g.weights = Some(std::ptr::from_ref(t) as usize);
+                // A backend that orders the weights after the expert outputs: read them
+                // when computed.
+                g.down_seen
+            }
+            Kind::Weighted => {
+                // Weighted before the expert outputs: the weights multiply the input.
+                if !g.down_seen {
+                    g.weights_first = true;
+                }
+                g.weights_first && !g.down_seen
+            }
+            Kind::Down => true,
+        }
+    }
+
+    /// Handles one computed tensor the scheduler stopped for.
     ///
     /// # Safety
     /// `t` is a computed graph node handed over by ggml's scheduler (ask = false).
@@ -700,59 +765,92 @@ impl Collector {
         let mut state = self.lock();
         let state = &mut *state;
         let layer = layer as usize;
-        if layer >= self.n_layer {
+        if layer >= self.n_layer || state.graph.len() <= layer {
             return;
         }
         if state.pending.len() <= layer {
             state.pending.resize_with(layer + 1, || None);
         }
         match kind {
-            Kind::TopK => {
-                if let Some(p) = state.pending[layer].take() {
-                    self.fold(&mut state.stats, layer as u32, p);
-                }
-                // A warm-up graph routes every token to all experts: not a workload.
-                if usize::try_from(t.ne[0]).ok() != Some(self.n_used) {
-                    return;
-                }
-                // SAFETY: as this function's contract.
-                if let Some(topk) = unsafe { read_i32(t, &mut state.bytes) } {
-                    let n_tokens = topk.len() / self.n_used.max(1);
-                    // The last layer of a micro-batch without outputs routes no token.
-                    if n_tokens == 0 {
-                        return;
-                    }
-                    state.pending[layer] = Some(Pending {
-                        n_tokens,
-                        topk,
-                        weights: None,
-                        norms: None,
-                    });
-                }
-            }
+            Kind::TopK => {}
             Kind::Weights => {
-                let Some(p) = state.pending[layer].as_mut() else {
-                    return;
-                };
+                // Only asked for when computed after the expert outputs.
                 // SAFETY: as this function's contract.
-                if let Some(w) = unsafe { read_f32(t, &mut state.bytes) } {
-                    // The last of the weight chain wins: it is what multiplies the
-                    // expert outputs.
+                let w = unsafe { read_f32(t, &mut state.bytes) };
+                if let (Some(p), Some(w)) = (state.pending[layer].as_mut(), w) {
                     if w.len() == p.topk.len() {
                         p.weights = Some(w);
                     }
                 }
             }
+            Kind::Weighted => {
+                // weights_first: src[1] is the gate weights this node multiplies by.
+                let w = t.src[1];
+                state.graph[layer].early_weights = if w.is_null() {
+                    None
+                } else {
+                    // SAFETY: a source of a computed node is computed and alive.
+                    unsafe { read_f32(&*w, &mut state.bytes) }
+                };
+            }
             Kind::Down => {
-                let Some(p) = state.pending[layer].as_mut() else {
+                // SAFETY: as this function's contract.
+                let norms = unsafe { read_row_norms(t, &mut state.bytes) };
+                if state.graph[layer].down_seen {
+                    // The biased expert outputs after the plain ones: same selection.
+                    if let (Some(p), Some(n)) = (state.pending[layer].as_mut(), norms) {
+                        if n.len() == p.topk.len() {
+                            p.norms = Some(n);
+                        }
+                    }
+                    return;
+                }
+                state.graph[layer].down_seen = true;
+                if let Some(p) = state.pending[layer].take() {
+                    self.fold(&mut state.stats, layer as u32, p);
+                }
+                // mul_mat_id and add_id both take the selected experts as src[2].
+                let ids = t.src[2];
+                if ids.is_null() {
+                    return;
+                }
+                // SAFETY: a source of a computed node is computed and alive.
+                let ids = unsafe { &*ids };
+                // A warm-up graph routes every token to all experts: not a workload.
+                if usize::try_from(ids.ne[0]).ok() != Some(self.n_used) {
+                    return;
+                }
+                // SAFETY: as above.
+                let Some(topk) = (unsafe { read_i32(ids, &mut state.bytes) }) else {
                     return;
                 };
-                // SAFETY: as this function's contract.
-                if let Some(n) = unsafe { read_row_norms(t, &mut state.bytes) } {
-                    if n.len() == p.topk.len() {
-                        p.norms = Some(n);
-                    }
+                let n_tokens = topk.len() / self.n_used.max(1);
+                // The last layer of a micro-batch without outputs routes no token.
+                if n_tokens == 0 {
+                    return;
                 }
+                let g = &mut state.graph[layer];
+                let weights = if g.weights_first {
+                    g.early_weights.take()
+                } else {
+                    match g.weights {
+                        // SAFETY: recorded while the scheduler asked about this graph's
+                        // nodes, before this one; the final weights are consumed after
+                        // the expert outputs, so their memory is still theirs.
+                        Some(w) => unsafe {
+                            read_f32(&*(w as *const sys::ggml_tensor), &mut state.bytes)
+                        },
+                        None => None,
+                    }
+                };
+                let weights = weights.filter(|w| w.len() == topk.len());
+                let norms = norms.filter(|n| n.len() == topk.len());
+                state.pending[layer] = Some(Pending {
+                    n_tokens,
+                    topk,
+                    weights,
+                    norms,
+                });
             }
         }
     }
@@ -921,7 +1019,7 @@ pub(crate) unsafe extern "C" fn eval_trampoline(
         return false;
     };
     if ask {
-        return true;
+        return catch_unwind(AssertUnwindSafe(|| collector.ask(t, kind, layer))).unwrap_or(false);
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: ask == false: the node is computed.

@@ -289,3 +289,86 @@ fn a_fixed_router_routes_every_token_to_its_experts() {
         }
     }
 }
+
+/// Decode overhead of collection, as a ratio measured in one run: two contexts of one
+/// model, stats off and on, decoding the same tokens one at a time, interleaved so that
+/// machine load hits both alike. Prints the ratio of the median per-token times.
+///
+/// `cargo test --release -p llama-cpp-moe --test routing_stats -- --ignored --nocapture`
+/// (the synthetic qwen3moe `small`: 48 layers of 128 experts, 8 used; or the model at
+/// `$LLAMA_CPP_MOE_ROUTING_BENCH_MODEL`; threads: `$LLAMA_CPP_MOE_ROUTING_BENCH_THREADS`,
+/// default 1).
+#[test]
+#[ignore = "benchmark"]
+fn decode_overhead_of_routing_stats() {
+    let path = std::env::var_os("LLAMA_CPP_MOE_ROUTING_BENCH_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let path = std::env::temp_dir().join("llama-cpp-moe-routing-bench-qwen3moe-small.gguf");
+            if !path.exists() {
+                llama_cpp_moe_gguf::synth::SynthSpec::new(Arch::Qwen3Moe, Preset::Small)
+                    .seed(1)
+                    .write(&path)
+                    .expect("synthetic model");
+            }
+            path
+        });
+    let model = Model::load(
+        &llama_cpp_moe::Backend::init(),
+        &path,
+        &llama_cpp_moe::ModelParams::default().with_n_gpu_layers(0),
+    )
+    .expect("load");
+    let threads = std::env::var("LLAMA_CPP_MOE_ROUTING_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let params = small_params().with_n_ctx(512).with_n_threads(threads);
+    let mut off = Context::new(&model, &params).expect("context");
+    let mut on = Context::new(&model, &params.clone().with_routing_stats(true)).expect("context");
+    let n = 160;
+    let (mut t_off, mut t_on) = (Vec::new(), Vec::new());
+    let (mut cpu_off, mut cpu_on) = (0u64, 0u64);
+    for i in 0..n {
+        let batch =
+            Batch::from_tokens(&[Token(10 + (i * 7) % 300)], Pos(i), SeqId(0)).expect("batch");
+        for (ctx, times, cpu) in [
+            (&mut off, &mut t_off, &mut cpu_off),
+            (&mut on, &mut t_on, &mut cpu_on),
+        ] {
+            let (start, cpu_start) = (std::time::Instant::now(), thread_cpu_ns());
+            ctx.decode(&batch).expect("decode");
+            times.push(start.elapsed().as_secs_f64());
+            *cpu += thread_cpu_ns().saturating_sub(cpu_start);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_off, m_on) = (median(&mut t_off), median(&mut t_on));
+    let stats = on.routing_stats().expect("on");
+    assert_eq!(stats.tokens(), n as u64);
+    println!(
+        "routing stats decode overhead ({threads} threads): median {:.3} ms off, {:.3} ms on per token: ratio {:.3} \
+         (sums {:.1} / {:.1} ms); this thread's CPU time {:.1} / {:.1} ms: ratio {:.3}",
+        m_off * 1e3,
+        m_on * 1e3,
+        m_on / m_off,
+        t_off.iter().sum::<f64>() * 1e3,
+        t_on.iter().sum::<f64>() * 1e3,
+        cpu_off as f64 / 1e6,
+        cpu_on as f64 / 1e6,
+        cpu_on as f64 / cpu_off.max(1) as f64,
+    );
+}
+
+/// CPU time of this thread in ns (Linux `/proc/thread-self/schedstat`; 0 elsewhere):
+/// with one thread ggml computes on the caller's, and CPU time ignores the waits that
+/// other processes cause.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
