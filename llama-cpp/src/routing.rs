@@ -29,11 +29,12 @@
 //!   too; it is skipped as well.
 //! - In its last layer llama.cpp computes only the tokens whose output was requested
 //!   (the `inp_out_ids` rows), so the last layer's [`LayerStats::tokens`] is the number
-//!   of outputs, not of tokens, for a prompt that asks for the last logits only.
+//!   of outputs, not of tokens, for a prompt that asks for the last logits only (gpt-oss
+//!   selects those rows after its last layer instead, so all its layers route every
+//!   token).
 //!
 //! ```no_run
 //! use llama_cpp_moe::{Backend, Context, ContextParams, Model, ModelParams};
-//! use llama_cpp_moe::routing::ModelIdentity;
 //! # fn main() -> llama_cpp_moe::Result<()> {
 //! let model = Model::load(&Backend::init(), "qwen3-30b-a3b.gguf", &ModelParams::default())?;
 //! let mut ctx = Context::new(&model, &ContextParams::default().with_routing_stats(true))?;
