@@ -94,6 +94,7 @@ pub enum RoutingError {
 /// What a profile was measured on; profiles merge only when these match (the file
 /// name is informational and not compared).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ModelIdentity {
     /// `general.architecture`, e.g. `qwen3moe`.
     pub arch: String,
@@ -168,6 +169,7 @@ impl ModelIdentity {
 
 /// One MoE layer's routing.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LayerStats {
     /// The layer index (`blk.<layer>`).
     pub layer: u32,
@@ -275,6 +277,7 @@ impl LayerStats {
 
 /// Routing statistics of a model over one or more runs: a profile.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RoutingStats {
     /// The model they were measured on.
     pub model: ModelIdentity,
