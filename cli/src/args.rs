@@ -232,6 +232,10 @@ pub struct OutputArgs {
     /// Show llama.cpp's log
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// Collect expert routing statistics, write them to FILE as a JSON profile (added
+    /// to the profile already there, of the same model) and print a summary
+    #[arg(long, value_name = "FILE")]
+    pub moe_stats: Option<std::path::PathBuf>,
 }
 
 const DEFAULT_PROMPT: &str = "Once upon a time, in a valley full of clockwork birds,";

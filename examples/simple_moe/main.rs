@@ -11,10 +11,12 @@
 //! placement and speed are real.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use llama_cpp_moe::model::{bytes_by_location, MemoryLocation};
 use llama_cpp_moe::plan::{Bandwidths, Budget, LayerOrder, Plan, Planner};
+use llama_cpp_moe::routing::RoutingStats;
 use llama_cpp_moe::{
     AddSpecial, Backend, Context, ErrorChain, GenerateParams, GenerationStats, Model, ParseSpecial,
     Sampler, SamplerBuilder,
@@ -69,14 +71,32 @@ fn run(a: &Args) -> Result<(), String> {
     if let Some(plan) = &plan {
         // The plan's params (the caller's plus the planned overrides) and context length.
         loaded = load_with(plan.params.clone(), &backend, file)?;
-        let params = context_params(&a.generation.context, &a.placement, 1).with_n_ctx(plan.n_ctx);
+        let params = context_params(&a.generation.context, &a.placement, 1)
+            .with_n_ctx(plan.n_ctx)
+            .with_routing_stats(a.output.moe_stats.is_some());
         ctx = Context::new(&loaded.model, &params)
             .map_err(|e| format!("creating context: {}", ErrorChain(&e)))?;
     } else {
         loaded = load(&a.placement, &backend, file, interactive)?;
-        ctx = new_context(&a.generation.context, &a.placement, 1, &loaded.model)?;
+        ctx = if a.output.moe_stats.is_some() {
+            let params =
+                context_params(&a.generation.context, &a.placement, 1).with_routing_stats(true);
+            Context::new(&loaded.model, &params)
+                .map_err(|e| format!("creating context: {}", ErrorChain(&e)))?
+        } else {
+            new_context(&a.generation.context, &a.placement, 1, &loaded.model)?
+        };
     }
     let generated = generate(a, &loaded, &mut ctx)?;
+    if let Some(path) = &a.output.moe_stats {
+        let summary = save_routing_stats(path, &loaded, &ctx)?;
+        // stdout holds exactly one JSON object with --json.
+        if a.output.json {
+            eprint!("{summary}");
+        } else {
+            print!("{summary}");
+        }
+    }
     let mut report = Report::collect(a, &backend, &loaded, &ctx, generated)?;
     report.plan = plan.as_ref();
     if a.output.json {
@@ -85,6 +105,33 @@ fn run(a: &Args) -> Result<(), String> {
         report.print_text();
     }
     Ok(())
+}
+
+/// `--moe-stats FILE`: this run's routing statistics, added to the profile already in
+/// FILE (of the same model) or written as a new one; returns the summary to print.
+fn save_routing_stats(path: &Path, loaded: &Loaded, ctx: &Context<'_>) -> Result<String, String> {
+    let mut stats = ctx
+        .routing_stats()
+        .ok_or("routing statistics were not collected")?;
+    stats.model = stats.model.with_file_name(&loaded.file.path);
+    stats.prompts = 1;
+    let what = if path.exists() {
+        let mut profile = RoutingStats::load(path)
+            .and_then(|mut p| p.merge(&stats).map(|()| p))
+            .map_err(|e| format!("--moe-stats: {}", ErrorChain(&e)))?;
+        std::mem::swap(&mut profile, &mut stats);
+        "added to"
+    } else {
+        "written to"
+    };
+    stats
+        .save(path)
+        .map_err(|e| format!("--moe-stats: {}", ErrorChain(&e)))?;
+    Ok(format!(
+        "{}routing profile {what} {}\n",
+        stats.summary(4),
+        path.display()
+    ))
 }
 
 /// Plans the placement (`--fit`, `--plan`): budgets from `--fit-budget`, else free

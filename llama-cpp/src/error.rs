@@ -101,6 +101,9 @@ pub enum Error {
     /// A dry run (memory measurement without allocating) failed.
     #[error(transparent)]
     DryRun(#[from] DryRunError),
+    /// A routing profile could not be read, written or merged.
+    #[error(transparent)]
+    Routing(#[from] crate::routing::RoutingError),
     /// A memory plan could not be made.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),

@@ -60,6 +60,10 @@ pub(crate) fn fill(
                     Init::Zeros => s.f32s.fill(0.0),
                     Init::Normal(std) => s.f32s.iter_mut().for_each(|x| *x = rng.normal() * std),
                 }
+                if let Some(values) = &p.values {
+                    let start = (done * ne0) as usize;
+                    s.f32s.copy_from_slice(&values[start..start + count]);
+                }
                 // The type is one of SUPPORTED (checked when the spec is validated) and
                 // the buffers are sized for n whole rows, so this cannot fail.
                 quant::quantize(d.ty, &s.f32s, &mut s.bytes)
@@ -156,6 +160,7 @@ mod tests {
                     },
                     init: Init::Normal(std),
                     silent_rows: Vec::new(),
+                    values: None,
                 };
                 let mut buf = Vec::new();
                 fill(&p, 1, mode, &mut buf, &mut Scratch::default()).unwrap();

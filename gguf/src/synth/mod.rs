@@ -100,6 +100,7 @@ pub struct SynthSpec {
     seed: u64,
     random_blocks: bool,
     public: Option<PublicModel>,
+    fixed_routing: Option<Vec<u32>>,
 }
 
 impl SynthSpec {
@@ -119,6 +120,7 @@ impl SynthSpec {
             seed: 0,
             random_blocks: preset == Preset::Full,
             public: None,
+            fixed_routing: None,
         }
     }
 
@@ -161,6 +163,16 @@ impl SynthSpec {
     /// instead of quantising normal f32 noise with `ggml_quantize_chunk`.
     pub fn random_blocks(mut self, yes: bool) -> Self {
         self.random_blocks = yes;
+        self
+    }
+
+    /// Routers that send every token of every MoE layer to `experts`, whatever the
+    /// input: router weights of zero and a router bias of 10 for the first expert
+    /// listed, 9 for the second and so on (0 for the others). Only architectures with a
+    /// router bias have such routers (gpt-oss); `experts` must hold `n_expert_used`
+    /// distinct experts. For tests of routing statistics and expert pruning.
+    pub fn fixed_routing(mut self, experts: &[u32]) -> Self {
+        self.fixed_routing = Some(experts.to_vec());
         self
     }
 
@@ -234,6 +246,20 @@ impl SynthSpec {
         if self.arch == Arch::DeepSeek && h.n_expert_shared == 0 {
             return bad("deepseek needs n_expert_shared > 0");
         }
+        if let Some(experts) = &self.fixed_routing {
+            if self.arch != Arch::GptOss {
+                return bad("fixed routing needs a router bias (gpt-oss)");
+            }
+            let mut sorted = experts.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != experts.len()
+                || experts.len() != h.n_expert_used as usize
+                || experts.iter().any(|&x| x >= h.n_expert)
+            {
+                return bad("fixed routing needs n_expert_used distinct experts below n_expert");
+            }
+        }
         Ok(())
     }
 
@@ -246,6 +272,19 @@ impl SynthSpec {
         let readable = vocab.readable();
         if let Some(head) = tensors.iter_mut().find(|p| p.desc.name == "output.weight") {
             head.silent_rows = readable.iter().map(|r| !r).collect();
+        }
+        if let Some(experts) = &self.fixed_routing {
+            let mut bias = vec![0.0f32; self.hparams.n_expert as usize];
+            for (rank, &x) in experts.iter().enumerate() {
+                bias[x as usize] = 10.0 - rank as f32;
+            }
+            for p in &mut tensors {
+                if p.desc.name.ends_with(".ffn_gate_inp.weight") {
+                    p.init = plan::Init::Zeros;
+                } else if p.desc.name.ends_with(".ffn_gate_inp.bias") {
+                    p.values = Some(bias.clone());
+                }
+            }
         }
         // The reference model stays out of general.name: llama.cpp changes token attributes
         // by model name (a name containing "phi-3" requires `</s>`, `<s>` and `<unk>`).
@@ -404,6 +443,30 @@ mod tests {
                 .map(|_| rng.normal() * std)
                 .collect(),
         )
+    }
+
+    #[test]
+    fn fixed_routing_writes_zero_routers_with_ranked_biases_and_refuses_what_cannot_be() {
+        let spec = SynthSpec::new(Arch::GptOss, Preset::Tiny).fixed_routing(&[3, 1]);
+        let (_, tensors) = spec.plan().expect("gpt-oss has router biases");
+        let bias = tensors
+            .iter()
+            .find(|p| p.desc.name == "blk.1.ffn_gate_inp.bias")
+            .and_then(|p| p.values.clone());
+        assert_eq!(bias, Some(vec![0.0, 9.0, 0.0, 10.0]));
+        let router = tensors
+            .iter()
+            .find(|p| p.desc.name == "blk.0.ffn_gate_inp.weight")
+            .expect("router");
+        assert_eq!(router.init, Init::Zeros);
+        for bad in [
+            SynthSpec::new(Arch::Qwen3Moe, Preset::Tiny).fixed_routing(&[0, 1]),
+            SynthSpec::new(Arch::GptOss, Preset::Tiny).fixed_routing(&[1]),
+            SynthSpec::new(Arch::GptOss, Preset::Tiny).fixed_routing(&[1, 1]),
+            SynthSpec::new(Arch::GptOss, Preset::Tiny).fixed_routing(&[1, 4]),
+        ] {
+            assert!(matches!(bad.plan(), Err(SynthError::InvalidHparams(_))));
+        }
     }
 
     #[test]

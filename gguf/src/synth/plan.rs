@@ -27,6 +27,9 @@ pub(crate) struct Planned {
     /// their logits are exactly 0 while a readable token's are random around 0: the
     /// largest logit is then almost surely a readable token's.
     pub silent_rows: Vec<bool>,
+    /// Every value of the tensor, in order, replacing `init` (an F32 tensor); `None`
+    /// for drawn tensors. [`super::SynthSpec::fixed_routing`] writes router biases so.
+    pub values: Option<Vec<f32>>,
 }
 
 /// What a matrix is, to pick its storage type.
@@ -68,6 +71,7 @@ impl Builder<'_> {
             desc: TensorDesc { name, ty, shape },
             init,
             silent_rows: Vec::new(),
+            values: None,
         });
     }
 

@@ -155,6 +155,8 @@ pub struct Context<'model> {
     /// `params::k_shift_is_safe`).
     k_shift_safe: bool,
     abort: Option<Box<AbortState>>,
+    /// The routing-statistics eval callback's state, when collection is on.
+    routing: Option<Box<crate::routing::Collector>>,
     model_load_time: Option<Duration>,
     /// The sequence states this context keeps on its devices (see `state`).
     device_states: state::DeviceStates,
@@ -173,7 +175,8 @@ impl std::fmt::Debug for Context<'_> {
 
 // SAFETY: a llama_context may move between threads (llama-server hands contexts to
 // worker threads); it is not Sync because decode mutates it without locking. The abort
-// state it owns is Send (its callback is Send + Sync).
+// state it owns is Send (its callback is Send + Sync), and so is the routing collector
+// (plain data behind Mutexes).
 unsafe impl Send for Context<'_> {}
 
 impl Drop for Context<'_> {
@@ -225,13 +228,23 @@ impl<'model> Context<'model> {
                 .cast_mut()
                 .cast::<c_void>()
         });
+        let routing = params
+            .routing_stats
+            .then(|| Box::new(crate::routing::Collector::new(model)));
+        let mut raw = params.to_raw(abort_data);
+        if let Some(collector) = &routing {
+            raw.cb_eval = Some(crate::routing::eval_trampoline);
+            raw.cb_eval_user_data = std::ptr::from_ref::<crate::routing::Collector>(collector)
+                .cast_mut()
+                .cast::<c_void>();
+        }
         // Creating the context reads the model's adapter set (see `adapter`).
         let _adapters = crate::adapter::reading_adapters();
         crate::logging::clear_last_error();
         // SAFETY: the model pointer is valid for 'model; the raw params point only to
-        // `abort`, which the context keeps (boxed, at a stable address) until after
-        // llama_free.
-        let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), params.to_raw(abort_data)) };
+        // `abort` and `routing`, which the context keeps (boxed, at stable addresses)
+        // until after llama_free.
+        let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), raw) };
         let reason = crate::logging::take_last_error();
         let ptr = NonNull::new(ptr).ok_or_else(|| ContextError::Failed {
             reason: reason.unwrap_or_else(|| "llama_init_from_model returned NULL".into()),
@@ -249,6 +262,7 @@ impl<'model> Context<'model> {
             embeddings: params.embeddings,
             k_shift_safe: params::k_shift_is_safe(params.type_k, model),
             abort,
+            routing,
             model_load_time,
             device_states: state::DeviceStates::default(),
             _not_sync: PhantomData,
@@ -367,8 +381,24 @@ impl<'model> Context<'model> {
         self.model_load_time
     }
 
-    /// Resumes a panic raised by the abort callback during the last C call.
+    /// The expert routing statistics collected since the context was created or last
+    /// reset; `None` unless [`ContextParams::with_routing_stats`] turned collection on.
+    pub fn routing_stats(&self) -> Option<crate::routing::RoutingStats> {
+        self.routing.as_ref().map(|c| c.stats())
+    }
+
+    /// Forgets the routing statistics collected so far (e.g. after a warm-up).
+    pub fn reset_routing_stats(&mut self) {
+        if let Some(c) = &self.routing {
+            c.reset();
+        }
+    }
+
+    /// Resumes a panic raised by the abort or eval callback during the last C call.
     fn resume_abort_panic(&self) {
+        if let Some(payload) = self.routing.as_ref().and_then(|c| c.take_panic()) {
+            std::panic::resume_unwind(payload);
+        }
         if let Some(state) = &self.abort {
             let payload = state.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(payload) = payload {

@@ -168,6 +168,7 @@ pub struct ContextParams {
     pub(crate) swa_full: bool,
     pub(crate) kv_unified: bool,
     pub(crate) abort: Option<AbortFn>,
+    pub(crate) routing_stats: bool,
 }
 
 impl Default for ContextParams {
@@ -198,6 +199,7 @@ impl Default for ContextParams {
             swa_full: raw.swa_full,
             kv_unified: raw.kv_unified,
             abort: None,
+            routing_stats: false,
         }
     }
 }
@@ -469,6 +471,16 @@ impl ContextParams {
             }
         }
         Ok(())
+    }
+
+    /// Collects expert routing statistics on every decode, read with
+    /// [`crate::Context::routing_stats`] (see [`crate::routing`]). Off by default; when
+    /// off, no eval callback is installed and decoding costs nothing extra.
+    ///
+    /// C equivalent: an eval callback (`cb_eval`) that reads the `ffn_moe_topk` tensors.
+    pub fn with_routing_stats(mut self, on: bool) -> Self {
+        self.routing_stats = on;
+        self
     }
 
     /// The raw struct; `abort_data` is the callback's user data (owned by the context).
