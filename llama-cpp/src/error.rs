@@ -9,6 +9,7 @@ use crate::generate::GenerateError;
 use crate::model::{DryRunError, LoadError, ParamsError};
 #[cfg(feature = "rpc")]
 use crate::rpc::{RpcError, RpcServeError};
+use crate::quantize::QuantizeError;
 use crate::sampler::{SampleError, SamplerError};
 use crate::vocab::{ChatTemplateError, VocabError};
 
@@ -94,6 +95,9 @@ pub enum Error {
     /// A memory plan could not be made.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    /// A model could not be quantized.
+    #[error(transparent)]
+    Quantize(#[from] QuantizeError),
     /// An RPC server could not be added as a device.
     #[cfg(feature = "rpc")]
     #[error(transparent)]

@@ -48,6 +48,7 @@ pub mod generate;
 pub mod logging;
 pub mod model;
 pub mod plan;
+pub mod quantize;
 #[cfg(feature = "rpc")]
 pub mod rpc;
 pub mod sampler;

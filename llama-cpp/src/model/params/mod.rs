@@ -21,6 +21,7 @@ pub use overrides::{
     DENSE_FFN_REGEX, EXPERTS_REGEX,
 };
 pub use regex::regex_search;
+pub(crate) use raw::kv_override;
 
 use crate::backend::{Backend, Device, UnknownBufferType};
 
