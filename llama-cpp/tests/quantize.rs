@@ -153,12 +153,12 @@ fn bad_inputs_are_typed_errors_before_c() {
     let err = quantize(&backend, &input, &input, &q8).unwrap_err();
     assert!(matches!(err, QuantizeError::OutputIsInput(_)), "{err:?}");
 
-    let q8_k = GgmlType::from_name("q8_K").unwrap();
+    let q8_1 = GgmlType::from_name("q8_1").unwrap();
     let err = quantize(
         &backend,
         &input,
         temp("o.gguf"),
-        &q8.clone().with_tensor_type("attn", q8_k),
+        &q8.clone().with_tensor_type("attn", q8_1),
     )
     .unwrap_err();
     assert!(matches!(err, QuantizeError::UnsupportedType { .. }), "{err:?}");
