@@ -19,14 +19,22 @@ fn tensor_type_flag_gives_the_experts_their_own_type() {
         .write(&input)
         .unwrap();
     let out = Command::new(&exe)
-        .args(["--tensor-type", "ffn_.*_exps=q4_0", "--output-tensor-type", "f16"])
+        .args([
+            "--tensor-type",
+            "ffn_.*_exps=q4_0",
+            "--output-tensor-type",
+            "f16",
+        ])
         .arg(&input)
         .arg(&output)
         .args(["Q8_0", "2"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("q4_0"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("q4_0"),
+        "{out:?}"
+    );
     let file = GgufFile::open(&output).unwrap();
     for t in file.tensors() {
         if t.name.contains("_exps") {
@@ -58,5 +66,8 @@ fn tensor_type_flag_gives_the_experts_their_own_type() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
 }

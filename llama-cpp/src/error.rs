@@ -7,9 +7,9 @@ use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError};
 use crate::generate::GenerateError;
 use crate::model::{DryRunError, LoadError, ParamsError};
+use crate::quantize::QuantizeError;
 #[cfg(feature = "rpc")]
 use crate::rpc::{RpcError, RpcServeError};
-use crate::quantize::QuantizeError;
 use crate::sampler::{SampleError, SamplerError};
 use crate::vocab::{ChatTemplateError, VocabError};
 

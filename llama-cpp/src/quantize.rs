@@ -770,9 +770,15 @@ mod tests {
             let p0 = std::ffi::CStr::from_ptr(tt[0].pattern).to_str().unwrap();
             assert_eq!((p0, tt[0].type_), ("ffn_.*_exps", GgmlType::Q4_0.raw()));
             assert!(tt[2].pattern.is_null());
-            assert_eq!(std::slice::from_raw_parts(raw.raw.prune_layers, 3), [1, 3, -1]);
+            assert_eq!(
+                std::slice::from_raw_parts(raw.raw.prune_layers, 3),
+                [1, 3, -1]
+            );
             let im = std::slice::from_raw_parts(raw.raw.imatrix, 2);
-            assert_eq!(std::slice::from_raw_parts(im[0].data, im[0].size), [1.0, 2.0]);
+            assert_eq!(
+                std::slice::from_raw_parts(im[0].data, im[0].size),
+                [1.0, 2.0]
+            );
             assert!(im[1].name.is_null());
             let kv = std::slice::from_raw_parts(raw.raw.kv_overrides, 2);
             assert_eq!(kv[0].key[0] as u8, b'g');
@@ -788,19 +794,32 @@ mod tests {
     fn inputs_c_would_abort_on_are_refused() {
         let q8_1 = GgmlType::from_name("q8_1").unwrap();
         let err = |p: QuantizeParams| p.raw().err().unwrap().to_string();
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("x", q8_1))
-            .contains("cannot quantize into type q8_1"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_output_tensor_type(q8_1))
-            .starts_with("output tensor type"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("", GgmlType::Q8_0))
-            .contains("empty"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("a\0", GgmlType::Q8_0))
-            .contains("NUL"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_imatrix_entry("t", vec![f32::NAN]))
-            .contains("not finite"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_pruned_layer(u32::MAX))
-            .contains("out of range"));
-        assert!(err(QuantizeParams::new(Ftype::Q8_0).with_threads(u32::MAX))
-            .contains("out of range"));
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("x", q8_1))
+                .contains("cannot quantize into type q8_1")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_output_tensor_type(q8_1))
+                .starts_with("output tensor type")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("", GgmlType::Q8_0))
+                .contains("empty")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_tensor_type("a\0", GgmlType::Q8_0))
+                .contains("NUL")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_imatrix_entry("t", vec![f32::NAN]))
+                .contains("not finite")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_pruned_layer(u32::MAX))
+                .contains("out of range")
+        );
+        assert!(
+            err(QuantizeParams::new(Ftype::Q8_0).with_threads(u32::MAX)).contains("out of range")
+        );
     }
 }

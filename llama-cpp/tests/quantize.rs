@@ -86,9 +86,18 @@ fn experts_get_their_override_and_shrink_by_the_block_sizes() {
             assert_eq!(t.ty, GgmlType::Q8_0, "{}", t.name);
         }
     }
-    assert!(n_experts > 0 && n_attention > 0, "{n_experts} {n_attention}");
-    assert_eq!(mixed_file.tensor("output.weight").unwrap().ty.name(), "q5_0");
-    assert_eq!(mixed_file.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
+    assert!(
+        n_experts > 0 && n_attention > 0,
+        "{n_experts} {n_attention}"
+    );
+    assert_eq!(
+        mixed_file.tensor("output.weight").unwrap().ty.name(),
+        "q5_0"
+    );
+    assert_eq!(
+        mixed_file.tensor("token_embd.weight").unwrap().ty,
+        GgmlType::Q8_0
+    );
 
     // Every expert tensor is exactly Q4_0's block size x element count, and against the
     // uniform Q8_0 file the experts shrink by 18/34 (bytes per 32-element block).
@@ -123,13 +132,16 @@ fn dense_model_takes_the_file_type_and_records_it() {
     )
     .expect("Q4_0");
     let file = GgufFile::open(&out).unwrap();
-    let mats: Vec<_> = file.tensors().iter().filter(|t| t.shape.len() == 2).collect();
+    let mats: Vec<_> = file
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .collect();
     assert!(!mats.is_empty());
     for t in mats {
         assert_eq!(t.ty, GgmlType::Q4_0, "{}", t.name);
     }
-    let model =
-        llama_cpp_moe::Model::load(&backend, &out, &ModelParams::default()).expect("loads");
+    let model = llama_cpp_moe::Model::load(&backend, &out, &ModelParams::default()).expect("loads");
     assert_eq!(model.file_type(), Ftype::Q4_0.file_type());
 }
 
@@ -161,7 +173,10 @@ fn bad_inputs_are_typed_errors_before_c() {
         &q8.clone().with_tensor_type("attn", q8_1),
     )
     .unwrap_err();
-    assert!(matches!(err, QuantizeError::UnsupportedType { .. }), "{err:?}");
+    assert!(
+        matches!(err, QuantizeError::UnsupportedType { .. }),
+        "{err:?}"
+    );
 
     // Through the crate error too.
     let err: Error = quantize(&backend, &missing, temp("o.gguf"), &q8)
@@ -218,20 +233,19 @@ fn smollm2_requantizes_only_when_allowed() {
         "{err:?}"
     );
 
-    quantize(
-        &backend,
-        &input,
-        &out,
-        &params.with_allow_requantize(true),
-    )
-    .expect("requantize");
+    quantize(&backend, &input, &out, &params.with_allow_requantize(true)).expect("requantize");
     let file = GgufFile::open(&out).unwrap();
     let q4_1 = GgmlType::from_name("q4_1").unwrap();
     let src = GgufFile::open(&input).unwrap();
     let requantized = src.tensors().iter().filter(|t| t.ty == q4_1).count();
     assert!(requantized > 0);
     for t in src.tensors().iter().filter(|t| t.ty == q4_1) {
-        assert_eq!(file.tensor(&t.name).unwrap().ty, GgmlType::Q8_0, "{}", t.name);
+        assert_eq!(
+            file.tensor(&t.name).unwrap().ty,
+            GgmlType::Q8_0,
+            "{}",
+            t.name
+        );
     }
     let tokens = greedy_tokens_with(&out, &ModelParams::default(), 4);
     assert_eq!(tokens.len(), 4);

@@ -20,13 +20,13 @@ use llama_cpp_moe_sys as sys;
 
 pub use facts::{FileType, RopeType, SamplingKey};
 pub use override_report::{OverrideMatch, OverrideReport};
+pub(crate) use params::kv_override;
 pub use params::{
     dense_ffn_layer_pattern, expert_layer_pattern, max_devices, max_tensor_overrides, regex_search,
     KvValue, LoadMode, ModelParams, OverrideKind, OverrideTarget, ParamsError, SplitMode,
     TensorOverride, DENSE_FFN_REGEX, EXPERTS_REGEX,
 };
 pub use placement::{is_routed_expert, Placement, TensorPlacement, TensorTotals};
-pub(crate) use params::kv_override;
 pub(crate) use precheck::check_gguf;
 // The dry run lives beside the planner, its main user (it builds a context, which nothing
 // else in `model` does); its names stay here too, where they were first published.
