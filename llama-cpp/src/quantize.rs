@@ -679,7 +679,8 @@ struct RawQuantizeParams<'p> {
 /// string can be passed to C. What only llama.cpp can decide (an architecture it does
 /// not know, a type that needs an importance matrix, a malformed regex) comes back as
 /// [`QuantizeError::Failed`] with the error it logged. On failure a partial output file
-/// may remain.
+/// may remain. The [`Backend`] is proof that llama.cpp is initialised and its log routed
+/// to us (the reason in [`QuantizeError::Failed`] comes from that log).
 ///
 /// ```no_run
 /// use llama_cpp_moe::quantize::{quantize, Ftype, QuantizeParams};
