@@ -122,5 +122,18 @@ fn main() -> Result<(), BoxError> {
         a.tokens,
         a.threads
     );
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "per-round ratios: {} (median {:.2})",
+        fmt(&ratios),
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    );
     Ok(())
 }
