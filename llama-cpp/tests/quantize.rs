@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ctx_support::greedy_tokens_with;
+use llama_cpp_moe::model::KvValue;
 use llama_cpp_moe::model::{is_routed_expert, LoadError};
 use llama_cpp_moe::quantize::{quantize, Ftype, QuantizeError, QuantizeParams};
 use llama_cpp_moe::{Backend, Error, GgmlType, ModelParams};
 use llama_cpp_moe_gguf::synth::{Arch, Preset, SynthSpec};
-use llama_cpp_moe_gguf::GgufFile;
+use llama_cpp_moe_gguf::{GgufFile, MetaValue};
 
 fn backend() -> Backend {
     if std::env::var_os("MODEL_TEST_LOG").is_none() {
@@ -249,4 +250,40 @@ fn smollm2_requantizes_only_when_allowed() {
     }
     let tokens = greedy_tokens_with(&out, &ModelParams::default(), 4);
     assert_eq!(tokens.len(), 4);
+}
+
+#[test]
+fn metadata_overrides_pruned_layers_and_dry_run_reach_llama_cpp() {
+    let backend = backend();
+    let input = f16_model(Arch::Llama);
+    let out = temp("llama-pruned.gguf");
+    let params = QuantizeParams::new(Ftype::Q8_0)
+        .with_kv_override("general.name", KvValue::Str("quantized-by-test".into()))
+        .with_pruned_layer(0);
+    quantize(&backend, &input, &out, &params).expect("prune");
+    let file = GgufFile::open(&out).unwrap();
+    assert!(
+        matches!(file.get("general.name"), Some(MetaValue::String(s)) if s == "quantized-by-test"),
+        "{:?}",
+        file.get("general.name")
+    );
+    assert_eq!(
+        file.get("llama.block_count").and_then(MetaValue::as_u64),
+        Some(1)
+    );
+    assert!(file.tensors().iter().all(|t| !t.name.starts_with("blk.1.")));
+    assert!(file.tensor("blk.0.attn_q.weight").is_some());
+    let tokens = greedy_tokens_with(&out, &ModelParams::default(), 2);
+    assert_eq!(tokens.len(), 2);
+
+    // A dry run writes nothing.
+    let dry = temp("dry.gguf");
+    quantize(
+        &backend,
+        &input,
+        &dry,
+        &QuantizeParams::new(Ftype::Q4_0).with_dry_run(true),
+    )
+    .expect("dry run");
+    assert!(!dry.exists());
 }
