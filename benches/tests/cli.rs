@@ -10,6 +10,8 @@ fn help_exits_0_and_bad_flags_exit_2() {
     for name in ["bench_moe", "decode_bound"] {
         assert_cli_conventions(&built_example(name), true);
     }
+    // A small plain-clap program: clap's own (several-line) errors.
+    assert_cli_conventions(&built_example("quant_mix"), false);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use crate::batch::BatchError;
 use crate::context::{ContextError, DecodeError, MemoryError, OutputError, StateError};
 use crate::generate::GenerateError;
 use crate::model::{DryRunError, LoadError, ParamsError, SplitPathError};
+use crate::quantize::QuantizeError;
 #[cfg(feature = "rpc")]
 use crate::rpc::{RpcError, RpcServeError};
 use crate::sampler::{SampleError, SamplerError};
@@ -107,6 +108,9 @@ pub enum Error {
     /// A memory plan could not be made.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    /// A model could not be quantized.
+    #[error(transparent)]
+    Quantize(#[from] QuantizeError),
     /// An RPC server could not be added as a device.
     #[cfg(feature = "rpc")]
     #[error(transparent)]

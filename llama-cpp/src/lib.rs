@@ -49,6 +49,7 @@ pub mod generate;
 pub mod logging;
 pub mod model;
 pub mod plan;
+pub mod quantize;
 pub mod routing;
 #[cfg(feature = "rpc")]
 pub mod rpc;

@@ -21,6 +21,7 @@ use llama_cpp_moe_sys as sys;
 
 pub use facts::{FileType, RopeType, SamplingKey};
 pub use override_report::{OverrideMatch, OverrideReport};
+pub(crate) use params::kv_override;
 pub use params::{
     dense_ffn_layer_pattern, expert_layer_pattern, max_devices, max_tensor_overrides, regex_search,
     KvValue, LoadMode, ModelParams, OverrideKind, OverrideTarget, ParamsError, SplitMode,
@@ -28,6 +29,7 @@ pub use params::{
 };
 pub use placement::{is_routed_expert, Placement, TensorPlacement, TensorTotals};
 pub use split::{split_path, split_prefix, SplitPathError};
+pub(crate) use precheck::check_gguf;
 // The dry run lives beside the planner, its main user (it builds a context, which nothing
 // else in `model` does); its names stay here too, where they were first published.
 pub use crate::plan::{bytes_by_location, DryRun, DryRunError, MemoryBytes, MemoryLocation};

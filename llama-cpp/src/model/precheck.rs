@@ -15,7 +15,7 @@ use super::{KvValue, LoadError};
 /// metadata and tensor table only, never tensor data; the file size comes from the
 /// file system. The assert mirror sees the metadata as llama.cpp's loader will, with
 /// `kv_overrides` applied.
-pub(super) fn check_gguf(path: &Path, kv_overrides: &[(String, KvValue)]) -> Result<(), LoadError> {
+pub(crate) fn check_gguf(path: &Path, kv_overrides: &[(String, KvValue)]) -> Result<(), LoadError> {
     match GgufFile::open(path) {
         Ok(file) => match metadata_llama_cpp_asserts_on(&Metadata::new(&file, kv_overrides)) {
             None => Ok(()),

@@ -20,6 +20,7 @@ pub use overrides::{
     dense_ffn_layer_pattern, expert_layer_pattern, OverrideKind, OverrideTarget, TensorOverride,
     DENSE_FFN_REGEX, EXPERTS_REGEX,
 };
+pub(crate) use raw::kv_override;
 pub use regex::regex_search;
 
 use crate::backend::{Backend, Device, UnknownBufferType};

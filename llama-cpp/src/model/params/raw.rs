@@ -171,7 +171,10 @@ fn resolve_target(
         OverrideTarget::Named(name) => backend.buffer_type_by_name(name)?,
     })
 }
-fn kv_override(key: &str, value: &KvValue) -> Result<sys::llama_model_kv_override, ParamsError> {
+pub(crate) fn kv_override(
+    key: &str,
+    value: &KvValue,
+) -> Result<sys::llama_model_kv_override, ParamsError> {
     let bad = |reason| ParamsError::InvalidKvOverride {
         key: key.to_owned(),
         reason,
