@@ -902,7 +902,7 @@ fn sampling(
         seed,
         logit_bias: logit_bias(p.logit_bias.as_ref(), vocab)?,
         dry: dry(p, n_ctx_seq)?,
-        top_n_sigma: p.top_n_sigma.filter(|&n| !(n <= 0.0)),
+        top_n_sigma: p.top_n_sigma.filter(|&n| n > 0.0),
         xtc: p
             .xtc_probability
             .filter(|&x| x != 0.0)
