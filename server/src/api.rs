@@ -71,8 +71,11 @@ pub struct CommonParams {
     pub dynatemp_exponent: Option<f32>,
     /// llama-server's GBNF grammar (root rule `root`).
     pub grammar: Option<String>,
-    /// `{"type": "text"}` or `{"type": "json_object"}` (others are refused).
+    /// `{"type": "text"}`, `{"type": "json_object"}` (llama-server: with an optional
+    /// `schema`) or `{"type": "json_schema", "json_schema": {"schema": …}}`.
     pub response_format: Option<Value>,
+    /// llama-server's JSON schema the output must validate against.
+    pub json_schema: Option<Value>,
 }
 
 /// `stop`: one text or a list.
@@ -357,9 +360,13 @@ const UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
         field: "response_format",
         only: None,
-        refused: |v| !(v.is_null() || v["type"] == "text" || v["type"] == "json_object"),
-        why: "other than {\"type\": \"text\"} or {\"type\": \"json_object\"} is not \
-              supported yet (no JSON-schema constraint)",
+        refused: |v| {
+            !(v.is_null()
+                || v["type"] == "text"
+                || v["type"] == "json_object"
+                || v["type"] == "json_schema")
+        },
+        why: "must be of type \"text\", \"json_object\" or \"json_schema\"",
     },
     Unsupported {
         field: "audio",
@@ -422,13 +429,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         why: "> 1 is not supported",
     },
     // llama.cpp's extensions (llama-server's names).
-    Unsupported {
-        field: "json_schema",
-        only: None,
-        refused: set,
-        why: "is not supported yet (no JSON-schema constraint; use response_format \
-              {\"type\": \"json_object\"})",
-    },
     Unsupported {
         field: "n_probs",
         only: None,

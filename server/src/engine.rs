@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 use llama_cpp_moe::context::DecodeError;
+use llama_cpp_moe::sampler::llguidance::LlgConstraint;
 pub use llama_cpp_moe::sampler::{Dry, Penalties, TempExt, Xtc};
 use llama_cpp_moe::sampler::{Mirostat, MirostatV2, SamplerError};
 use llama_cpp_moe::{
@@ -54,6 +55,8 @@ pub struct Sampling {
     pub mirostat: Option<(u8, f32, f32)>,
     /// A GBNF grammar (root rule `root`) every output must match.
     pub grammar: Option<String>,
+    /// A JSON schema every output must validate against (llguidance).
+    pub schema: Option<Schema>,
     /// `Some(k)`: report each sampled token's log-probability and the `k` most likely
     /// tokens' ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
@@ -64,6 +67,16 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// Go on past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+}
+
+/// A compiled JSON-schema constraint, copied fresh into each choice's chain.
+#[derive(Debug, Clone)]
+pub struct Schema(pub Arc<LlgConstraint>);
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Why a generation ended, in OpenAI's words.
@@ -458,7 +471,10 @@ impl<'m> Worker<'_, 'm> {
                                 .as_ref()
                                 .map_or(0, |d| d.penalty_last_n.max(0) as usize),
                         );
-                    if sampling.grammar.is_none() && sampling.mirostat.is_none() {
+                    if sampling.grammar.is_none()
+                        && sampling.schema.is_none()
+                        && sampling.mirostat.is_none()
+                    {
                         let from = job.prompt.len().saturating_sub(window);
                         for &t in &job.prompt[from..] {
                             s.accept(t).map_err(|e| format!("sampler: {e}"))?;
@@ -946,6 +962,10 @@ pub fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, Sampl
     let mut b = SamplerBuilder::new();
     if let Some(g) = &s.grammar {
         b = b.with_grammar(g.as_str(), "root");
+    }
+    if let Some(Schema(c)) = &s.schema {
+        let c = Arc::clone(c);
+        b = b.with_custom(move || (*c).clone());
     }
     if !s.logit_bias.is_empty() {
         b = b.with_logit_bias(s.logit_bias.iter().copied());

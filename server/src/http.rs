@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures_util::stream::{self, Stream};
+use llama_cpp_moe::sampler::llguidance::Llguidance;
 use llama_cpp_moe::sampler::{Dry, SamplerError, Xtc};
 use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, RenderSpecial, Token, Vocab};
 use serde_json::{json, Value};
@@ -27,7 +28,7 @@ use crate::api::{
     Stop,
 };
 use crate::engine::{
-    self, EngineHandle, Event, Job, Logprob, Penalties, Sampling, SubmitError, TokenProb,
+    self, EngineHandle, Event, Job, Logprob, Penalties, Sampling, Schema, SubmitError, TokenProb,
 };
 
 /// What the routes need once the model is loaded.
@@ -417,6 +418,7 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response
                         dynatemp: None,
                         mirostat: None,
                         grammar: None,
+                        schema: None,
                         logprobs: None,
                         prompt_logprobs: false,
                         stop: Vec::new(),
@@ -932,6 +934,7 @@ fn sampling(
             }
         },
         grammar: grammar(p)?,
+        schema: schema(p, vocab)?,
         logprobs,
         prompt_logprobs: false,
         stop,
@@ -1072,26 +1075,64 @@ fn dry(p: &CommonParams, n_ctx_seq: usize) -> Result<Option<Dry>, ApiError> {
     }))
 }
 
-/// The grammar of `grammar` or `response_format` (at most one of them).
-fn grammar(p: &CommonParams) -> Result<Option<String>, ApiError> {
-    let json = match &p.response_format {
-        Some(f) if f["type"] == "json_object" => {
-            if !f["schema"].is_null() {
+/// The JSON schema of `response_format` (`json_schema.schema`, or llama-server's
+/// `json_object` with a `schema`) or of llama-server's `json_schema` field, if any.
+fn schema_of(p: &CommonParams) -> Result<Option<(&Value, &'static str)>, ApiError> {
+    let from_format = match &p.response_format {
+        Some(f) if f["type"] == "json_schema" => {
+            let schema = &f["json_schema"]["schema"];
+            if schema.is_null() {
                 return Err(ApiError::invalid(
-                    "response_format: a schema is not supported yet (no JSON-schema \
-                     constraint)",
+                    "response_format: json_schema.schema is missing",
                     Some("response_format"),
                 ));
             }
-            true
+            Some(schema)
         }
+        Some(f) if f["type"] == "json_object" && !f["schema"].is_null() => Some(&f["schema"]),
+        _ => None,
+    };
+    match (from_format, p.json_schema.as_ref().filter(|s| !s.is_null())) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "json_schema and a response_format schema cannot both be set",
+            Some("json_schema"),
+        )),
+        (Some(s), None) => Ok(Some((s, "response_format"))),
+        (None, Some(s)) => Ok(Some((s, "json_schema"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The schema constraint of the request, compiled by llguidance against the model's
+/// vocabulary (indexed once, on the first request that needs it).
+fn schema(p: &CommonParams, vocab: &Vocab<'_>) -> Result<Option<Schema>, ApiError> {
+    static LLGUIDANCE: OnceLock<Result<Llguidance, SamplerError>> = OnceLock::new();
+    let Some((schema, field)) = schema_of(p)? else {
+        return Ok(None);
+    };
+    let llg = LLGUIDANCE
+        .get_or_init(|| Llguidance::new(vocab))
+        .as_ref()
+        .map_err(|e| ApiError::internal(format!("structured output is unavailable: {e}")))?;
+    let constraint = llg
+        .json_schema(&schema.to_string())
+        .map_err(|e| ApiError::invalid(format!("`{field}`: {e}"), Some(field)))?;
+    Ok(Some(Schema(Arc::new(constraint))))
+}
+
+/// The grammar of `grammar` or `response_format` (at most one of them).
+fn grammar(p: &CommonParams) -> Result<Option<String>, ApiError> {
+    let json = match &p.response_format {
+        Some(f) if f["type"] == "json_object" => f["schema"].is_null(),
         _ => false,
     };
-    match (&p.grammar, json) {
+    let schema = schema_of(p)?.is_some();
+    match (&p.grammar, json || schema) {
         (Some(g), true) if !g.is_empty() => Err(ApiError::invalid(
-            "grammar and response_format {\"type\": \"json_object\"} cannot both be set",
+            "grammar and a JSON response_format or json_schema cannot both be set",
             Some("grammar"),
         )),
+        (_, true) if schema => Ok(None),
         (_, true) => Ok(Some(crate::grammar::JSON_OBJECT.to_owned())),
         (Some(g), false) if !g.is_empty() => Ok(Some(g.clone())),
         _ => Ok(None),

@@ -1276,11 +1276,7 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("tool_choice", json!("required"), None),
             ("functions", json!([{"name": "f"}]), None),
             ("function_call", json!({"name": "f"}), None),
-            (
-                "response_format",
-                json!({"type": "json_schema", "json_schema": {"schema": {}}}),
-                None,
-            ),
+            ("response_format", json!({"type": "xml"}), None),
             ("audio", json!({"voice": "alloy", "format": "wav"}), None),
             ("modalities", json!(["text", "audio"]), None),
             (
@@ -1295,7 +1291,6 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("service_tier", json!("flex"), None),
             ("suffix", json!("end"), Some(false)),
             ("best_of", json!(3), Some(false)),
-            ("json_schema", json!({"type": "object"}), None),
             ("n_probs", json!(3), None),
             ("samplers", json!(["top_k"]), None),
             ("n", json!(3), None), // more than --parallel 2
@@ -1349,6 +1344,11 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("dynatemp_range", json!(0.5)),
             ("grammar", json!("root ::= \"a\"")),
             ("response_format", json!({"type": "json_object"})),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}),
+            ),
+            ("json_schema", json!({"type": "object"})),
             ("user", json!("user-1")),
             ("n", json!(1)),
             ("frequency_penalty", json!(0)),
@@ -1401,6 +1401,20 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             (
                 "grammar",
                 json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+            ),
+            // Schemas llguidance rejects.
+            (
+                "json_schema",
+                json!({"json_schema": {"type": "no-such-type"}}),
+            ),
+            (
+                "response_format",
+                json!({"response_format": {"type": "json_schema",
+                                           "json_schema": {"schema": {"type": 7}}}}),
+            ),
+            (
+                "response_format",
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
             ),
         ];
         for (field, extra) in bad {
@@ -2002,6 +2016,67 @@ async fn json_object_replies_parse_as_json_objects() {
             let parsed: Value =
                 serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
             assert!(parsed.is_object(), "{parsed}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_schema_replies_validate_against_the_schema() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "1024"]).await;
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 20},
+                "age": {"type": "integer", "minimum": 0, "maximum": 30},
+                "colour": {"enum": ["black", "white", "ginger"]},
+                "toys": {"type": "array", "items": {"type": "string", "maxLength": 12},
+                         "maxItems": 3},
+            },
+            "required": ["name", "age", "colour"],
+            "additionalProperties": false,
+        });
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let forms = [
+            json!({"response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "cat", "schema": schema,
+                                                       "strict": true}}}),
+            json!({"json_schema": schema}),
+            json!({"response_format": {"type": "json_object", "schema": schema}}),
+        ];
+        for (i, form) in forms.iter().enumerate() {
+            for chat in [true, false] {
+                let temperature = [0.0, 1.0, 1.5][i];
+                let mut body = json!({"max_tokens": 300, "temperature": temperature,
+                                      "seed": i});
+                for (k, v) in form.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                if chat {
+                    body["messages"] =
+                        json!([{"role": "user", "content": "Describe a cat as JSON."}]);
+                } else {
+                    body["prompt"] = json!("A cat, as JSON:");
+                }
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                let choice = &answer["choices"][0];
+                let text = if chat {
+                    choice["message"]["content"].as_str().unwrap()
+                } else {
+                    choice["text"].as_str().unwrap()
+                };
+                assert_eq!(choice["finish_reason"], "stop", "{text}");
+                let parsed: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+                let errors: Vec<String> = validator
+                    .iter_errors(&parsed)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{parsed} breaks the schema: {errors:?}");
+            }
         }
     })
     .await;

@@ -6,6 +6,8 @@
 
 mod builder;
 mod custom;
+#[cfg(feature = "llguidance")]
+pub mod llguidance;
 mod params;
 
 use std::ffi::{c_char, CStr};
@@ -68,6 +70,13 @@ pub enum SamplerError {
     #[error("Rust sampler: {reason}")]
     Custom {
         /// What happened (a panic's message).
+        reason: String,
+    },
+    /// llguidance (feature `llguidance`) could not index the vocabulary or rejected a
+    /// JSON schema or grammar.
+    #[error("llguidance: {reason}")]
+    Llguidance {
+        /// llguidance's message.
         reason: String,
     },
     /// [`Sampler::try_clone`]: a Rust stage does not implement
