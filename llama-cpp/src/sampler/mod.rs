@@ -2,7 +2,8 @@
 //!
 //! [`SamplerBuilder`] lists the stages (every sampler of llama.h, and Rust ones through
 //! [`CustomSampler`]) and ends the chain with the stage that picks; the [`Sampler`] it
-//! builds samples, accepts, resets, clones and can lose stages again.
+//! builds samples, accepts, resets, clones and can lose stages again. With the cargo
+//! feature `llguidance`, the `llguidance` module constrains output to a JSON schema.
 
 mod builder;
 mod custom;
