@@ -47,6 +47,35 @@ pub struct CommonParams {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Token id → bias (OpenAI's map), or llama-server's `[[id or text, bias]]`; a text
+    /// biases each of its tokens, and a bias of `false` forbids the token.
+    pub logit_bias: Option<Value>,
+    /// llama-server's DRY repetition penalty (multiplier 0 = off).
+    pub dry_multiplier: Option<f32>,
+    pub dry_base: Option<f32>,
+    pub dry_allowed_length: Option<i32>,
+    /// -1: the whole sequence.
+    pub dry_penalty_last_n: Option<i32>,
+    pub dry_sequence_breakers: Option<Vec<String>>,
+    /// llama-server's exclude-top-choices (probability 0 = off).
+    pub xtc_probability: Option<f32>,
+    pub xtc_threshold: Option<f32>,
+    /// llama-server's Mirostat: 0 (off), 1 or 2.
+    pub mirostat: Option<i64>,
+    pub mirostat_tau: Option<f32>,
+    pub mirostat_eta: Option<f32>,
+    /// llama-server's top-n-sigma (<= 0 = off).
+    pub top_n_sigma: Option<f32>,
+    /// llama-server's dynamic temperature: `temperature ± dynatemp_range`.
+    pub dynatemp_range: Option<f32>,
+    pub dynatemp_exponent: Option<f32>,
+    /// llama-server's GBNF grammar (root rule `root`).
+    pub grammar: Option<String>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` (llama-server: with an optional
+    /// `schema`) or `{"type": "json_schema", "json_schema": {"schema": …}}`.
+    pub response_format: Option<Value>,
+    /// llama-server's JSON schema the output must validate against.
+    pub json_schema: Option<Value>,
 }
 
 /// `stop`: one text or a list.
@@ -293,10 +322,6 @@ fn nonempty(v: &Value) -> bool {
     }
 }
 
-fn nonzero(v: &Value) -> bool {
-    v.as_f64().map_or(!v.is_null(), |x| x != 0.0)
-}
-
 fn positive(v: &Value) -> bool {
     v.as_f64().map_or(!v.is_null(), |x| x > 0.0)
 }
@@ -308,12 +333,6 @@ fn not_auto(v: &Value) -> bool {
 /// Everything either API defines (and the llama.cpp extensions that change the output)
 /// that this server does not do. See the module's doc for the rule.
 const UNSUPPORTED: &[Unsupported] = &[
-    Unsupported {
-        field: "logit_bias",
-        only: None,
-        refused: nonempty,
-        why: "is not supported yet",
-    },
     Unsupported {
         field: "tools",
         only: None,
@@ -341,8 +360,13 @@ const UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
         field: "response_format",
         only: None,
-        refused: |v| !(v.is_null() || v["type"] == "text"),
-        why: "other than {\"type\": \"text\"} is not supported yet",
+        refused: |v| {
+            !(v.is_null()
+                || v["type"] == "text"
+                || v["type"] == "json_object"
+                || v["type"] == "json_schema")
+        },
+        why: "must be of type \"text\", \"json_object\" or \"json_schema\"",
     },
     Unsupported {
         field: "audio",
@@ -405,48 +429,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         why: "> 1 is not supported",
     },
     // llama.cpp's extensions (llama-server's names).
-    Unsupported {
-        field: "mirostat",
-        only: None,
-        refused: nonzero,
-        why: "is not supported yet",
-    },
-    Unsupported {
-        field: "dry_multiplier",
-        only: None,
-        refused: nonzero,
-        why: "(DRY) is not supported yet",
-    },
-    Unsupported {
-        field: "xtc_probability",
-        only: None,
-        refused: nonzero,
-        why: "(XTC) is not supported yet",
-    },
-    Unsupported {
-        field: "top_n_sigma",
-        only: None,
-        refused: positive,
-        why: "is not supported yet",
-    },
-    Unsupported {
-        field: "dynatemp_range",
-        only: None,
-        refused: nonzero,
-        why: "(dynamic temperature) is not supported",
-    },
-    Unsupported {
-        field: "grammar",
-        only: None,
-        refused: nonempty,
-        why: "is not supported yet",
-    },
-    Unsupported {
-        field: "json_schema",
-        only: None,
-        refused: set,
-        why: "is not supported yet",
-    },
     Unsupported {
         field: "n_probs",
         only: None,

@@ -15,7 +15,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 use llama_cpp_moe::context::DecodeError;
-pub use llama_cpp_moe::sampler::Penalties;
+use llama_cpp_moe::sampler::llguidance::LlgConstraint;
+pub use llama_cpp_moe::sampler::{Dry, Penalties, TempExt, Xtc};
+use llama_cpp_moe::sampler::{Mirostat, MirostatV2, SamplerError};
 use llama_cpp_moe::{
     Batch, Context, Output, Pos, RenderSpecial, Sampler, SamplerBuilder, SeqId, Token, Utf8Decoder,
     Vocab,
@@ -38,6 +40,23 @@ pub struct Sampling {
     pub penalties: Option<Penalties>,
     /// `None`: a random seed. Choice `i` of a request uses `seed + i`.
     pub seed: Option<u32>,
+    /// Added to the tokens' logits before any other stage (`-inf` forbids a token).
+    pub logit_bias: Vec<(Token, f32)>,
+    /// DRY repetition penalty (`None`: off).
+    pub dry: Option<Dry>,
+    /// Keep the tokens within this many standard deviations of the top logit.
+    pub top_n_sigma: Option<f32>,
+    /// Exclude-top-choices (`None`: off); its seed is the choice's.
+    pub xtc: Option<Xtc>,
+    /// Dynamic temperature: `(range, exponent)` around `temperature` (`None`: plain).
+    pub dynatemp: Option<(f32, f32)>,
+    /// Mirostat version (1 or 2) with `(tau, eta)`; it replaces the filtering stages,
+    /// as in llama-server (`None`: off).
+    pub mirostat: Option<(u8, f32, f32)>,
+    /// A GBNF grammar (root rule `root`) every output must match.
+    pub grammar: Option<String>,
+    /// A JSON schema every output must validate against (llguidance).
+    pub schema: Option<Schema>,
     /// `Some(k)`: report each sampled token's log-probability and the `k` most likely
     /// tokens' ([`Event::Logprob`]).
     pub logprobs: Option<usize>,
@@ -48,6 +67,16 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// Go on past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+}
+
+/// A compiled JSON-schema constraint, copied fresh into each choice's chain.
+#[derive(Debug, Clone)]
+pub struct Schema(pub Arc<LlgConstraint>);
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Why a generation ended, in OpenAI's words.
@@ -427,16 +456,32 @@ impl<'m> Worker<'_, 'm> {
         for choice in 0..free.len() {
             let mut sampling = job.sampling.clone();
             sampling.seed = sampling.seed.map(|s| choice_seed(s, choice));
-            let built = sampler(&self.vocab, &sampling).and_then(|mut s| {
-                // The penalties look back at the prompt too, as in llama-server.
-                if let Some(p) = &sampling.penalties {
-                    let from = job.prompt.len().saturating_sub(p.last_n as usize);
-                    for &t in &job.prompt[from..] {
-                        s.accept(t).map_err(|e| format!("sampler: {e}"))?;
+            let built = sampler(&self.vocab, &sampling)
+                .map_err(|e| format!("sampler: {e}"))
+                .and_then(|mut s| {
+                    // The penalties and DRY look back at the prompt too, as in
+                    // llama-server; not through a grammar, which the prompt would not
+                    // match (the library feeds the grammar every accepted token).
+                    let window = sampling
+                        .penalties
+                        .map_or(0, |p| p.last_n.max(0) as usize)
+                        .max(
+                            sampling
+                                .dry
+                                .as_ref()
+                                .map_or(0, |d| d.penalty_last_n.max(0) as usize),
+                        );
+                    if sampling.grammar.is_none()
+                        && sampling.schema.is_none()
+                        && sampling.mirostat.is_none()
+                    {
+                        let from = job.prompt.len().saturating_sub(window);
+                        for &t in &job.prompt[from..] {
+                            s.accept(t).map_err(|e| format!("sampler: {e}"))?;
+                        }
                     }
-                }
-                Ok(s)
-            });
+                    Ok(s)
+                });
             match built {
                 Ok(s) => samplers.push((s, sampling)),
                 Err(e) => {
@@ -908,15 +953,55 @@ fn pos(i: usize) -> Pos {
     Pos(i32::try_from(i).unwrap_or(i32::MAX))
 }
 
-/// The chain of `s`, in llama-server's default order (penalties, top-k, typical, top-p,
-/// min-p, temperature); greedy at temperature 0, after the penalties.
-fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
+/// The chain of `s`, in llama-server's order: grammar (always first in the library),
+/// logit bias, then penalties, DRY, top-n-sigma, top-k, typical, top-p, min-p, XTC and
+/// temperature (dynamic when `dynatemp` is set) before a seeded pick. Greedy at
+/// temperature 0 (after the stages that can change the most likely token). With
+/// mirostat, only the logit bias, the temperature and mirostat, as in llama-server.
+pub fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, SamplerError> {
     let mut b = SamplerBuilder::new();
+    if let Some(g) = &s.grammar {
+        b = b.with_grammar(g.as_str(), "root");
+    }
+    if let Some(Schema(c)) = &s.schema {
+        let c = Arc::clone(c);
+        b = b.with_custom(move || (*c).clone());
+    }
+    if !s.logit_bias.is_empty() {
+        b = b.with_logit_bias(s.logit_bias.iter().copied());
+    }
+    let seed = s.seed.unwrap_or(u32::MAX);
+    if let Some((version, tau, eta)) = s.mirostat {
+        b = b.with_temp(s.temperature);
+        return if version == 1 {
+            b.mirostat(
+                vocab,
+                Mirostat {
+                    tau,
+                    eta,
+                    ..Mirostat::default()
+                },
+                seed,
+            )
+        } else {
+            b.mirostat_v2(vocab, MirostatV2 { tau, eta }, seed)
+        };
+    }
     if let Some(p) = s.penalties {
         b = b.with_penalties(p);
     }
+    if let Some(d) = &s.dry {
+        b = b.with_dry(d.clone());
+    }
     if s.temperature <= 0.0 {
-        return b.greedy(vocab).map_err(|e| format!("sampler: {e}"));
+        // XTC can drop the most likely token; the others keep it.
+        if let Some(x) = s.xtc {
+            b = b.with_xtc(Xtc { seed, ..x });
+        }
+        return b.greedy(vocab);
+    }
+    if let Some(n) = s.top_n_sigma {
+        b = b.with_top_n_sigma(n);
     }
     if let Some(k) = s.top_k.filter(|&k| k > 0) {
         b = b.with_top_k(k);
@@ -930,9 +1015,18 @@ fn sampler<'m>(vocab: &Vocab<'m>, s: &Sampling) -> Result<Sampler<'m>, String> {
     if let Some(p) = s.min_p {
         b = b.with_min_p(p, 1);
     }
-    b.with_temp(s.temperature)
-        .dist(vocab, s.seed.unwrap_or(u32::MAX))
-        .map_err(|e| format!("sampler: {e}"))
+    if let Some(x) = s.xtc {
+        b = b.with_xtc(Xtc { seed, ..x });
+    }
+    b = match s.dynatemp {
+        Some((delta, exponent)) => b.with_temp_ext(TempExt {
+            temp: s.temperature,
+            delta,
+            exponent,
+        }),
+        None => b.with_temp(s.temperature),
+    };
+    b.dist(vocab, seed)
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use futures_util::stream::{self, Stream};
-use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, RenderSpecial, Token};
+use llama_cpp_moe::sampler::llguidance::Llguidance;
+use llama_cpp_moe::sampler::{Dry, SamplerError, Xtc};
+use llama_cpp_moe::{AddSpecial, ChatMessage, Model, ParseSpecial, RenderSpecial, Token, Vocab};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -26,7 +28,7 @@ use crate::api::{
     Stop,
 };
 use crate::engine::{
-    EngineHandle, Event, Job, Logprob, Penalties, Sampling, SubmitError, TokenProb,
+    self, EngineHandle, Event, Job, Logprob, Penalties, Sampling, Schema, SubmitError, TokenProb,
 };
 
 /// What the routes need once the model is loaded.
@@ -409,6 +411,14 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response
                         typical_p: None,
                         penalties: None,
                         seed: None,
+                        logit_bias: Vec::new(),
+                        dry: None,
+                        top_n_sigma: None,
+                        xtc: None,
+                        dynatemp: None,
+                        mirostat: None,
+                        grammar: None,
+                        schema: None,
                         logprobs: None,
                         prompt_logprobs: false,
                         stop: Vec::new(),
@@ -737,7 +747,13 @@ async fn start(
             Some("n"),
         ));
     }
-    let mut sampling = sampling(&params, max_tokens, ready.n_ctx_seq, extras.logprobs)?;
+    let mut sampling = sampling(
+        &params,
+        max_tokens,
+        ready.n_ctx_seq,
+        extras.logprobs,
+        &ready.model.vocab(),
+    )?;
     sampling.prompt_logprobs = extras.prompt_first.is_some();
     let include_usage = params
         .stream_options
@@ -785,6 +801,7 @@ fn sampling(
     max_tokens: usize,
     n_ctx_seq: usize,
     logprobs: Option<usize>,
+    vocab: &Vocab<'_>,
 ) -> Result<Sampling, ApiError> {
     let temperature = p.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -876,7 +893,7 @@ fn sampling(
             Some("stop"),
         ));
     }
-    Ok(Sampling {
+    let sampling = Sampling {
         max_tokens,
         temperature,
         top_p: p.top_p,
@@ -885,11 +902,241 @@ fn sampling(
         typical_p: p.typical_p,
         penalties,
         seed,
+        logit_bias: logit_bias(p.logit_bias.as_ref(), vocab)?,
+        dry: dry(p, n_ctx_seq)?,
+        top_n_sigma: p.top_n_sigma.filter(|&n| n > 0.0),
+        xtc: p
+            .xtc_probability
+            .filter(|&x| x != 0.0)
+            .map(|probability| Xtc {
+                probability,
+                threshold: p.xtc_threshold.unwrap_or(0.1),
+                ..Xtc::default()
+            }),
+        dynatemp: (p.dynatemp_range.is_some() || p.dynatemp_exponent.is_some()).then(|| {
+            (
+                p.dynatemp_range.unwrap_or(0.0),
+                p.dynatemp_exponent.unwrap_or(1.0),
+            )
+        }),
+        mirostat: match p.mirostat {
+            None | Some(0) => None,
+            Some(v @ (1 | 2)) => Some((
+                v as u8,
+                p.mirostat_tau.unwrap_or(5.0),
+                p.mirostat_eta.unwrap_or(0.1),
+            )),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "mirostat must be 0 (off), 1 or 2",
+                    Some("mirostat"),
+                ))
+            }
+        },
+        grammar: grammar(p)?,
+        schema: schema(p, vocab)?,
         logprobs,
         prompt_logprobs: false,
         stop,
         ignore_eos: p.ignore_eos,
-    })
+    };
+    // Build the chain once here, so that what the library refuses (a value out of its
+    // range, an unknown token, a grammar that does not parse) is a 400 naming the
+    // field, not a failure of the job.
+    engine::sampler(vocab, &sampling).map_err(|e| {
+        let field = field_of(&e);
+        ApiError::invalid(format!("`{}`: {e}", field.unwrap_or("sampling")), field)
+    })?;
+    Ok(sampling)
+}
+
+/// The request field a sampler error is about.
+fn field_of(e: &SamplerError) -> Option<&'static str> {
+    match e {
+        SamplerError::InvalidParam { sampler, reason } => {
+            let about = |word: &str| reason.starts_with(word);
+            Some(match *sampler {
+                "logit-bias" => "logit_bias",
+                "dry" if about("multiplier") => "dry_multiplier",
+                "dry" if about("base") => "dry_base",
+                "dry" if about("allowed_length") => "dry_allowed_length",
+                "dry" if about("penalty_last_n") => "dry_penalty_last_n",
+                "dry" => "dry_sequence_breakers",
+                "xtc" if about("threshold") => "xtc_threshold",
+                "xtc" => "xtc_probability",
+                "top-n-sigma" => "top_n_sigma",
+                "temp-ext" if about("delta") => "dynatemp_range",
+                "temp-ext" if about("exponent") => "dynatemp_exponent",
+                "temp-ext" | "temperature" => "temperature",
+                "mirostat" | "mirostat-v2" if about("eta") => "mirostat_eta",
+                "mirostat" | "mirostat-v2" => "mirostat_tau",
+                "top-k" => "top_k",
+                "top-p" => "top_p",
+                "min-p" => "min_p",
+                "typical" => "typical_p",
+                "penalties" => "repeat_penalty",
+                _ => return None,
+            })
+        }
+        SamplerError::UnknownToken { .. } => Some("logit_bias"),
+        SamplerError::Grammar { .. } | SamplerError::GrammarNul => Some("grammar"),
+        _ => None,
+    }
+}
+
+/// `logit_bias` in OpenAI's form (`{"id": bias}`) or llama-server's (`[[id, bias]]`);
+/// where llama-server takes a text instead of an id (a key that is not a number, or a
+/// string first element), each of the text's tokens gets the bias. A bias of `false`
+/// forbids the token(s).
+fn logit_bias(v: Option<&Value>, vocab: &Vocab<'_>) -> Result<Vec<(Token, f32)>, ApiError> {
+    let bad = |what: String| ApiError::invalid(format!("logit_bias: {what}"), Some("logit_bias"));
+    let bias_of = |b: &Value| match b {
+        Value::Bool(false) => Ok(f32::NEG_INFINITY),
+        b => b
+            .as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| bad(format!("a bias must be a number or false, got {b}"))),
+    };
+    let mut out = Vec::new();
+    let mut push = |key: Result<i64, &str>, bias: f32| -> Result<(), ApiError> {
+        match key {
+            Ok(id) => {
+                let id = i32::try_from(id)
+                    .map_err(|_| bad(format!("token {id} is not in the vocabulary")))?;
+                out.push((Token(id), bias));
+            }
+            Err(text) => {
+                let tokens = vocab
+                    .tokenize(text, AddSpecial::No, ParseSpecial::No)
+                    .map_err(|e| bad(format!("tokenizing {text:?}: {e}")))?;
+                out.extend(tokens.into_iter().map(|t| (t, bias)));
+            }
+        }
+        Ok(())
+    };
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, b) in map {
+                let key = key.parse::<i64>().map_err(|_| key.as_str());
+                push(key, bias_of(b)?)?;
+            }
+        }
+        Some(Value::Array(list)) => {
+            for pair in list {
+                match pair.as_array().map(Vec::as_slice) {
+                    Some([Value::String(text), b]) => push(Err(text), bias_of(b)?)?,
+                    Some([id, b]) if id.is_i64() => {
+                        push(Ok(id.as_i64().unwrap_or(-1)), bias_of(b)?)?
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "each entry must be [token id or text, bias], got {pair}"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "expected an object of token id → bias or a list of pairs, got {other}"
+            )))
+        }
+    }
+    Ok(out)
+}
+
+/// DRY from llama-server's fields: `None` unless `dry_multiplier` is set and not 0.
+fn dry(p: &CommonParams, n_ctx_seq: usize) -> Result<Option<Dry>, ApiError> {
+    let Some(multiplier) = p.dry_multiplier.filter(|&m| m != 0.0) else {
+        return Ok(None);
+    };
+    let defaults = Dry::default();
+    let sequence_breakers = match &p.dry_sequence_breakers {
+        None => defaults.sequence_breakers,
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::invalid(
+                "dry_sequence_breakers must be a non-empty list of texts",
+                Some("dry_sequence_breakers"),
+            ))
+        }
+        Some(list) => list.clone(),
+    };
+    Ok(Some(Dry {
+        multiplier,
+        base: p.dry_base.unwrap_or(defaults.base),
+        allowed_length: p.dry_allowed_length.unwrap_or(defaults.allowed_length),
+        // llama-server: -1 is the whole context.
+        penalty_last_n: match p.dry_penalty_last_n {
+            None | Some(-1) => i32::try_from(n_ctx_seq).unwrap_or(i32::MAX),
+            Some(n) => n,
+        },
+        sequence_breakers,
+    }))
+}
+
+/// The JSON schema of `response_format` (`json_schema.schema`, or llama-server's
+/// `json_object` with a `schema`) or of llama-server's `json_schema` field, if any.
+fn schema_of(p: &CommonParams) -> Result<Option<(&Value, &'static str)>, ApiError> {
+    let from_format = match &p.response_format {
+        Some(f) if f["type"] == "json_schema" => {
+            let schema = &f["json_schema"]["schema"];
+            if schema.is_null() {
+                return Err(ApiError::invalid(
+                    "response_format: json_schema.schema is missing",
+                    Some("response_format"),
+                ));
+            }
+            Some(schema)
+        }
+        Some(f) if f["type"] == "json_object" && !f["schema"].is_null() => Some(&f["schema"]),
+        _ => None,
+    };
+    match (from_format, p.json_schema.as_ref().filter(|s| !s.is_null())) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "json_schema and a response_format schema cannot both be set",
+            Some("json_schema"),
+        )),
+        (Some(s), None) => Ok(Some((s, "response_format"))),
+        (None, Some(s)) => Ok(Some((s, "json_schema"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The schema constraint of the request, compiled by llguidance against the model's
+/// vocabulary (indexed once, on the first request that needs it).
+fn schema(p: &CommonParams, vocab: &Vocab<'_>) -> Result<Option<Schema>, ApiError> {
+    static LLGUIDANCE: OnceLock<Result<Llguidance, SamplerError>> = OnceLock::new();
+    let Some((schema, field)) = schema_of(p)? else {
+        return Ok(None);
+    };
+    let llg = LLGUIDANCE
+        .get_or_init(|| Llguidance::new(vocab))
+        .as_ref()
+        .map_err(|e| ApiError::internal(format!("structured output is unavailable: {e}")))?;
+    let constraint = llg
+        .json_schema(&schema.to_string())
+        .map_err(|e| ApiError::invalid(format!("`{field}`: {e}"), Some(field)))?;
+    Ok(Some(Schema(Arc::new(constraint))))
+}
+
+/// The grammar of `grammar` or `response_format` (at most one of them).
+fn grammar(p: &CommonParams) -> Result<Option<String>, ApiError> {
+    let json = match &p.response_format {
+        Some(f) if f["type"] == "json_object" => f["schema"].is_null(),
+        _ => false,
+    };
+    let schema = schema_of(p)?.is_some();
+    match (&p.grammar, json || schema) {
+        (Some(g), true) if !g.is_empty() => Err(ApiError::invalid(
+            "grammar and a JSON response_format or json_schema cannot both be set",
+            Some("grammar"),
+        )),
+        (_, true) if schema => Ok(None),
+        (_, true) => Ok(Some(crate::grammar::JSON_OBJECT.to_owned())),
+        (Some(g), false) if !g.is_empty() => Ok(Some(g.clone())),
+        _ => Ok(None),
+    }
 }
 
 /// What every response object of one request carries.

@@ -24,5 +24,6 @@
 pub mod api;
 pub mod app;
 pub mod engine;
+pub mod grammar;
 pub mod http;
 pub mod template;

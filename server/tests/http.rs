@@ -1268,7 +1268,6 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
         };
         // (field, value, endpoint: Some(true) chat only, Some(false) completions only).
         let refused = [
-            ("logit_bias", json!({"42": 5}), None),
             (
                 "tools",
                 json!([{"type": "function", "function": {"name": "f"}}]),
@@ -1277,7 +1276,7 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("tool_choice", json!("required"), None),
             ("functions", json!([{"name": "f"}]), None),
             ("function_call", json!({"name": "f"}), None),
-            ("response_format", json!({"type": "json_object"}), None),
+            ("response_format", json!({"type": "xml"}), None),
             ("audio", json!({"voice": "alloy", "format": "wav"}), None),
             ("modalities", json!(["text", "audio"]), None),
             (
@@ -1292,13 +1291,6 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("service_tier", json!("flex"), None),
             ("suffix", json!("end"), Some(false)),
             ("best_of", json!(3), Some(false)),
-            ("mirostat", json!(2), None),
-            ("dry_multiplier", json!(0.8), None),
-            ("xtc_probability", json!(0.5), None),
-            ("top_n_sigma", json!(1.0), None),
-            ("dynatemp_range", json!(0.5), None),
-            ("grammar", json!("root ::= \"a\""), None),
-            ("json_schema", json!({"type": "object"}), None),
             ("n_probs", json!(3), None),
             ("samplers", json!(["top_k"]), None),
             ("n", json!(3), None), // more than --parallel 2
@@ -1342,6 +1334,21 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
             ("service_tier", json!("auto")),
             ("mirostat", json!(0)),
             ("dry_multiplier", json!(0)),
+            // llama.cpp's samplers.
+            ("logit_bias", json!({"42": 5})),
+            ("logit_bias", json!([[42, false], ["hi", -3.5]])),
+            ("mirostat", json!(2)),
+            ("dry_multiplier", json!(0.8)),
+            ("xtc_probability", json!(0.5)),
+            ("top_n_sigma", json!(1.0)),
+            ("dynatemp_range", json!(0.5)),
+            ("grammar", json!("root ::= \"a\"")),
+            ("response_format", json!({"type": "json_object"})),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}),
+            ),
+            ("json_schema", json!({"type": "object"})),
             ("user", json!("user-1")),
             ("n", json!(1)),
             ("frequency_penalty", json!(0)),
@@ -1356,6 +1363,72 @@ async fn every_openai_field_is_honoured_or_refused_by_name() {
                 );
                 let (status, answer) = ask(&server, chat, &body).await;
                 assert_eq!(status, 200, "{field}: {value} (chat: {chat}): {answer}");
+            }
+        }
+        // A value the library's samplers refuse reaches them (at temperature 1, where
+        // every stage is in the chain) and comes back as a 400 naming the field.
+        let bad = [
+            ("logit_bias", json!({"logit_bias": {"99999999": 1}})),
+            ("logit_bias", json!({"logit_bias": [[1, "x"]]})),
+            ("dry_multiplier", json!({"dry_multiplier": -1})),
+            ("dry_base", json!({"dry_multiplier": 0.8, "dry_base": 0.5})),
+            (
+                "dry_allowed_length",
+                json!({"dry_multiplier": 0.8, "dry_allowed_length": -1}),
+            ),
+            (
+                "dry_penalty_last_n",
+                json!({"dry_multiplier": 0.8, "dry_penalty_last_n": -2}),
+            ),
+            (
+                "dry_sequence_breakers",
+                json!({"dry_multiplier": 0.8, "dry_sequence_breakers": [""]}),
+            ),
+            ("xtc_probability", json!({"xtc_probability": 1.5})),
+            (
+                "xtc_threshold",
+                json!({"xtc_probability": 0.5, "xtc_threshold": 0.9}),
+            ),
+            ("mirostat", json!({"mirostat": 3})),
+            ("mirostat_tau", json!({"mirostat": 2, "mirostat_tau": -1})),
+            ("mirostat_eta", json!({"mirostat": 1, "mirostat_eta": -1})),
+            // 1e39 is infinite as an f32.
+            ("top_n_sigma", json!({"top_n_sigma": 1e39})),
+            ("dynatemp_range", json!({"dynatemp_range": -0.5})),
+            ("dynatemp_exponent", json!({"dynatemp_exponent": 1e39})),
+            ("grammar", json!({"grammar": "root ::= ("})),
+            ("grammar", json!({"grammar": "root ::= undefined_rule"})),
+            (
+                "grammar",
+                json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+            ),
+            // Schemas llguidance rejects.
+            (
+                "json_schema",
+                json!({"json_schema": {"type": "no-such-type"}}),
+            ),
+            (
+                "response_format",
+                json!({"response_format": {"type": "json_schema",
+                                           "json_schema": {"schema": {"type": 7}}}}),
+            ),
+            (
+                "response_format",
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
+            ),
+        ];
+        for (field, extra) in bad {
+            for chat in [true, false] {
+                let mut body = if chat { &chat_base } else { &cmpl_base }.clone();
+                body["temperature"] = json!(1);
+                for (k, v) in extra.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 400, "{extra} (chat: {chat}): {answer}");
+                assert_eq!(answer["error"]["param"], field, "{extra}: {answer}");
+                let message = answer["error"]["message"].as_str().unwrap();
+                assert!(message.contains(field), "{message}");
             }
         }
         // max_completion_tokens and llama.cpp's n_predict cap the completion too.
@@ -1786,6 +1859,224 @@ async fn penalties_change_a_greedy_answer() {
         ] {
             let penalised = ask_with(extra.clone()).await;
             assert_ne!(penalised, none, "{extra} changed nothing");
+        }
+    })
+    .await;
+}
+
+/// The first token of a greedy completion of `prompt` (at most one token).
+async fn first_token_text(server: &ServerProcess, prompt: &str, extra: Value) -> String {
+    let mut body = json!({"prompt": prompt, "max_tokens": 1, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, answer) = ask(server, false, &body).await;
+    assert_eq!(status, 200, "{extra}: {answer}");
+    answer["choices"][0]["text"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn logit_bias_forbids_and_forces_tokens_in_every_form() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let prompt = "The capital of France is";
+        // The greedy token, computed with the library on the same model.
+        let logprobs = reference_logprobs(&path, prompt);
+        let mut ranked: Vec<usize> = (0..logprobs.len()).collect();
+        ranked.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]));
+        let (best, second) = (ranked[0], ranked[1]);
+        let server = start_with(&path, &["--parallel", "1", "-c", "256"]).await;
+        let greedy = first_token_text(&server, prompt, json!({})).await;
+        assert!(!greedy.is_empty());
+        let key = best.to_string();
+        for extra in [
+            json!({"logit_bias": {key.clone(): -100}}),
+            json!({"logit_bias": {key.clone(): false}}),
+            json!({"logit_bias": [[best, -100]]}),
+            json!({"logit_bias": [[best, false]]}),
+            // llama-server's text form: each of the text's tokens.
+            json!({"logit_bias": [[greedy.clone(), false]]}),
+        ] {
+            let other = first_token_text(&server, prompt, extra.clone()).await;
+            assert_ne!(other, greedy, "{extra} did not change the greedy token");
+        }
+        // A large bias makes the runner-up the greedy pick (the same as forbidding
+        // the best one).
+        let without_best =
+            first_token_text(&server, prompt, json!({"logit_bias": [[best, false]]})).await;
+        let forced = first_token_text(
+            &server,
+            prompt,
+            json!({"logit_bias": {second.to_string(): 100}}),
+        )
+        .await;
+        assert_eq!(forced, without_best);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn llama_samplers_change_a_sampled_answer() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let ask_with = |extra: Value| {
+            let mut body = json!({
+                "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+                "max_tokens": 32, "temperature": 0,
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let server = &server;
+            async move {
+                let (status, answer) = ask(server, true, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                answer["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let greedy = ask_with(json!({})).await;
+        // top-n-sigma with a tiny n keeps only the most likely token: greedy even at a
+        // high temperature.
+        let narrow = ask_with(json!({"temperature": 1.5, "seed": 3, "top_n_sigma": 1e-6})).await;
+        assert_eq!(narrow, greedy);
+        // XTC that always drops the top choices (every token above a 0 threshold but the
+        // least likely) changes the greedy answer; so does a strong DRY penalty on a
+        // prompt-free short allowed length.
+        for extra in [
+            json!({"xtc_probability": 1.0, "xtc_threshold": 0.0, "seed": 1}),
+            json!({"dry_multiplier": 5.0, "dry_allowed_length": 0, "dry_base": 2.0}),
+        ] {
+            assert_ne!(
+                ask_with(extra.clone()).await,
+                greedy,
+                "{extra} changed nothing"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grammar_constrains_the_output() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "512"]).await;
+        let grammar = r#"root ::= "Answer: " ("yes" | "no") "." "#;
+        for (seed, temperature) in [(1, 0.0), (2, 1.0), (3, 1.5)] {
+            for chat in [true, false] {
+                let mut body = json!({
+                    "max_tokens": 40, "temperature": temperature, "seed": seed,
+                    "grammar": grammar,
+                });
+                if chat {
+                    body["messages"] = json!([{"role": "user", "content": "Is the sky blue?"}]);
+                } else {
+                    body["prompt"] = json!("Q: Is the sky blue?\nA:");
+                }
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                let choice = &answer["choices"][0];
+                let text = if chat {
+                    choice["message"]["content"].as_str().unwrap()
+                } else {
+                    choice["text"].as_str().unwrap()
+                };
+                assert!(
+                    text == "Answer: yes." || text == "Answer: no.",
+                    "{text:?} does not match the grammar"
+                );
+                assert_eq!(choice["finish_reason"], "stop", "{answer}");
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_object_replies_parse_as_json_objects() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "1024"]).await;
+        for (seed, temperature) in [(1, 0.0), (2, 0.7), (3, 1.0)] {
+            let body = json!({
+                "messages": [{"role": "user",
+                              "content": "Describe a cat as JSON with a name and an age."}],
+                "max_tokens": 400, "temperature": temperature, "seed": seed,
+                "response_format": {"type": "json_object"},
+            });
+            let (status, answer) = ask(&server, true, &body).await;
+            assert_eq!(status, 200, "{answer}");
+            let choice = &answer["choices"][0];
+            let text = choice["message"]["content"].as_str().unwrap();
+            assert_eq!(choice["finish_reason"], "stop", "{text}");
+            let parsed: Value =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+            assert!(parsed.is_object(), "{parsed}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_schema_replies_validate_against_the_schema() {
+    let Some(path) = smollm2() else { return };
+    within_timeout(async {
+        let server = start_with(&path, &["--parallel", "1", "-c", "1024"]).await;
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 20},
+                "age": {"type": "integer", "minimum": 0, "maximum": 30},
+                "colour": {"enum": ["black", "white", "ginger"]},
+                "toys": {"type": "array", "items": {"type": "string", "maxLength": 12},
+                         "maxItems": 3},
+            },
+            "required": ["name", "age", "colour"],
+            "additionalProperties": false,
+        });
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let forms = [
+            json!({"response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "cat", "schema": schema,
+                                                       "strict": true}}}),
+            json!({"json_schema": schema}),
+            json!({"response_format": {"type": "json_object", "schema": schema}}),
+        ];
+        for (i, form) in forms.iter().enumerate() {
+            for chat in [true, false] {
+                let temperature = [0.0, 1.0, 1.5][i];
+                let mut body = json!({"max_tokens": 300, "temperature": temperature,
+                                      "seed": i});
+                for (k, v) in form.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                if chat {
+                    body["messages"] =
+                        json!([{"role": "user", "content": "Describe a cat as JSON."}]);
+                } else {
+                    body["prompt"] = json!("A cat, as JSON:");
+                }
+                let (status, answer) = ask(&server, chat, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                let choice = &answer["choices"][0];
+                let text = if chat {
+                    choice["message"]["content"].as_str().unwrap()
+                } else {
+                    choice["text"].as_str().unwrap()
+                };
+                assert_eq!(choice["finish_reason"], "stop", "{text}");
+                let parsed: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+                let errors: Vec<String> = validator
+                    .iter_errors(&parsed)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{parsed} breaks the schema: {errors:?}");
+            }
         }
     })
     .await;

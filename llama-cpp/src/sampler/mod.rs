@@ -2,10 +2,13 @@
 //!
 //! [`SamplerBuilder`] lists the stages (every sampler of llama.h, and Rust ones through
 //! [`CustomSampler`]) and ends the chain with the stage that picks; the [`Sampler`] it
-//! builds samples, accepts, resets, clones and can lose stages again.
+//! builds samples, accepts, resets, clones and can lose stages again. With the cargo
+//! feature `llguidance`, the `llguidance` module constrains output to a JSON schema.
 
 mod builder;
 mod custom;
+#[cfg(feature = "llguidance")]
+pub mod llguidance;
 mod params;
 
 use std::ffi::{c_char, CStr};
@@ -68,6 +71,13 @@ pub enum SamplerError {
     #[error("Rust sampler: {reason}")]
     Custom {
         /// What happened (a panic's message).
+        reason: String,
+    },
+    /// llguidance (feature `llguidance`) could not index the vocabulary or rejected a
+    /// JSON schema or grammar.
+    #[error("llguidance: {reason}")]
+    Llguidance {
+        /// llguidance's message.
         reason: String,
     },
     /// [`Sampler::try_clone`]: a Rust stage does not implement
