@@ -28,8 +28,8 @@ pub use params::{
     TensorOverride, DENSE_FFN_REGEX, EXPERTS_REGEX,
 };
 pub use placement::{is_routed_expert, Placement, TensorPlacement, TensorTotals};
-pub use split::{split_path, split_prefix, SplitPathError};
 pub(crate) use precheck::check_gguf;
+pub use split::{split_path, split_prefix, SplitPathError};
 // The dry run lives beside the planner, its main user (it builds a context, which nothing
 // else in `model` does); its names stay here too, where they were first published.
 pub use crate::plan::{bytes_by_location, DryRun, DryRunError, MemoryBytes, MemoryLocation};
