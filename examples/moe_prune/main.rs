@@ -12,7 +12,8 @@
 //! over the chosen experts (qwen3moe, mixtral, gpt-oss); removing selected experts
 //! costs quality that only an evaluation on your model can tell.
 //!
-//! Not here (yet): `--budget-mib` (keep what fits a byte budget).
+//! `--budget-mib M` keeps the most experts per layer whose file fits in M MiB (the
+//! size is computed to the byte before anything is written).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,13 +22,13 @@ use clap::{ArgGroup, Parser};
 use llama_cpp_moe::routing::RoutingStats;
 use llama_cpp_moe::ErrorChain;
 use llama_cpp_moe_examples::prune::{top_experts, Criterion};
-use llama_cpp_moe_gguf::prune::prune_experts;
+use llama_cpp_moe_gguf::prune::{plan_prune, prune_experts};
 use llama_cpp_moe_gguf::GgufFile;
 
 /// Write a GGUF keeping the experts a routing profile ranks highest in every MoE layer.
 #[derive(Parser, Debug)]
 #[command(name = "moe_prune")]
-#[command(group(ArgGroup::new("amount").required(true).args(["keep_experts", "keep_fraction"])))]
+#[command(group(ArgGroup::new("amount").required(true).args(["keep_experts", "keep_fraction", "budget_mib"])))]
 struct Args {
     /// Input model.
     #[arg(short = 'm', long = "model", value_name = "IN.gguf")]
@@ -44,6 +45,9 @@ struct Args {
     /// Share of the experts to keep in every MoE layer (rounded up), in (0, 1].
     #[arg(long, value_name = "F", value_parser = parse_fraction)]
     keep_fraction: Option<f64>,
+    /// Keep the most experts per layer whose output file fits in this many MiB.
+    #[arg(long, value_name = "M")]
+    budget_mib: Option<f64>,
     /// What ranks the experts.
     #[arg(long, value_enum, default_value = "frequency")]
     criterion: Criterion,
@@ -69,16 +73,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The most experts per layer whose pruned file is at most `mib` MiB.
+fn fit_budget(model: &GgufFile, mib: f64) -> Result<u64, String> {
+    let budget = (mib * 1024.0 * 1024.0).floor() as u64;
+    let used = model.expert_used_count().unwrap_or(1).max(1);
+    let expert_count = model.expert_count().unwrap_or(0);
+    let size = |n| -> Result<u64, String> {
+        plan_prune(model, n)
+            .map(|r| r.file_bytes_after)
+            .map_err(|e| ErrorChain(&e).to_string())
+    };
+    // The size grows with the count: search down from all experts.
+    for n in (used..=expert_count).rev() {
+        if size(n)? <= budget {
+            return Ok(n);
+        }
+    }
+    Err(format!(
+        "{mib} MiB is too small: keeping {used} experts per layer (expert_used_count) takes \
+         {} bytes",
+        size(used)?
+    ))
+}
+
 fn run(a: &Args) -> Result<(), String> {
     let model = GgufFile::open(&a.model).map_err(|e| ErrorChain(&e).to_string())?;
     let profile = RoutingStats::load(&a.profile).map_err(|e| ErrorChain(&e).to_string())?;
     let expert_count = model
         .expert_count()
         .ok_or_else(|| format!("{}: not a MoE model", a.model.display()))?;
-    let keep = match (a.keep_experts, a.keep_fraction) {
-        (Some(n), _) => n,
-        (None, Some(f)) => (f * expert_count as f64).ceil() as u64,
-        (None, None) => unreachable!("clap requires one of the two"),
+    let keep = match (a.keep_experts, a.keep_fraction, a.budget_mib) {
+        (Some(n), _, _) => n,
+        (None, Some(f), _) => (f * expert_count as f64).ceil() as u64,
+        (None, None, Some(mib)) => fit_budget(&model, mib)?,
+        (None, None, None) => unreachable!("clap requires one of the three"),
     };
     let chosen = top_experts(&model, &profile, keep, a.criterion)
         .map_err(|e| format!("{}: {e}", a.profile.display()))?;

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use llama_cpp_moe::routing::RoutingStats;
 use llama_cpp_moe_examples::built_example;
-use llama_cpp_moe_gguf::prune::{moe_layers, prune_experts, KeepList};
+use llama_cpp_moe_gguf::prune::{moe_layers, plan_prune, prune_experts, KeepList};
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::{GgufFile, TensorKind};
 use serde_json::Value;
@@ -243,6 +243,65 @@ fn a_profile_of_another_model_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("expert_used_count"), "{stderr}");
+    assert!(!out_path.exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_byte_budget_keeps_the_most_experts_that_fit_to_the_byte() {
+    let d = dir("budget");
+    let model = d.join("gpt-oss.gguf");
+    SynthSpec::new(Arch::GptOss, Preset::Tiny)
+        .fixed_routing(&[2, 0])
+        .seed(5)
+        .write(&model)
+        .unwrap();
+    let profile = d.join("profile.json");
+    greedy(&model, "Hello", Some(&profile));
+    let src = GgufFile::open(&model).unwrap();
+    let size = |n| plan_prune(&src, n).unwrap().file_bytes_after;
+    let mib = |bytes: u64| format!("{}", bytes as f64 / 1_048_576.0);
+    let out_path = d.join("out.gguf");
+    let run = |budget: u64| {
+        let _ = std::fs::remove_file(&out_path);
+        moe_prune(&[
+            "-m",
+            s(&model),
+            "-o",
+            s(&out_path),
+            "--profile",
+            s(&profile),
+            "--budget-mib",
+            &mib(budget),
+        ])
+    };
+    for (budget, kept) in [(size(3), 3), (size(3) - 1, 2), (size(4), 4)] {
+        let out = run(budget);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dst = GgufFile::open(&out_path).unwrap();
+        assert_eq!(dst.expert_count(), Some(kept), "budget {budget}");
+        assert_eq!(dst.file_size(), size(kept), "budget {budget}");
+        assert!(dst.file_size() <= budget);
+        // The two fixed experts (router biases 10 and 9) are the ones kept first.
+        if kept == 2 {
+            let bias = dst.tensor("blk.0.ffn_gate_inp.bias").unwrap();
+            let data = std::fs::read(&out_path).unwrap();
+            let at = bias.offset as usize;
+            let values: Vec<f32> = data[at..at + 8]
+                .chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(values, vec![9.0, 10.0]);
+        }
+    }
+    let out = run(size(2) - 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is too small"), "{stderr}");
     assert!(!out_path.exists());
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -79,6 +79,17 @@ pub enum PruneError {
         /// The model's `expert_used_count`.
         used: u64,
     },
+    /// More experts asked for than the model has.
+    #[error("cannot keep {keep} experts of {expert_count}")]
+    TooManyExperts {
+        /// Experts to keep per layer.
+        keep: u64,
+        /// The model's `expert_count`.
+        expert_count: u64,
+    },
+    /// The pruned file's table is invalid (not expected for a file that parsed).
+    #[error("the pruned tensor table")]
+    Table(#[source] WriteError),
     /// The model groups its experts (`expert_group_count` > 1, DeepSeek-V3 style group
     /// routing): removing experts would break the groups.
     #[error("the model routes by {0} expert groups; pruning would break the groups")]
@@ -269,41 +280,13 @@ pub fn prune_experts(
 ) -> Result<PruneReport, PruneError> {
     let out = out.as_ref();
     let (keep, expert_count, n) = check(file, keep)?;
-    let arch = file.architecture().unwrap_or_default().to_owned();
-    let count_key = format!("{arch}.expert_count");
     let werr = |source: WriteError| PruneError::Write {
         path: out.to_owned(),
         source,
     };
     let ioerr = |e: io::Error| werr(WriteError::Io(e));
 
-    let mut w = GgufWriter::new();
-    let alignment = u32::try_from(file.alignment()).unwrap_or(u32::MAX);
-    w.set_alignment(alignment).map_err(werr)?;
-    for (k, v) in file.metadata() {
-        if k == "general.alignment" {
-            continue;
-        }
-        let v = if *k == count_key {
-            // Same value type as the input's (llama.cpp reads either width).
-            match v {
-                crate::MetaValue::U64(_) => crate::MetaValue::U64(n as u64),
-                crate::MetaValue::I32(_) => crate::MetaValue::I32(n as i32),
-                _ => crate::MetaValue::U32(n as u32),
-            }
-        } else {
-            v.clone()
-        };
-        w.add_kv(k.clone(), v).map_err(werr)?;
-    }
-    let mut bytes_before = BTreeMap::new();
-    let mut bytes_after = BTreeMap::new();
-    for t in file.tensors() {
-        let desc = pruned_desc(t, expert_count, n)?;
-        *bytes_before.entry(t.kind()).or_insert(0) += t.n_bytes;
-        *bytes_after.entry(t.kind()).or_insert(0) += desc.nbytes();
-        w.add_tensor(desc).map_err(werr)?;
-    }
+    let (w, report) = pruned_table(file, expert_count, n)?;
 
     let mut src = File::open(file.path()).map_err(ioerr)?;
     if let (Ok(a), Ok(b)) = (file.path().canonicalize(), out.canonicalize()) {
@@ -346,14 +329,85 @@ pub fn prune_experts(
             let _ = std::fs::remove_file(out);
             werr(e)
         })?;
+    debug_assert_eq!(written, report.file_bytes_after);
     Ok(PruneReport {
+        file_bytes_after: written,
+        ..report
+    })
+}
+
+/// The header and tensor table of the file keeping `n` experts per layer, and the
+/// report of its sizes.
+fn pruned_table(
+    file: &GgufFile,
+    expert_count: u64,
+    n: usize,
+) -> Result<(GgufWriter, PruneReport), PruneError> {
+    let arch = file.architecture().unwrap_or_default().to_owned();
+    let count_key = format!("{arch}.expert_count");
+    let mut w = GgufWriter::new();
+    let alignment = u32::try_from(file.alignment()).unwrap_or(u32::MAX);
+    w.set_alignment(alignment).map_err(PruneError::Table)?;
+    for (k, v) in file.metadata() {
+        if k == "general.alignment" {
+            continue;
+        }
+        let v = if *k == count_key {
+            // Same value type as the input's (llama.cpp reads either width).
+            match v {
+                crate::MetaValue::U64(_) => crate::MetaValue::U64(n as u64),
+                crate::MetaValue::I32(_) => crate::MetaValue::I32(n as i32),
+                _ => crate::MetaValue::U32(n as u32),
+            }
+        } else {
+            v.clone()
+        };
+        w.add_kv(k.clone(), v).map_err(PruneError::Table)?;
+    }
+    let mut bytes_before = BTreeMap::new();
+    let mut bytes_after = BTreeMap::new();
+    for t in file.tensors() {
+        let desc = pruned_desc(t, expert_count, n)?;
+        *bytes_before.entry(t.kind()).or_insert(0) += t.n_bytes;
+        *bytes_after.entry(t.kind()).or_insert(0) += desc.nbytes();
+        w.add_tensor(desc).map_err(PruneError::Table)?;
+    }
+    let report = PruneReport {
         expert_count_before: expert_count,
         expert_count_after: n as u64,
         file_bytes_before: file.file_size(),
-        file_bytes_after: written,
+        file_bytes_after: w.file_size(),
         bytes_before,
         bytes_after,
-    })
+    };
+    Ok((w, report))
+}
+
+/// What [`prune_experts`] would write for any keep-list of `keep` experts per MoE
+/// layer, without writing: the sizes to the byte, per tensor kind and of the file.
+/// For choosing how many experts fit a byte budget.
+///
+/// # Errors
+/// As [`prune_experts`] for the model; [`PruneError::TooFewExperts`] and
+/// [`PruneError::TooManyExperts`] for `keep`.
+pub fn plan_prune(file: &GgufFile, keep: u64) -> Result<PruneReport, PruneError> {
+    let all: Vec<u32> = (0..file.expert_count().unwrap_or(0) as u32).collect();
+    let uniform: KeepList = moe_layers(file)
+        .into_iter()
+        .map(|l| (l, all.clone()))
+        .collect();
+    let (_, expert_count, _) = check(file, &uniform)?;
+    if keep > expert_count {
+        return Err(PruneError::TooManyExperts { keep, expert_count });
+    }
+    let used = file.expert_used_count().unwrap_or(1).max(1);
+    if keep < used {
+        return Err(PruneError::TooFewExperts {
+            keep: keep as usize,
+            used,
+        });
+    }
+    Ok(pruned_table(file, expert_count, keep as usize)?.1)
 }
 
 #[cfg(test)]
@@ -404,6 +458,8 @@ mod tests {
             let report = prune_experts(&src, &uniform(&src, &kept), &out).unwrap();
             let dst = GgufFile::open(&out).unwrap();
             assert_eq!(report.file_bytes_after, dst.file_size(), "{arch:?}");
+            // The plan without writing predicts every byte.
+            assert_eq!(plan_prune(&src, used as u64).unwrap(), report, "{arch:?}");
             assert_eq!(dst.expert_count(), Some(used as u64), "{arch:?}");
             assert_eq!(dst.metadata().len(), src.metadata().len(), "{arch:?}");
             for ((k0, v0), (k1, v1)) in src.metadata().iter().zip(dst.metadata()) {
@@ -536,6 +592,17 @@ mod tests {
             PruneError::TooFewExperts { keep: 1, used: 2 }
         ));
         assert!(!out.exists(), "no output for a refused keep-list");
+        assert!(matches!(
+            plan_prune(&src, 9),
+            Err(PruneError::TooManyExperts {
+                keep: 9,
+                expert_count: 8
+            })
+        ));
+        assert!(matches!(
+            plan_prune(&src, 1),
+            Err(PruneError::TooFewExperts { keep: 1, used: 2 })
+        ));
         let all = uniform(&src, &[0, 1, 2, 3]);
         assert!(matches!(
             prune_experts(&src, &all, &src_path),
