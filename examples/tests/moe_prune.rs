@@ -9,13 +9,17 @@
 //! logits only (SOFTMAX_WEIGHT in src/models/openai-moe.cpp). Top-k over a superset of
 //! the chosen experts picks the same experts in all of them. Not exact: deepseek
 //! (src/models/deepseek.cpp: softmax over all experts, `norm_w` false), whose weights
-//! keep the pruned experts' share of the denominator.
+//! lose the pruned experts' share of the denominator (its logits move; its greedy
+//! tokens happen to stay the same on the synthetic model, so only the logits tell).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use llama_cpp_moe::routing::RoutingStats;
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
+use llama_cpp_moe::{Backend, Batch, Context, ContextParams, Model, ModelParams, Pos, SeqId};
 use llama_cpp_moe_examples::built_example;
+use llama_cpp_moe_examples::prune::{top_experts, Criterion};
 use llama_cpp_moe_gguf::prune::{moe_layers, plan_prune, prune_experts, KeepList};
 use llama_cpp_moe_gguf::synth::{Arch, Hparams, Preset, SynthSpec};
 use llama_cpp_moe_gguf::{GgufFile, TensorKind};
@@ -110,7 +114,11 @@ fn profile_prune_regenerate(d: &Path, model: &Path) -> (RoutingStats, PathBuf) {
         "moe_prune failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("layer   0: kept ["), "{stdout}");
+    let first = stats.layers[0].layer;
+    assert!(
+        stdout.contains(&format!("layer {first:3}: kept [")),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!("kept {keep} of {e} experts")),
         "{stdout}"
@@ -304,4 +312,80 @@ fn a_byte_budget_keeps_the_most_experts_that_fit_to_the_byte() {
     assert!(stderr.contains("is too small"), "{stderr}");
     assert!(!out_path.exists());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The last prompt token's logits.
+fn last_logits(path: &Path, prompt: &str) -> Vec<f32> {
+    let model = Model::load(
+        &Backend::init(),
+        path,
+        &ModelParams::default().with_n_gpu_layers(0),
+    )
+    .unwrap();
+    let tokens = model
+        .vocab()
+        .tokenize(prompt, AddSpecial::Yes, ParseSpecial::No)
+        .unwrap();
+    let mut ctx = Context::new(
+        &model,
+        &ContextParams::default().with_n_ctx(256).with_n_threads(1),
+    )
+    .unwrap();
+    ctx.decode(&Batch::from_tokens(&tokens, Pos(0), SeqId(0)).unwrap())
+        .unwrap();
+    ctx.logits(tokens.len() - 1).unwrap().to_vec()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Where the gate weights are a softmax over all experts without renormalisation
+/// (deepseek: `norm_w` false in src/models/deepseek.cpp), pruning never-selected
+/// experts shrinks the softmax's denominator and so raises every kept weight: the
+/// logits move, unlike qwen3moe's (renormalised, unchanged but for rounding).
+#[test]
+fn pruning_never_selected_experts_moves_deepseek_logits_but_not_qwen3moe_logits() {
+    let mut moved = Vec::new();
+    for arch in [Arch::Qwen3Moe, Arch::DeepSeek] {
+        let d = dir(&format!("logits-{}", arch.cli_name()));
+        let model = d.join("model.gguf");
+        let mut h = Hparams::preset(arch, Preset::Tiny);
+        h.n_expert = 128;
+        SynthSpec::new(arch, Preset::Tiny)
+            .hparams(h)
+            .seed(21)
+            .write(&model)
+            .unwrap();
+        let profile = d.join("profile.json");
+        greedy(&model, PROMPTS[0], Some(&profile));
+        let stats = RoutingStats::load(&profile).unwrap();
+        let src = GgufFile::open(&model).unwrap();
+        let keep = stats
+            .layers
+            .iter()
+            .map(|l| l.counts.iter().filter(|&&c| c > 0).count() as u64)
+            .max()
+            .unwrap();
+        let chosen = top_experts(&src, &stats, keep, Criterion::Frequency).unwrap();
+        let pruned = d.join("pruned.gguf");
+        prune_experts(&src, &chosen, &pruned).unwrap();
+        let diff = max_abs_diff(
+            &last_logits(&model, PROMPTS[0]),
+            &last_logits(&pruned, PROMPTS[0]),
+        );
+        moved.push(diff);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    // Same machine, same kernels: qwen3moe's logits came out bit-identical here; allow
+    // rounding in the renormalisation. deepseek's moved by 0.15.
+    assert!(moved[0] <= 1e-4, "qwen3moe logits moved by {}", moved[0]);
+    assert!(
+        moved[1] > 1e-2,
+        "deepseek logits moved by only {}",
+        moved[1]
+    );
 }
