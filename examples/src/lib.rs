@@ -2,6 +2,7 @@
 //! `llama-cpp-moe-cli` crate's): `quality`'s measurements, and a real RPC server for the
 //! examples' tests. A library, so that its unit tests run under `cargo test`.
 
+pub mod prune;
 pub mod quality;
 
 use std::io::Read;

@@ -13,6 +13,7 @@ fn help_exits_0_and_bad_flags_exit_2() {
     }
     // What people copy uses plain clap: its errors are clap's own, several lines.
     assert_cli_conventions(&built_example("minimal"), false);
+    assert_cli_conventions(&built_example("moe_prune"), false);
 }
 
 #[test]

@@ -23,6 +23,7 @@
 mod classify;
 mod error;
 mod parse;
+pub mod prune;
 mod reader;
 mod types;
 mod value;
