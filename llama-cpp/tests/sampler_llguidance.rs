@@ -8,8 +8,8 @@ mod ctx_support;
 use ctx_support::{moe, small_ctx};
 use llama_cpp_moe::sampler::llguidance::Llguidance;
 use llama_cpp_moe::sampler::SamplerError;
-use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial};
-use llama_cpp_moe::{GenerateParams, SamplerBuilder};
+use llama_cpp_moe::vocab::{AddSpecial, ParseSpecial, RenderSpecial};
+use llama_cpp_moe::{GenerateParams, SamplerBuilder, Token};
 
 const SCHEMA: &str = r#"{
     "type": "object",
@@ -58,5 +58,62 @@ fn schemas_llguidance_rejects_are_typed_errors() {
             matches!(err, SamplerError::Llguidance { .. }),
             "{bad}: {err:?}"
         );
+    }
+}
+
+/// llguidance's default JSON whitespace is unbounded: a sampled reply could spend every
+/// token between two JSON tokens and never finish (moe_server's json_schema replies ran
+/// out of tokens in whitespace on SmolLM2). Schemas without their own `x-guidance` get
+/// llama.cpp's bound: at most 2 newlines and 20 spaces or tabs in a row.
+#[test]
+fn json_whitespace_is_bounded_and_sampled_replies_finish() {
+    let schema = SCHEMA.replace(
+        ",\n    \"x-guidance\": {\"whitespace_flexible\": false}",
+        "",
+    );
+    assert!(!schema.contains("x-guidance"), "{schema}");
+    let model = moe();
+    let vocab = model.vocab();
+    let llg = Llguidance::new(&vocab).unwrap();
+    // A model that likes whitespace: every all-whitespace token gets +8. Bounded, each
+    // of the reply's dozen gaps costs at most 22 tokens, so 400 are enough to finish.
+    let spaces: Vec<(Token, f32)> = (0..vocab.n_tokens() as i32)
+        .map(Token)
+        .filter(|&t| {
+            vocab
+                .token_to_piece(t, RenderSpecial::No)
+                .is_ok_and(|p| !p.is_empty() && p.chars().all(char::is_whitespace))
+        })
+        .map(|t| (t, 8.0))
+        .collect();
+    assert!(!spaces.is_empty());
+    for seed in 0..6 {
+        let constraint = llg.json_schema(&schema).unwrap();
+        let mut sampler = SamplerBuilder::new()
+            .with_logit_bias(spaces.clone())
+            .with_custom(move || constraint.clone())
+            .with_temp(1.5)
+            .dist(&vocab, seed)
+            .unwrap();
+        let mut ctx = small_ctx(model);
+        let prompt = vocab
+            .tokenize("Answer:", AddSpecial::Yes, ParseSpecial::No)
+            .unwrap();
+        let params = GenerateParams::default().with_max_tokens(400);
+        let out = ctx.complete(&mut sampler, &prompt, params).unwrap();
+        let longest_gap = out
+            .text
+            .split(|c: char| !c.is_whitespace())
+            .map(|gap| gap.chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest_gap <= 22,
+            "seed {seed}: a whitespace run of {longest_gap} in {:?}",
+            out.text
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.text)
+            .unwrap_or_else(|e| panic!("seed {seed}: {:?} is not JSON: {e}", out.text));
+        assert!(v["pick"] == "red" || v["pick"] == "green", "{v}");
     }
 }

@@ -30,6 +30,10 @@ use super::custom::{Candidates, CustomSampler};
 use super::SamplerError;
 use crate::vocab::{RenderSpecial, Token, Vocab};
 
+/// What may stand between two JSON tokens of a schema-constrained reply (a regex in
+/// llguidance's syntax): llama.cpp's schema grammars allow `"" | " " | "\n"{1,2} [ \t]{0,20}`.
+const JSON_WHITESPACE: &str = r"[ \t]{1,20}|\n{1,2}[ \t]{0,20}";
+
 /// llguidance's view of one model's vocabulary (the token trie and the mask slicer):
 /// build it once per model and make a [`LlgConstraint`] from it per request.
 #[derive(Clone)]
@@ -107,12 +111,28 @@ impl Llguidance {
 
     /// A constraint to JSON text valid under the JSON schema `schema` (JSON text);
     /// an error for a schema that is not JSON or that llguidance does not support.
+    ///
+    /// Whitespace between JSON tokens is bounded as in llama.cpp's schema grammars (one
+    /// run of up to 20 spaces or tabs, or one or two newlines and up to 20 spaces or
+    /// tabs): llguidance's default allows any amount, and a sampled reply could spend
+    /// every token on it and never finish. A schema with its own `"x-guidance"` options
+    /// keeps them.
     pub fn json_schema(&self, schema: &str) -> Result<LlgConstraint, SamplerError> {
         let trimmed = schema.trim_start();
         if !(trimmed.starts_with('{') || trimmed.starts_with("true")) {
             return Err(llg_error("a JSON schema must be an object or true"));
         }
-        self.grammar(TopLevelGrammar::from_lark(format!("start: %json {schema}")))
+        let mut value: serde_json::Value = serde_json::from_str(schema)
+            .map_err(|e| llg_error(format!("the schema is not JSON: {e}")))?;
+        if value == serde_json::Value::Bool(true) {
+            value = serde_json::json!({});
+        }
+        if let Some(object) = value.as_object_mut() {
+            object
+                .entry("x-guidance")
+                .or_insert_with(|| serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }));
+        }
+        self.grammar(TopLevelGrammar::from_lark(format!("start: %json {value}")))
     }
 
     /// A constraint to the Lark grammar `lark` (llguidance's syntax).
