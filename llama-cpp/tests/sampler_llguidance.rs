@@ -22,26 +22,42 @@ const SCHEMA: &str = r#"{
     "x-guidance": {"whitespace_flexible": false}
 }"#;
 
-#[test]
-fn a_json_schema_constrains_a_random_model() {
+/// What the synthetic model writes after "Answer:" under `schema`, sampled at
+/// temperature 1.5 with `seed`, with `biases` applied before the constraint.
+fn sampled_reply(
+    llg: &Llguidance,
+    schema: &str,
+    biases: &[(Token, f32)],
+    seed: u32,
+    max_tokens: usize,
+) -> String {
     let model = moe();
     let vocab = model.vocab();
-    let llg = Llguidance::new(&vocab).unwrap();
+    let constraint = llg.json_schema(schema).unwrap();
+    let mut builder = SamplerBuilder::new();
+    if !biases.is_empty() {
+        builder = builder.with_logit_bias(biases.to_vec());
+    }
+    let mut sampler = builder
+        .with_custom(move || constraint.clone())
+        .with_temp(1.5)
+        .dist(&vocab, seed)
+        .unwrap();
+    let mut ctx = small_ctx(model);
+    let prompt = vocab
+        .tokenize("Answer:", AddSpecial::Yes, ParseSpecial::No)
+        .unwrap();
+    let params = GenerateParams::default().with_max_tokens(max_tokens);
+    ctx.complete(&mut sampler, &prompt, params).unwrap().text
+}
+
+#[test]
+fn a_json_schema_constrains_a_random_model() {
+    let llg = Llguidance::new(&moe().vocab()).unwrap();
     for seed in 0..4 {
-        let constraint = llg.json_schema(SCHEMA).unwrap();
-        let mut sampler = SamplerBuilder::new()
-            .with_custom(move || constraint.clone())
-            .with_temp(1.5)
-            .dist(&vocab, seed)
-            .unwrap();
-        let mut ctx = small_ctx(model);
-        let prompt = vocab
-            .tokenize("Answer:", AddSpecial::Yes, ParseSpecial::No)
-            .unwrap();
-        let params = GenerateParams::default().with_max_tokens(100);
-        let out = ctx.complete(&mut sampler, &prompt, params).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out.text)
-            .unwrap_or_else(|e| panic!("seed {seed}: {:?} is not JSON: {e}", out.text));
+        let text = sampled_reply(&llg, SCHEMA, &[], seed, 100);
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("seed {seed}: {text:?} is not JSON: {e}"));
         let n = v["n"].as_u64().unwrap_or_else(|| panic!("{v}"));
         assert!(n <= 99, "{v}");
         assert!(v["pick"] == "red" || v["pick"] == "green", "{v}");
@@ -88,32 +104,18 @@ fn json_whitespace_is_bounded_and_sampled_replies_finish() {
         .collect();
     assert!(!spaces.is_empty());
     for seed in 0..6 {
-        let constraint = llg.json_schema(&schema).unwrap();
-        let mut sampler = SamplerBuilder::new()
-            .with_logit_bias(spaces.clone())
-            .with_custom(move || constraint.clone())
-            .with_temp(1.5)
-            .dist(&vocab, seed)
-            .unwrap();
-        let mut ctx = small_ctx(model);
-        let prompt = vocab
-            .tokenize("Answer:", AddSpecial::Yes, ParseSpecial::No)
-            .unwrap();
-        let params = GenerateParams::default().with_max_tokens(400);
-        let out = ctx.complete(&mut sampler, &prompt, params).unwrap();
-        let longest_gap = out
-            .text
+        let text = sampled_reply(&llg, &schema, &spaces, seed, 400);
+        let longest_gap = text
             .split(|c: char| !c.is_whitespace())
             .map(|gap| gap.chars().count())
             .max()
             .unwrap_or(0);
         assert!(
             longest_gap <= 22,
-            "seed {seed}: a whitespace run of {longest_gap} in {:?}",
-            out.text
+            "seed {seed}: a whitespace run of {longest_gap} in {text:?}"
         );
-        let v: serde_json::Value = serde_json::from_str(&out.text)
-            .unwrap_or_else(|e| panic!("seed {seed}: {:?} is not JSON: {e}", out.text));
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("seed {seed}: {text:?} is not JSON: {e}"));
         assert!(v["pick"] == "red" || v["pick"] == "green", "{v}");
     }
 }
